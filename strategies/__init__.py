@@ -1,0 +1,20 @@
+"""Flower strategies by name: how hospitals are asked to train and how their adapters combine.
+
+- `one_shot` (strategies/one_shot.py): one round, one merge (merge math in strategies/merging/).
+- `fedavg`   (strategies/fedavg.py): Flower's FedAvg over the adapters, the baseline.
+"""
+
+from strategies.fedavg import run_fedavg
+from strategies.one_shot import run_one_shot
+
+STRATEGIES = {
+    "one_shot": run_one_shot,
+    "fedavg": run_fedavg,
+}
+
+
+def get_strategy(name: str):
+    """The runner of strategy `name`, or a ValueError listing the choices."""
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy={name!r} is not valid; choose one of {sorted(STRATEGIES)}.")
+    return STRATEGIES[name]

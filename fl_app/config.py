@@ -1,0 +1,80 @@
+"""The experiment configuration: composed with Hydra, validated before any simulation starts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# `flwr run . --run-config` knobs -> Hydra override keys. Empty string / 0 / -1 = keep conf/.
+RUN_CONFIG_KNOBS: dict[str, str] = {
+    "strategy": "strategy",
+    "data": "data",
+    "model": "model",
+    "rounds": "strategy.rounds",
+    "local-epochs": "train.local_epochs",
+    "lora-r": "lora.r",
+    "seed": "seed",
+    "data-root": "data.root",
+}
+UNSET = ("", 0, -1)
+
+# The parts of the experiment every hospital needs, sent in each instruction message.
+HOSPITAL_KEYS = ("seed", "data", "model", "lora", "train", "eval")
+
+
+def compose_experiment(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose conf/config.yaml with Hydra overrides, as `scripts/run.py` would (no command line)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return experiment_only(cfg)
+
+
+def experiment_only(cfg: DictConfig) -> DictConfig:
+    """The resolved experiment without Hydra's own `hydra` node."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return OmegaConf.create(container)
+
+
+def run_config_overrides(run_config: Mapping[str, Any]) -> list[str]:
+    """Hydra overrides from a Flower run config (`flwr run . --run-config ...`)."""
+    overrides = [
+        f"{target}={run_config[knob]}"
+        for knob, target in RUN_CONFIG_KNOBS.items()
+        if knob in run_config and run_config[knob] not in UNSET
+    ]
+    extra = str(run_config.get("overrides", "")).split()
+    return overrides + extra
+
+
+def experiment_from_run_config(run_config: Mapping[str, Any]) -> DictConfig:
+    """The experiment a ServerApp runs: the resolved file `scripts/run.py` wrote, or conf/ + knobs."""
+    config_path = str(run_config.get("config-path", ""))
+    if config_path:
+        return OmegaConf.load(config_path)
+    return compose_experiment(run_config_overrides(run_config))
+
+
+def hospital_payload(cfg: DictConfig) -> str:
+    """JSON of what hospitals need to train and evaluate (never anything secret)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    payload = {key: container[key] for key in HOSPITAL_KEYS}
+    payload["fail_hospitals"] = list(container["simulation"].get("fail_hospitals") or [])
+    return json.dumps(payload, sort_keys=True)
+
+
+def save_experiment(cfg: DictConfig, path: Path) -> Path:
+    """Write the resolved experiment YAML (what `config-path` points the ServerApp at)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)
+    return path

@@ -1,0 +1,43 @@
+"""The adapter on the wire and on disk: Flower ArrayRecord <-> state dict <-> PEFT folder."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord
+from peft import LoraConfig
+from safetensors.torch import save_file
+
+
+def state_to_arrayrecord(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """Pack adapter tensors (never backbone weights) into an ArrayRecord, keys sorted."""
+    return ArrayRecord(OrderedDict((k, state[k].detach().cpu().contiguous()) for k in sorted(state)))
+
+
+def arrayrecord_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """Unpack an ArrayRecord into torch tensors."""
+    return {key: torch.from_numpy(array.numpy().copy()) for key, array in record.items()}
+
+
+def record_dict_bytes(content) -> int:
+    """Bytes of every record in a message's RecordDict, as Flower counts them (keys included)."""
+    return sum(record.count_bytes() + len(key) for key, record in content.items())
+
+
+def save_adapter(path: Path, state: Mapping[str, torch.Tensor], config: LoraConfig, extra: Mapping | None = None) -> Path:
+    """Write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+
+    The tensors use `get_peft_model_state_dict` keys, exactly what `PeftModel.save_pretrained`
+    writes, so `PeftModel.from_pretrained(MedForgeClassifier(...), path)` loads it.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(path))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    if extra:
+        (path / "medforge.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
+    return path

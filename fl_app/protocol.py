@@ -1,0 +1,134 @@
+"""What travels between the server and a hospital: record keys and (de)serialisation helpers.
+
+Shared by the ClientApp and the server so both sides agree on one vocabulary.
+A train reply carries `arrays` (the adapter), `metrics` (numbers, incl. `num-examples`)
+and `hospital` (who answered: id, task, split sizes, data source).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fl_app.model.adapter import arrayrecord_to_state, record_dict_bytes
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+HOSPITAL = "hospital"
+VERSIONS = "versions"
+VERSION_PREFIX = "version:"
+HOSPITAL_ERROR_TAG = re.compile(r"hospital-id=(\d+)")
+
+
+def instructions(experiment_json: str, **extra: Any) -> ConfigRecord:
+    """The ConfigRecord a hospital needs: the experiment (JSON) plus per-round values."""
+    return ConfigRecord({"experiment": experiment_json, **extra})
+
+
+def read_experiment(config: ConfigRecord) -> dict[str, Any]:
+    """The experiment dict sent in `instructions`."""
+    return json.loads(str(config["experiment"]))
+
+
+@dataclass
+class HospitalReply:
+    """One hospital's successful train reply, decoded."""
+
+    node_id: int
+    hospital_id: int
+    task: str
+    n_train: int
+    n_val: int
+    n_test: int
+    data_source: str
+    metrics: dict[str, float]
+    state: dict[str, torch.Tensor] = field(repr=False)
+    lora_r: int = 0
+    lora_alpha: float = 0.0
+    upload_bytes: int = 0
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_r
+
+    def summary(self) -> dict[str, Any]:
+        """The hospital as results.json lists it."""
+        return {
+            "id": self.hospital_id,
+            "node_id": self.node_id,
+            "task": self.task,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "n_test": self.n_test,
+            "data_source": self.data_source,
+        }
+
+
+def hospital_record(hospital_id: int, task: str, n_train: int, n_val: int, n_test: int, data_source: str, lora_r: int, lora_alpha: float) -> ConfigRecord:
+    """The `hospital` record of a reply: who answered and what its adapter is."""
+    return ConfigRecord(
+        {
+            "hospital-id": hospital_id,
+            "task": task,
+            "n-train": n_train,
+            "n-val": n_val,
+            "n-test": n_test,
+            "data-source": data_source,
+            "lora-r": lora_r,
+            "lora-alpha": float(lora_alpha),
+        }
+    )
+
+
+def decode_train_reply(message: Message) -> HospitalReply:
+    """Decode a successful train reply (raises ValueError naming what is missing)."""
+    content = message.content
+    for key in (ARRAYS, METRICS, HOSPITAL):
+        if key not in content:
+            raise ValueError(f"Train reply from node {message.metadata.src_node_id} has no {key!r} record.")
+    info = content[HOSPITAL]
+    return HospitalReply(
+        node_id=message.metadata.src_node_id,
+        hospital_id=int(info["hospital-id"]),
+        task=str(info["task"]),
+        n_train=int(info["n-train"]),
+        n_val=int(info["n-val"]),
+        n_test=int(info["n-test"]),
+        data_source=str(info["data-source"]),
+        metrics={k: float(v) for k, v in content[METRICS].items()},
+        state=arrayrecord_to_state(content[ARRAYS]),
+        lora_r=int(info["lora-r"]),
+        lora_alpha=float(info["lora-alpha"]),
+        upload_bytes=record_dict_bytes(content),
+    )
+
+
+def failure_summary(message: Message, server_round: int, phase: str) -> dict[str, Any]:
+    """A failed reply as results.json records it (hospital id when the client named it)."""
+    reason = str(message.error.reason) if message.has_error() else "no content"
+    match = HOSPITAL_ERROR_TAG.search(reason)
+    return {
+        "node_id": message.metadata.src_node_id,
+        "hospital_id": int(match.group(1)) if match else None,
+        "round": server_round,
+        "phase": phase,
+        "error": reason.strip().splitlines()[-1][:500] if reason.strip() else reason,
+    }
+
+
+def version_key(name: str) -> str:
+    return f"{VERSION_PREFIX}{name}"
+
+
+def evaluation_content(versions: dict[str, tuple[ArrayRecord, dict[str, Any]]], experiment_json: str) -> RecordDict:
+    """One evaluate message holding every model version (batched: one message per hospital)."""
+    content = RecordDict({CONFIG: instructions(experiment_json, versions=json.dumps({n: meta for n, (_, meta) in versions.items()}))})
+    for name, (arrays, _) in versions.items():
+        content[version_key(name)] = arrays
+    return content

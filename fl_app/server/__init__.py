@@ -1,0 +1,1 @@
+"""Server-side pieces of the ServerApp: traffic counting, version evaluation, results."""

@@ -1,0 +1,70 @@
+"""Federated evaluation of model versions: one message per hospital carrying every version."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import Message
+
+from fl_app.model.adapter import state_to_arrayrecord
+from fl_app.protocol import HOSPITAL, METRICS, evaluation_content, failure_summary
+from strategies.outcome import ModelVersion
+
+
+@dataclass(frozen=True)
+class HospitalScores:
+    """One hospital's test metrics for every version it evaluated."""
+
+    hospital_id: int
+    task: str
+    n_test: int
+    metrics: dict[str, float]
+
+
+def evaluation_messages(versions: Sequence[ModelVersion], experiment_json: str, node_ids: Iterable[int]) -> list[Message]:
+    content = evaluation_content(
+        {v.name: (state_to_arrayrecord(v.state), {"r": v.r, "alpha": v.alpha}) for v in versions}, experiment_json
+    )
+    return [Message(content=content, dst_node_id=node, message_type="evaluate") for node in node_ids]
+
+
+def decode_scores(replies: Iterable[Message]) -> tuple[list[HospitalScores], list[dict[str, Any]]]:
+    scores, failures = [], []
+    for reply in replies:
+        if reply.has_error():
+            failures.append(failure_summary(reply, 0, "evaluate"))
+            continue
+        info = reply.content[HOSPITAL]
+        scores.append(
+            HospitalScores(int(info["hospital-id"]), str(info["task"]), int(info["n-test"]), {k: float(v) for k, v in reply.content[METRICS].items()})
+        )
+    return scores, failures
+
+
+def per_task_metrics(scores: Sequence[HospitalScores], version: str) -> dict[str, dict[str, float | None]]:
+    """Pool a version's metrics over the hospitals of each task.
+
+    ACC is weighted by test examples (equal to ACC on the union of the hospitals' test splits);
+    AUC is the test-size-weighted mean of the hospitals' AUCs (AUC does not pool exactly).
+    """
+    per_task: dict[str, dict[str, float | None]] = {}
+    for task in sorted({s.task for s in scores}):
+        rows = [s for s in scores if s.task == task and f"{version}/acc" in s.metrics]
+        if not rows:
+            continue
+        n = sum(r.n_test for r in rows)
+        acc = sum(r.metrics[f"{version}/acc"] * r.n_test for r in rows) / n
+        auc_rows = [r for r in rows if f"{version}/auc" in r.metrics]
+        n_auc = sum(r.n_test for r in auc_rows)
+        auc = sum(r.metrics[f"{version}/auc"] * r.n_test for r in auc_rows) / n_auc if n_auc else None
+        per_task[task] = {"acc": acc, "auc": auc, "n_test": n, "hospitals": len(rows)}
+    return per_task
+
+
+def mean_over_tasks(per_task: dict[str, dict[str, float | None]], metric: str) -> float | None:
+    """Unweighted mean over tasks (each task counts once, as MedForge reports)."""
+    values = [m[metric] for m in per_task.values() if m[metric] is not None and not math.isnan(m[metric])]
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,101 @@
+"""One experiment on a Flower Grid: train (strategy), evaluate every version, write results."""
+
+from __future__ import annotations
+
+import time
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.common import log
+from omegaconf import DictConfig, OmegaConf
+
+from fl_app.config import hospital_payload, save_experiment
+from fl_app.hospital_steps import task_outputs
+from fl_app.model.backbone import build_backbone
+from fl_app.model.lora import linear_module_names, lora_config
+from fl_app.server.evaluation import decode_scores, evaluation_messages, mean_over_tasks, per_task_metrics
+from fl_app.server.results import RunResults
+from fl_app.server.traffic import CountingGrid
+from strategies import get_strategy
+from strategies.outcome import ModelVersion
+
+
+def wait_for_nodes(grid: Any, minimum: int, timeout: float = 120.0) -> list[int]:
+    """The connected nodes, once at least `minimum` are there."""
+    deadline = time.time() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= minimum or time.time() > deadline:
+            break
+        time.sleep(1.0)
+    if len(nodes) < minimum:
+        raise RuntimeError(f"Only {len(nodes)} hospital node(s) connected after {timeout:.0f} s; strategy.min_hospitals={minimum}.")
+    return nodes
+
+
+def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> RunResults:
+    """Run the configured strategy, evaluate every model version on every task, write results."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    if not (results_dir / "config.yaml").exists():
+        save_experiment(cfg, results_dir / "config.yaml")
+    results = RunResults(
+        results_dir,
+        {
+            "strategy": str(cfg.strategy.name),
+            "merge": str(cfg.strategy.merge) if cfg.strategy.name == "one_shot" else None,
+            "seed": int(cfg.seed),
+            "scenario": str(cfg.data.scenario),
+            "data_source": None,
+            "tasks": list(cfg.data.flags),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        },
+    )
+    try:
+        counting = CountingGrid(grid)
+        nodes = wait_for_nodes(counting, int(cfg.strategy.min_hospitals))
+        if len(nodes) != int(cfg.simulation.num_hospitals):
+            log(WARNING, "%d hospital nodes connected; the config says simulation.num_hospitals=%d.", len(nodes), cfg.simulation.num_hospitals)
+        experiment_json = hospital_payload(cfg)
+        log(INFO, "MedForge: strategy=%s, %d hospitals, tasks %s", cfg.strategy.name, len(nodes), list(cfg.data.flags))
+        outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, results)
+        hospital_of_node = {h.node_id: h.hospital_id for h in results.hospitals.values()}
+        results.set(communication=counting.traffic.summary(hospital_of_node, "train"))
+        _save_versions(results, cfg, outcome.versions)
+        log(INFO, "Evaluating %d model versions at %d hospitals (one message each)", len(outcome.versions), len(nodes))
+        replies = counting.send_and_receive(evaluation_messages(outcome.versions, experiment_json, nodes))
+        scores, failures = decode_scores(replies)
+        results.data["failures"].extend(failures)
+        _record_metrics(results, outcome.versions, scores)
+        results.set(
+            communication=counting.traffic.summary(hospital_of_node, "train"),
+            evaluation_traffic=counting.traffic.summary(hospital_of_node, "evaluate"),
+            strategy_details=outcome.details,
+        )
+        results.finish("completed")
+        log(INFO, "MedForge results: %s", results.path)
+    except Exception as error:
+        results.finish("failed", error=f"{type(error).__name__}: {error}")
+        raise
+    return results
+
+
+def _save_versions(results: RunResults, cfg: DictConfig, versions: list[ModelVersion]) -> None:
+    """Every version as a PEFT adapter folder, and its entry in results.json."""
+    with torch.device("meta"):
+        available = linear_module_names(build_backbone(cfg.model))
+    for version in versions:
+        tasks = sorted({k.split("heads.")[-1].split(".")[0] for k in version.state if "heads." in k})
+        config = lora_config(available, cfg.lora, tasks, rank=version.r, alpha=version.alpha)
+        config.lora_dropout = 0.0
+        path = results.save_adapter(version.name, version.state, config, {"kind": version.kind, **version.details})
+        results.data["versions"].append({"name": version.name, "kind": version.kind, "adapter": path, "r": version.r, "lora_alpha": version.alpha, **version.details})
+    results.write()
+
+
+def _record_metrics(results: RunResults, versions: list[ModelVersion], scores) -> None:
+    for entry in results.data["versions"]:
+        per_task = per_task_metrics(scores, entry["name"])
+        entry.update(per_task=per_task, mean_acc=mean_over_tasks(per_task, "acc"), mean_auc=mean_over_tasks(per_task, "auc"))
+    results.write()

@@ -1,0 +1,101 @@
+"""The results folder: results.json (written atomically after every step) and PEFT adapters."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from peft import LoraConfig
+
+from fl_app.model.adapter import save_adapter
+from fl_app.protocol import HospitalReply
+
+RESULTS_FILE = "results.json"
+
+
+def finite(value: Any) -> Any:
+    """NaN/inf become null: results.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON through a temp file + rename: a crash never leaves a half-written file."""
+    data = finite(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(data, stream, indent=2, sort_keys=False, allow_nan=False)
+    os.replace(tmp, path)
+
+
+class RunResults:
+    """Accumulates the run's facts and rewrites results.json after each change."""
+
+    def __init__(self, folder: Path, header: dict[str, Any]) -> None:
+        self.folder = folder
+        self.started = time.time()
+        self.hospitals: dict[int, HospitalReply] = {}
+        self.data: dict[str, Any] = {
+            **header,
+            "status": "running",
+            "hospitals": [],
+            "versions": [],
+            "failures": [],
+            "communication": {},
+            "wall_seconds": 0.0,
+        }
+        self.write()
+
+    @property
+    def path(self) -> Path:
+        return self.folder / RESULTS_FILE
+
+    def write(self) -> None:
+        self.data["wall_seconds"] = round(time.time() - self.started, 3)
+        write_json_atomic(self.path, self.data)
+
+    def record_round(self, server_round: int, hospitals: list[HospitalReply], failures: list[dict[str, Any]]) -> None:
+        """A training round arrived: keep who delivered (adapters saved at once) and who failed."""
+        for hospital in hospitals:
+            self.hospitals[hospital.hospital_id] = hospital
+        self.data["hospitals"] = [h.summary() for _, h in sorted(self.hospitals.items())]
+        sources = {h.data_source for h in self.hospitals.values()}
+        self.data["data_source"] = sources.pop() if len(sources) == 1 else ("mixed" if sources else None)
+        self.data["failures"].extend(failures)
+        self.data.setdefault("train_metrics", {})[str(server_round)] = {
+            str(h.hospital_id): h.metrics for h in hospitals
+        }
+        self.write()
+
+    def save_adapter(self, name: str, state, config: LoraConfig, details: dict[str, Any]) -> str:
+        """Save one version in PEFT format under adapters/<name>/; return the relative path."""
+        relative = Path("adapters") / name
+        save_adapter(self.folder / relative, state, config, extra={"version": name, **details})
+        return str(relative)
+
+    def set(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.write()
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.data["status"] = status
+        if error:
+            self.data["error"] = error
+        self.write()
+
+
+def read_results(folder: Path) -> dict[str, Any] | None:
+    """results.json of a run folder, or None when there is none."""
+    path = Path(folder) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,28 @@
+"""Flower ServerApp: read the experiment, run it on the Grid, write the results folder. Thin."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fl_app.config import experiment_from_run_config
+from fl_app.server.experiment import run_experiment_on_grid
+from fl_app.validation import validate_experiment
+
+app = ServerApp()
+
+
+def results_dir_of(run_config) -> Path:
+    """`results-dir` from the run config, else outputs/flwr/<timestamp> under the working directory."""
+    folder = str(run_config.get("results-dir", ""))
+    return Path(folder) if folder else Path.cwd() / "outputs" / "flwr" / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = experiment_from_run_config(context.run_config)
+    validate_experiment(cfg)
+    run_experiment_on_grid(grid, cfg, results_dir_of(context.run_config))

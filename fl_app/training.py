@@ -1,0 +1,106 @@
+"""Local training and evaluation of a hospital's adapter: plain PyTorch, no Flower.
+
+Metrics are MedMNIST's own definitions (`medmnist.evaluator.getACC/getAUC`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from medmnist.evaluator import getACC, getAUC
+from torch import nn
+
+from fl_app.data import SplitArrays, TaskInfo
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def pick_device() -> torch.device:
+    """The GPU Ray assigned to this worker, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_pixels(images: np.ndarray, image_size: int) -> torch.Tensor:
+    """uint8 (N,H,W) or (N,H,W,3) -> float (N,3,S,S) in [-1, 1], resized to the backbone's input."""
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    pixels = pixels.unsqueeze(1).expand(-1, 3, -1, -1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
+    if pixels.shape[-1] != image_size or pixels.shape[-2] != image_size:
+        pixels = nn.functional.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return (pixels - 0.5) / 0.5
+
+
+def task_loss(task: TaskInfo, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on logits (BCE per label for multi-label tasks)."""
+    if task.multi_label:
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+    return nn.functional.cross_entropy(logits, labels[:, 0].long())
+
+
+def task_scores(task: TaskInfo, logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities in the form MedMNIST's evaluator expects."""
+    return torch.sigmoid(logits) if task.multi_label else torch.softmax(logits, dim=-1)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    lr: float
+    batch_size: int
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+
+
+def train_adapter(
+    model: nn.Module, task: TaskInfo, split: SplitArrays, settings: TrainSettings, image_size: int, seed: int, device: torch.device
+) -> float:
+    """Fine-tune the trainable (LoRA + head) parameters; return the mean loss of the last epoch."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    elif settings.optimizer == "sgd":
+        optimizer = torch.optim.SGD(parameters, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
+    else:
+        raise ValueError(f"train.optimizer={settings.optimizer!r} is not valid; choose one of {OPTIMIZERS}.")
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.from_numpy(split.labels)
+    model.train()
+    epoch_loss = math.nan
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(split), generator=generator).numpy()
+        total, seen = 0.0, 0
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            pixels = to_pixels(split.images[batch], image_size).to(device)
+            loss = task_loss(task, model(pixel_values=pixels, task=task.name), labels[batch].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(batch)
+            seen += len(batch)
+        epoch_loss = total / max(seen, 1)
+    model.eval()
+    return epoch_loss
+
+
+@torch.no_grad()
+def predict_scores(model: nn.Module, task: TaskInfo, split: SplitArrays, image_size: int, batch_size: int, device: torch.device) -> np.ndarray:
+    """Class (or label) probabilities for every image of `split`."""
+    model.eval()
+    scores = []
+    for start in range(0, len(split), batch_size):
+        pixels = to_pixels(split.images[start : start + batch_size], image_size).to(device)
+        scores.append(task_scores(task, model(pixel_values=pixels, task=task.name)).float().cpu())
+    return torch.cat(scores).numpy()
+
+
+def medmnist_metrics(task: TaskInfo, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """ACC and AUC as MedMNIST defines them; AUC is NaN when a split holds a single class."""
+    acc = float(getACC(labels, scores, task.task_type))
+    try:
+        auc = float(getAUC(labels, scores, task.task_type))
+    except ValueError:
+        auc = math.nan
+    return {"acc": acc, "auc": auc}

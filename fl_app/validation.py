@@ -1,0 +1,67 @@
+"""Fail fast on a bad experiment, before Ray or a SuperLink starts, naming key, value and choices."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from fl_app.data import validate_data_config
+from fl_app.model.backbone import build_backbone
+from fl_app.model.lora import resolve_lora_targets
+from fl_app.training import OPTIMIZERS
+from strategies import STRATEGIES
+from strategies.merging import MERGE_METHODS
+
+WEIGHTINGS = ("uniform", "num_examples")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def validate_experiment(cfg: DictConfig) -> None:
+    """Raise ValueError on the first invalid setting."""
+    sim, strategy, lora, train = cfg.simulation, cfg.strategy, cfg.lora, cfg.train
+    _require(int(sim.num_hospitals) >= 1, f"simulation.num_hospitals={sim.num_hospitals} must be >= 1.")
+    _require(float(sim.client_cpus) > 0, f"simulation.client_cpus={sim.client_cpus} must be > 0.")
+    _require(float(sim.client_gpus) >= 0, f"simulation.client_gpus={sim.client_gpus} must be >= 0 (fractions allowed).")
+    _require(
+        strategy.name in STRATEGIES,
+        f"strategy={strategy.name!r} is not valid; choose one of {sorted(STRATEGIES)}.",
+    )
+    _require(int(strategy.rounds) >= 1, f"strategy.rounds={strategy.rounds} must be >= 1.")
+    _require(
+        1 <= int(strategy.min_hospitals) <= int(sim.num_hospitals),
+        f"strategy.min_hospitals={strategy.min_hospitals} must be between 1 and "
+        f"simulation.num_hospitals={sim.num_hospitals}.",
+    )
+    if strategy.name == "one_shot":
+        _require(
+            strategy.merge in MERGE_METHODS,
+            f"strategy.merge={strategy.merge!r} is not valid; choose one of {sorted(MERGE_METHODS)}.",
+        )
+        _require(
+            strategy.weighting in WEIGHTINGS,
+            f"strategy.weighting={strategy.weighting!r} is not valid; choose one of {WEIGHTINGS}.",
+        )
+        _require(
+            strategy.merge_rank is None or int(strategy.merge_rank) >= 1,
+            f"strategy.merge_rank={strategy.merge_rank} must be null (lossless) or a positive integer.",
+        )
+    _require(int(lora.r) >= 1, f"lora.r={lora.r} is not valid; the LoRA rank must be a positive integer.")
+    _require(float(lora.alpha) > 0, f"lora.alpha={lora.alpha} must be > 0.")
+    _require(0 <= float(lora.dropout) < 1, f"lora.dropout={lora.dropout} must be in [0, 1).")
+    _require(int(train.local_epochs) >= 1, f"train.local_epochs={train.local_epochs} must be >= 1.")
+    _require(float(train.lr) > 0, f"train.lr={train.lr} must be > 0.")
+    _require(int(train.batch_size) >= 1, f"train.batch_size={train.batch_size} must be >= 1.")
+    _require(train.optimizer in OPTIMIZERS, f"train.optimizer={train.optimizer!r} is not valid; choose one of {OPTIMIZERS}.")
+    validate_data_config(cfg.data, int(sim.num_hospitals))
+    _validate_lora_targets(cfg)
+
+
+def _validate_lora_targets(cfg: DictConfig) -> None:
+    """Resolve LoRA targets against the real backbone (on the meta device: no weights, no memory)."""
+    with torch.device("meta"):
+        backbone = build_backbone(cfg.model)
+    resolve_lora_targets(backbone, list(cfg.lora.target_modules))

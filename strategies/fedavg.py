@@ -1,0 +1,73 @@
+"""The baseline: Flower's FedAvg over the adapter tensors for R rounds.
+
+Multi-task runs have one head per task, so replies do not share every key; each tensor is then
+averaged over the hospitals that sent it. With identical keys this is exactly Flower's FedAvg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+from omegaconf import DictConfig
+
+from fl_app.model.adapter import arrayrecord_to_state, state_to_arrayrecord
+from fl_app.protocol import instructions
+from strategies.outcome import ModelVersion, StrategyOutcome
+from strategies.replies import RoundSink, collect_replies, require_enough
+
+
+def keywise_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    """Weighted mean of each tensor over the states that contain it."""
+    keys = sorted({k for state in states for k in state})
+    averaged = {}
+    for key in keys:
+        pairs = [(state[key], w) for state, w in zip(states, weights) if key in state]
+        total = sum(w for _, w in pairs)
+        averaged[key] = sum(t.double() * (w / total) for t, w in pairs).to(pairs[0][0].dtype)
+    return averaged
+
+
+class AdapterFedAvg(FedAvg):
+    """FedAvg (weighted by `num-examples`) that keeps every round's global adapter."""
+
+    def __init__(self, cfg: DictConfig, available_nodes: int, sink: RoundSink) -> None:
+        min_hospitals = int(cfg.strategy.min_hospitals)
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=min_hospitals,
+            min_available_nodes=max(min_hospitals, available_nodes),
+        )
+        self.min_hospitals = min_hospitals
+        self.sink = sink
+        self.round_states: list[dict[str, torch.Tensor]] = []
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        hospitals, failures = collect_replies(replies, server_round)
+        self.sink.record_round(server_round, hospitals, failures)
+        require_enough(hospitals, failures, self.min_hospitals, server_round)
+        if len({frozenset(h.state) for h in hospitals}) == 1:
+            good = [m for m in replies if not m.has_error()]
+            arrays, metrics = super().aggregate_train(server_round, good)
+        else:
+            arrays = state_to_arrayrecord(keywise_average([h.state for h in hospitals], [h.n_train for h in hospitals]))
+            metrics = MetricRecord({"hospitals": len(hospitals)})
+        self.round_states.append(arrayrecord_to_state(arrays))
+        return arrays, metrics
+
+
+def run_fedavg(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink) -> StrategyOutcome:
+    """R rounds of FedAvg; versions: the global adapter after each round."""
+    strategy = AdapterFedAvg(cfg, available_nodes=len(list(grid.get_node_ids())), sink=sink)
+    rounds = int(cfg.strategy.rounds)
+    strategy.start(grid, ArrayRecord(), num_rounds=rounds, train_config=instructions(experiment_json))
+    versions = [
+        ModelVersion(f"fedavg-round-{i}", "fedavg", state, int(cfg.lora.r), float(cfg.lora.alpha), {"round": i})
+        for i, state in enumerate(strategy.round_states, start=1)
+    ]
+    return StrategyOutcome(versions=versions, merge=None, details={"rounds": rounds})

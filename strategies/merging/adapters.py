@@ -1,0 +1,209 @@
+"""Merge whole hospital adapters given as flat PEFT state dicts (`get_peft_model_state_dict`).
+
+A state holds LoRA keys `<module>.lora_A.weight` / `<module>.lora_B.weight` and classification
+head keys `...heads.<task>.<param>`. LoRA modules merge in the ΔW space through a registered
+`ModuleMerge` (task arithmetic by default); heads merge per task by a weighted average.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from strategies.merging.lowrank import LoraFactors, ModuleMerge, average_tensors
+
+LORA_A_SUFFIX = ".lora_A.weight"
+LORA_B_SUFFIX = ".lora_B.weight"
+HEADS_SEGMENT = "heads"
+
+
+def lora_module(key: str) -> str | None:
+    """Module path of a LoRA key, or None for any other key."""
+    for suffix in (LORA_A_SUFFIX, LORA_B_SUFFIX):
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return None
+
+
+def head_task(key: str) -> str:
+    """Task of a head key: the segment after the last `heads.` that is followed by a parameter name."""
+    parts = key.split(".")
+    for i in range(len(parts) - 3, -1, -1):
+        if parts[i] == HEADS_SEGMENT:
+            return parts[i + 1]
+    raise ValueError(
+        f"key {key!r} is neither a LoRA key (<module>{LORA_A_SUFFIX} / <module>{LORA_B_SUFFIX}) "
+        f"nor a head key (...{HEADS_SEGMENT}.<task>.<param>); pass the output of get_peft_model_state_dict "
+        f"for a LoRA model whose only modules_to_save are the task heads"
+    )
+
+
+def split_lora_modules(state: Mapping[str, Tensor], scales: float | Mapping[str, float]) -> dict[str, LoraFactors]:
+    """LoRA factors per module path; `scales` is lora_alpha / r, one for all modules or per module path."""
+    a_keys = {k[: -len(LORA_A_SUFFIX)]: k for k in state if k.endswith(LORA_A_SUFFIX)}
+    b_keys = {k[: -len(LORA_B_SUFFIX)]: k for k in state if k.endswith(LORA_B_SUFFIX)}
+    for module in a_keys.keys() - b_keys.keys():
+        raise ValueError(f"LoRA module {module!r} has {module}{LORA_A_SUFFIX} but no {module}{LORA_B_SUFFIX}")
+    for module in b_keys.keys() - a_keys.keys():
+        raise ValueError(f"LoRA module {module!r} has {module}{LORA_B_SUFFIX} but no {module}{LORA_A_SUFFIX}")
+    modules: dict[str, LoraFactors] = {}
+    for module, a_key in a_keys.items():
+        if isinstance(scales, Mapping):
+            if module not in scales:
+                raise ValueError(f"no scale given for LoRA module {module!r}; scales has {sorted(scales)}")
+            scale = float(scales[module])
+        else:
+            scale = float(scales)
+        try:
+            modules[module] = LoraFactors(A=state[a_key], B=state[b_keys[module]], scale=scale)
+        except ValueError as err:
+            raise ValueError(f"LoRA module {module!r}: {err}") from err
+    return modules
+
+
+def lora_modules_to_state(modules: Mapping[str, LoraFactors]) -> dict[str, Tensor]:
+    """Flat state of LoRA factors; the scale is not stored (it lives in LoraConfig as lora_alpha / r)."""
+    state: dict[str, Tensor] = {}
+    for module, factors in modules.items():
+        state[module + LORA_A_SUFFIX] = factors.A
+        state[module + LORA_B_SUFFIX] = factors.B
+    return state
+
+
+def split_heads(state: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """Non-LoRA keys grouped by head task: {task: {key: tensor}}."""
+    heads: dict[str, dict[str, Tensor]] = {}
+    for key, tensor in state.items():
+        if lora_module(key) is None:
+            heads.setdefault(head_task(key), {})[key] = tensor
+    return heads
+
+
+def pad_rank(factors: LoraFactors, rank: int) -> LoraFactors:
+    """Same ΔW at a larger rank: zero rows appended to A, zero columns to B."""
+    extra = rank - factors.rank
+    if extra < 0:
+        raise ValueError(f"cannot pad a rank-{factors.rank} module down to rank {rank}")
+    if extra == 0:
+        return factors
+    A = torch.cat([factors.A, factors.A.new_zeros(extra, factors.d_in)], dim=0)
+    B = torch.cat([factors.B, factors.B.new_zeros(factors.d_out, extra)], dim=1)
+    return LoraFactors(A=A, B=B, scale=factors.scale)
+
+
+@dataclass(frozen=True, eq=False)
+class MergeResult:
+    """A merged adapter; load it with LoraConfig(r=rank, lora_alpha=lora_alpha) so PEFT's scale is 1."""
+
+    state: dict[str, Tensor]
+    rank: int
+    lora_alpha: int
+    relative_error: float  # max over modules of the truncation's relative Frobenius error
+    exact: bool  # relative_error == 0.0: the merged ΔW is the method's ΔW in every module
+    module_errors: dict[str, float] = field(default_factory=dict)
+
+
+def _check_module_sets(modules: Sequence[Mapping[str, LoraFactors]]) -> None:
+    reference = modules[0].keys()
+    if not reference:
+        raise ValueError(
+            f"hospital 0's state has no LoRA keys (<module>{LORA_A_SUFFIX}); "
+            f"pass get_peft_model_state_dict of a LoRA model"
+        )
+    for i, mods in enumerate(modules[1:], start=1):
+        missing, extra = sorted(reference - mods.keys()), sorted(mods.keys() - reference)
+        if missing or extra:
+            raise ValueError(
+                f"hospital {i}'s LoRA modules differ from hospital 0's: missing {missing}, extra {extra}; "
+                f"every hospital must train the same target_modules"
+            )
+
+
+def _merge_heads(
+    heads: Sequence[Mapping[str, Mapping[str, Tensor]]], weights: Sequence[float], tasks: Sequence[str]
+) -> dict[str, Tensor]:
+    for i, (hospital_heads, task) in enumerate(zip(heads, tasks)):
+        if hospital_heads and task not in hospital_heads:
+            raise ValueError(
+                f"hospital {i} is on task {task!r} but its state holds heads only for {sorted(hospital_heads)}"
+            )
+    merged: dict[str, Tensor] = {}
+    for task in dict.fromkeys(t for hospital_heads in heads for t in hospital_heads):
+        holders = [i for i, hospital_heads in enumerate(heads) if task in hospital_heads]
+        # a head no hospital trained this round passes through, averaged over the hospitals that carry it
+        contributors = [i for i in holders if tasks[i] == task] or holders
+        keys = heads[contributors[0]][task].keys()
+        for i in contributors[1:]:
+            if heads[i][task].keys() != keys:
+                raise ValueError(
+                    f"head {task!r}: hospital {i} has keys {sorted(heads[i][task])} "
+                    f"but hospital {contributors[0]} has {sorted(keys)}"
+                )
+        for key in keys:
+            try:
+                tensors = [heads[i][task][key] for i in contributors]
+                merged[key] = average_tensors(tensors, [weights[i] for i in contributors])
+            except ValueError as err:
+                raise ValueError(f"head {task!r} key {key!r} over hospitals {contributors}: {err}") from err
+    return merged
+
+
+def merge_adapters(
+    states: Sequence[Mapping[str, Tensor]],
+    scales: Sequence[float | Mapping[str, float]],
+    weights: Sequence[float],
+    tasks: Sequence[str],
+    scale: float = 1.0,
+    rank: int | None = None,
+    *,
+    method: str | ModuleMerge = "task_arithmetic",
+) -> MergeResult:
+    """Merge hospital adapters into one: LoRA modules by `method`, heads by per-task weighted average.
+
+    scales[i]: hospital i's lora_alpha / r (or per module path); weights[i]: its merge weight (not
+    renormalised for LoRA; renormalised within each task for heads); tasks[i]: its task; method: a
+    name in MERGE_METHODS or a `ModuleMerge` function. All modules are zero-padded to one rank so
+    PEFT can load the result with a single r.
+    """
+    if isinstance(method, str):
+        from strategies.merging import get_merge_method  # lazy: the registry imports this module
+
+        method = get_merge_method(method).fn
+    if len(states) == 0:
+        raise ValueError("merge_adapters needs at least one hospital state, got none")
+    for name, values in (("scales", scales), ("weights", weights), ("tasks", tasks)):
+        if len(values) != len(states):
+            raise ValueError(f"got {len(values)} {name} for {len(states)} hospital states; pass one per hospital")
+    modules, heads = [], []
+    for i, (state, hospital_scale) in enumerate(zip(states, scales)):
+        try:
+            modules.append(split_lora_modules(state, hospital_scale))
+            heads.append(split_heads(state))
+        except ValueError as err:
+            raise ValueError(f"hospital {i}: {err}") from err
+    _check_module_sets(modules)
+    # merge each LoRA module
+    merged: dict[str, LoraFactors] = {}
+    errors: dict[str, float] = {}
+    for module in modules[0]:
+        try:
+            merged[module], errors[module] = method([m[module] for m in modules], weights, scale, rank)
+        except ValueError as err:
+            raise ValueError(f"LoRA module {module!r}: {err}") from err
+    # normalise to scale 1 and pad to one rank
+    merged = {module: LoraFactors(A=f.A, B=f.scale * f.B, scale=1.0) for module, f in merged.items()}
+    merged_rank = max(f.rank for f in merged.values())
+    merged = {module: pad_rank(f, merged_rank) for module, f in merged.items()}
+    state = lora_modules_to_state(merged) | _merge_heads(heads, weights, tasks)
+    relative_error = max(errors.values())
+    return MergeResult(
+        state=state,
+        rank=merged_rank,
+        lora_alpha=merged_rank,
+        relative_error=relative_error,
+        exact=relative_error == 0.0,
+        module_errors=errors,
+    )

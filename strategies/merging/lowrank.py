@@ -1,0 +1,196 @@
+"""Low-rank merge math: LoRA factors, exact task arithmetic, SVD re-factoring.
+
+Space: merges here work on the product ΔW = scale · B @ A (exact for LoRA), never on A and B
+separately. A sum of products is re-factored to LoRA form by thin QR + an SVD of a small core,
+so no d_out x d_in matrix is formed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, get_args
+
+import torch
+from torch import Tensor
+
+WeightScheme = Literal["uniform", "num_examples"]
+WEIGHT_SCHEMES: tuple[str, ...] = get_args(WeightScheme)
+
+
+@dataclass(frozen=True, eq=False)
+class LoraFactors:
+    """One LoRA module: ΔW = scale · B @ A, as PEFT applies it (scale = lora_alpha / r)."""
+
+    A: Tensor  # (r, d_in)
+    B: Tensor  # (d_out, r)
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.A.dim() != 2 or self.B.dim() != 2:
+            raise ValueError(
+                f"LoraFactors needs 2-D A (r, d_in) and B (d_out, r), "
+                f"got A {tuple(self.A.shape)} and B {tuple(self.B.shape)}"
+            )
+        if self.B.shape[1] != self.A.shape[0]:
+            raise ValueError(
+                f"LoraFactors rank mismatch: B {tuple(self.B.shape)} has {self.B.shape[1]} columns "
+                f"but A {tuple(self.A.shape)} has {self.A.shape[0]} rows"
+            )
+        if not math.isfinite(self.scale):
+            raise ValueError(f"LoraFactors scale must be finite, got {self.scale}")
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def d_in(self) -> int:
+        return self.A.shape[1]
+
+    @property
+    def d_out(self) -> int:
+        return self.B.shape[0]
+
+    def delta(self) -> Tensor:
+        """The explicit ΔW (d_out, d_in); for tests and small modules."""
+        return self.scale * (self.B @ self.A)
+
+
+class ModuleMerge(Protocol):
+    """Signature every merge method shares: adapters of one module -> merged factors, truncation error."""
+
+    def __call__(
+        self,
+        adapters: Sequence[LoraFactors],
+        weights: Sequence[float],
+        scale: float = 1.0,
+        rank: int | None = None,
+    ) -> tuple[LoraFactors, float]: ...
+
+
+def _check_rank(rank: int | None) -> None:
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"rank must be a positive int or None (lossless), got {rank!r}")
+
+
+def truncation_error(singular_values: Tensor, rank: int) -> float:
+    """Relative Frobenius error of keeping the `rank` leading singular values (Eckart-Young)."""
+    s2 = singular_values.to(torch.float64).square()
+    total = s2.sum().item()
+    if rank >= s2.numel() or total == 0.0:
+        return 0.0
+    return math.sqrt(s2[rank:].sum().item() / total)
+
+
+def refactor_lowrank(
+    B_stack: Tensor, A_stack: Tensor, rank: int | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Factor B_stack @ A_stack (d_out, R) x (R, d_in) as B @ A of rank `rank` without forming it.
+
+    rank None keeps every triplet, min(R, d_out, d_in); an int larger than that is clipped.
+    Returns B (d_out, k) and A (k, d_in) in the input dtype, with sqrt(S) split evenly between
+    them, and all min(R, d_out, d_in) singular values (descending, float64) to measure truncation.
+    """
+    if B_stack.dim() != 2 or A_stack.dim() != 2 or B_stack.shape[1] != A_stack.shape[0]:
+        raise ValueError(
+            f"refactor_lowrank needs B_stack (d_out, R) and A_stack (R, d_in), "
+            f"got {tuple(B_stack.shape)} and {tuple(A_stack.shape)}"
+        )
+    _check_rank(rank)
+    dtype = torch.promote_types(B_stack.dtype, A_stack.dtype)
+    # thin QR: B_stack = Qb Rb, A_stack.T = Qa Ra (reduced mode also covers R > d)
+    Qb, Rb = torch.linalg.qr(B_stack.to(torch.float64), mode="reduced")
+    Qa, Ra = torch.linalg.qr(A_stack.to(torch.float64).T, mode="reduced")
+    # core SVD: B_stack @ A_stack = Qb (Rb Ra^T) Qa^T = (Qb U) S (Qa Vh^T)^T
+    U, S, Vh = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)
+    # truncate
+    k = S.numel() if rank is None else min(rank, S.numel())
+    root = S[:k].sqrt()
+    # split sqrt(S) symmetrically
+    B = (Qb @ U[:, :k]) * root
+    A = root[:, None] * (Vh[:k] @ Qa.T)
+    return B.to(dtype), A.to(dtype), S
+
+
+def _check_adapters(adapters: Sequence[LoraFactors], weights: Sequence[float]) -> None:
+    if len(adapters) == 0:
+        raise ValueError("merge needs at least one adapter, got an empty list")
+    if len(weights) != len(adapters):
+        raise ValueError(f"got {len(weights)} weights for {len(adapters)} adapters; pass one weight per adapter")
+    for i, w in enumerate(weights):
+        if not math.isfinite(w):
+            raise ValueError(f"weight {i} must be finite, got {w}")
+    d_out, d_in = adapters[0].d_out, adapters[0].d_in
+    for i, a in enumerate(adapters[1:], start=1):
+        if (a.d_out, a.d_in) != (d_out, d_in):
+            raise ValueError(
+                f"adapter {i} has ΔW shape (d_out, d_in) = ({a.d_out}, {a.d_in}) "
+                f"but adapter 0 has ({d_out}, {d_in}); all adapters must target the same module shape"
+            )
+
+
+def task_arithmetic(
+    adapters: Sequence[LoraFactors],
+    weights: Sequence[float],
+    scale: float = 1.0,
+    rank: int | None = None,
+) -> tuple[LoraFactors, float]:
+    """Exact task arithmetic ΔW = scale · Σ w_i · s_i · B_i A_i, re-factored to LoRA form (scale 1).
+
+    Ilharco et al. 2023, "Editing Models with Task Arithmetic", https://arxiv.org/abs/2212.04089.
+    rank None is lossless (min(Σ r_i, d_out, d_in)); an int truncates the SVD. Returns the merged
+    factors and the relative Frobenius error of the truncation (0.0 when lossless).
+    """
+    _check_adapters(adapters, weights)
+    _check_rank(rank)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    dtype = functools.reduce(torch.promote_types, (t.dtype for a in adapters for t in (a.A, a.B)))
+    # weight: fold scale · w_i · s_i into B_i, then stack along the rank axis
+    B_stack = torch.cat([(scale * w * a.scale) * a.B.to(torch.float64) for a, w in zip(adapters, weights)], dim=1)
+    A_stack = torch.cat([a.A.to(torch.float64) for a in adapters], dim=0)
+    # re-factor
+    B, A, S = refactor_lowrank(B_stack, A_stack, rank)
+    return LoraFactors(A=A.to(dtype), B=B.to(dtype), scale=1.0), truncation_error(S, A.shape[0])
+
+
+def merge_weights(num_examples: Sequence[int], scheme: WeightScheme) -> list[float]:
+    """Per-hospital merge weights summing to 1: equal, or proportional to local training examples."""
+    if scheme not in WEIGHT_SCHEMES:
+        raise ValueError(f"unknown weight scheme {scheme!r}; choose one of {list(WEIGHT_SCHEMES)}")
+    if len(num_examples) == 0:
+        raise ValueError("merge_weights needs at least one hospital, got an empty list")
+    for i, n in enumerate(num_examples):
+        if n < 0:
+            raise ValueError(f"hospital {i} reports num_examples={n}; counts must be >= 0")
+    if scheme == "uniform":
+        return [1.0 / len(num_examples)] * len(num_examples)
+    total = sum(num_examples)
+    if total <= 0:
+        raise ValueError(
+            f"scheme 'num_examples' needs a positive total, got {total} from {list(num_examples)}; "
+            f"use scheme 'uniform' or report the hospitals' example counts"
+        )
+    return [n / total for n in num_examples]
+
+
+def average_tensors(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Weighted mean, weights renormalised to sum 1 (classification heads)."""
+    if len(tensors) == 0:
+        raise ValueError("average_tensors needs at least one tensor, got an empty list")
+    if len(weights) != len(tensors):
+        raise ValueError(f"got {len(weights)} weights for {len(tensors)} tensors; pass one weight per tensor")
+    for i, t in enumerate(tensors[1:], start=1):
+        if t.shape != tensors[0].shape:
+            raise ValueError(f"tensor {i} has shape {tuple(t.shape)} but tensor 0 has {tuple(tensors[0].shape)}")
+    for i, w in enumerate(weights):
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"weight {i} must be finite and >= 0, got {w}")
+    total = math.fsum(weights)
+    if total <= 0:
+        raise ValueError(f"weights must have a positive sum to average, got {list(weights)}")
+    mean = sum((w / total) * t.to(torch.float64) for t, w in zip(tensors, weights))
+    return mean.to(tensors[0].dtype)

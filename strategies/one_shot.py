@@ -1,0 +1,98 @@
+"""One-shot merging: one round, every hospital trains once, the server merges the adapters once.
+
+A Flower FedAvg whose `aggregate_train` merges with a named method from `strategies.merging`
+instead of averaging; nodes, sampling and the round loop are Flower's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common import log
+from flwr.serverapp.strategy import FedAvg
+from logging import INFO
+from omegaconf import DictConfig
+
+from fl_app.model.adapter import state_to_arrayrecord
+from fl_app.protocol import HospitalReply, instructions
+from strategies.merging import merge_adapters, merge_weights
+from strategies.outcome import ModelVersion, StrategyOutcome
+from strategies.replies import RoundSink, collect_replies, require_enough
+
+
+class OneShotMerge(FedAvg):
+    """Collect every hospital's adapter in one round and merge them in one step."""
+
+    def __init__(self, cfg: DictConfig, available_nodes: int, sink: RoundSink) -> None:
+        strategy = cfg.strategy
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=int(strategy.min_hospitals),
+            min_available_nodes=max(int(strategy.min_hospitals), available_nodes),
+        )
+        self.cfg = cfg
+        self.sink = sink
+        self.hospitals: list[HospitalReply] = []
+        self.merge_result = None
+        self.weights: list[float] = []
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        strategy = self.cfg.strategy
+        hospitals, failures = collect_replies(replies, server_round)
+        self.hospitals = hospitals
+        self.sink.record_round(server_round, hospitals, failures)
+        require_enough(hospitals, failures, int(strategy.min_hospitals), server_round)
+        self.weights = merge_weights([h.n_train for h in hospitals], str(strategy.weighting))
+        log(INFO, "Merging %d adapters with %s (weights %s)", len(hospitals), strategy.merge, [round(w, 3) for w in self.weights])
+        self.merge_result = merge_adapters(
+            [h.state for h in hospitals],
+            scales=[h.lora_scale for h in hospitals],
+            weights=self.weights,
+            tasks=[h.task for h in hospitals],
+            method=str(strategy.merge),
+            scale=float(strategy.scale),
+            rank=None if strategy.merge_rank is None else int(strategy.merge_rank),
+        )
+        metrics = MetricRecord({"hospitals": len(hospitals), "merged-rank": self.merge_result.rank})
+        return state_to_arrayrecord(self.merge_result.state), metrics
+
+
+def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink) -> StrategyOutcome:
+    """Train once at every hospital, merge once; versions: each hospital's adapter and the merge."""
+    strategy = OneShotMerge(cfg, available_nodes=len(list(grid.get_node_ids())), sink=sink)
+    # Empty initial arrays: every hospital builds the same seeded initial adapter itself.
+    strategy.start(grid, ArrayRecord(), num_rounds=1, train_config=instructions(experiment_json))
+    merged = strategy.merge_result
+    merged_heads = {k: v for k, v in merged.state.items() if ".lora_" not in k}
+    versions = [
+        ModelVersion(
+            name=f"hospital-{h.hospital_id}",
+            kind="hospital",
+            # Its own LoRA and head; other tasks keep their (merged) heads so every task can be scored.
+            state={**merged_heads, **h.state},
+            r=h.lora_r,
+            alpha=h.lora_alpha,
+            details={"hospital": h.hospital_id, "task": h.task},
+        )
+        for h in strategy.hospitals
+    ]
+    versions.append(
+        ModelVersion(
+            name="merged",
+            kind="merged",
+            state=merged.state,
+            r=merged.rank,
+            alpha=merged.lora_alpha,
+            details={
+                "method": str(cfg.strategy.merge),
+                "weights": {str(h.hospital_id): w for h, w in zip(strategy.hospitals, strategy.weights)},
+                "exact": merged.exact,
+                "relative_error": merged.relative_error,
+                "rank": merged.rank,
+            },
+        )
+    )
+    return StrategyOutcome(versions=versions, merge=str(cfg.strategy.merge), details={"rounds": 1})

@@ -1,0 +1,46 @@
+"""Sorting a round's replies into hospitals that delivered and hospitals that failed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from flwr.app import Message
+
+from fl_app.protocol import HospitalReply, decode_train_reply, failure_summary
+
+
+class NotEnoughHospitals(RuntimeError):
+    """Fewer hospitals delivered an adapter than `strategy.min_hospitals` requires."""
+
+
+class RoundSink(Protocol):
+    """Where a strategy reports each round as soon as it has it (results are written at once)."""
+
+    def record_round(self, server_round: int, hospitals: list[HospitalReply], failures: list[dict[str, Any]]) -> None: ...
+
+
+def collect_replies(replies: Iterable[Message], server_round: int) -> tuple[list[HospitalReply], list[dict[str, Any]]]:
+    """Decode good replies; turn errors and undecodable replies into failure records."""
+    hospitals, failures = [], []
+    for message in replies:
+        if message.has_error():
+            failures.append(failure_summary(message, server_round, "train"))
+            continue
+        try:
+            hospitals.append(decode_train_reply(message))
+        except (KeyError, ValueError) as error:
+            failures.append({"node_id": message.metadata.src_node_id, "hospital_id": None, "round": server_round, "phase": "train", "error": str(error)})
+    hospitals.sort(key=lambda h: h.hospital_id)
+    return hospitals, failures
+
+
+def require_enough(hospitals: list[HospitalReply], failures: list[dict[str, Any]], minimum: int, server_round: int) -> None:
+    """Stop the run with a clear error when too few hospitals delivered."""
+    if len(hospitals) < minimum:
+        failed = ", ".join(f"hospital {f['hospital_id']} (node {f['node_id']}): {f['error']}" for f in failures) or "none"
+        raise NotEnoughHospitals(
+            f"Round {server_round}: only {len(hospitals)} hospital(s) delivered an adapter, "
+            f"strategy.min_hospitals={minimum}. Failures: {failed}. "
+            "Fix the failing hospitals or lower strategy.min_hospitals."
+        )
