@@ -106,7 +106,7 @@ def _wait_until_healthy(process: subprocess.Popen, port: int, timeout: float, lo
 def flwr_run_command(cfg: DictConfig, config_path: Path, results_dir: Path) -> list[str]:
     """`flwr run` for this experiment: hospitals = simulated SuperNodes, resources per hospital."""
     sim = cfg.simulation
-    federation = f"num-supernodes={int(sim.num_hospitals)} client-resources-num-cpus={float(sim.client_cpus)} client-resources-num-gpus={float(sim.client_gpus)}"
+    federation = f"num-supernodes={int(sim.num_hospitals)} client-resources-num-cpus={int(sim.client_cpus)} client-resources-num-gpus={float(sim.client_gpus)}"
     run_config = f"config-path='{config_path}' results-dir='{results_dir}'"
     return ["flwr", "run", str(PROJECT_ROOT), CONNECTION, "--stream", "--federation-config", federation, "--run-config", run_config]
 

@@ -78,7 +78,7 @@ def train_adapter(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
             seen += len(batch)
         epoch_loss = total / max(seen, 1)
     model.eval()

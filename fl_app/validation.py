@@ -24,7 +24,10 @@ def validate_experiment(cfg: DictConfig) -> None:
     """Raise ValueError on the first invalid setting."""
     sim, strategy, lora, train = cfg.simulation, cfg.strategy, cfg.lora, cfg.train
     _require(int(sim.num_hospitals) >= 1, f"simulation.num_hospitals={sim.num_hospitals} must be >= 1.")
-    _require(float(sim.client_cpus) > 0, f"simulation.client_cpus={sim.client_cpus} must be > 0.")
+    _require(
+        float(sim.client_cpus) >= 1 and float(sim.client_cpus).is_integer(),
+        f"simulation.client_cpus={sim.client_cpus} must be a whole number >= 1 (Flower reserves whole CPUs per hospital).",
+    )
     _require(float(sim.client_gpus) >= 0, f"simulation.client_gpus={sim.client_gpus} must be >= 0 (fractions allowed).")
     _require(
         strategy.name in STRATEGIES,

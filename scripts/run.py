@@ -23,6 +23,7 @@ from fl_app.simulation import run_simulation
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> str:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if cfg.quiet:
         logging.getLogger().setLevel(logging.WARNING)
     folder = run_simulation(experiment_only(cfg), Path(HydraConfig.get().runtime.output_dir), quiet=bool(cfg.quiet))

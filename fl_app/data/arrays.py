@@ -22,9 +22,7 @@ class SplitArrays:
 
     def __post_init__(self) -> None:
         if self.images.ndim not in (3, 4):
-            raise ValueError(
-                f"SplitArrays.images must be (N, H, W) or (N, H, W, 3), got shape {self.images.shape}"
-            )
+            raise ValueError(f"SplitArrays.images must be (N, H, W) or (N, H, W, 3), got shape {self.images.shape}")
         if self.labels.ndim != 2:
             raise ValueError(f"SplitArrays.labels must be (N, L), got shape {self.labels.shape}")
         if len(self.images) != len(self.labels):

@@ -7,7 +7,6 @@ same partition from (seed, flag), so hospitals loaded in different workers never
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +17,7 @@ import numpy as np
 from fl_app.data.arrays import SPLITS, SplitArrays
 from fl_app.data.medmnist_files import MedMNISTUnavailable, expand_root, load_medmnist_task
 from fl_app.data.partition import SCHEMES, partition_splits
+from fl_app.data.seeding import derive_seed
 from fl_app.data.synthetic import apply_site_shift, synthetic_images, synthetic_labels
 from fl_app.data.tasks import SIZES, TWO_D_FLAGS, TaskInfo, n_samples, npz_name, task_info
 
@@ -25,8 +25,17 @@ logger = logging.getLogger("medforge")
 
 SCENARIOS: tuple[str, ...] = ("multi_task", "multi_center")
 DATA_KEYS: tuple[str, ...] = (
-    "scenario", "flags", "size", "root", "download", "synthetic_fallback", "partition",
-    "dirichlet_alpha", "min_samples_per_hospital", "max_train", "max_eval",
+    "scenario",
+    "flags",
+    "size",
+    "root",
+    "download",
+    "synthetic_fallback",
+    "partition",
+    "dirichlet_alpha",
+    "min_samples_per_hospital",
+    "max_train",
+    "max_eval",
 )
 #: The synthetic stand-in is one fixed dataset, like a file on disk: the run seed varies partitions only.
 SYNTHETIC_SEED = 0
@@ -155,7 +164,11 @@ def _task_source(flag: str, size: int, root: str, download: bool, fallback: bool
         fix = f"put {npz_name(flag, size)} there" + ("" if download else " or set data.download=true")
         logger.warning(
             "MedMNIST %r (%dpx) %s under %s: using SYNTHETIC MedMNIST-format data instead (%s)",
-            flag, size, state, root, fix,
+            flag,
+            size,
+            state,
+            root,
+            fix,
         )
         return _synthetic_source(flag, size)
 
@@ -163,12 +176,6 @@ def _task_source(flag: str, size: int, root: str, download: bool, fallback: bool
 def clear_task_cache() -> None:
     """Forget loaded tasks (tests; or after new files were put under the data root)."""
     _task_source.cache_clear()
-
-
-def _seed(seed: int, *tags: object) -> int:
-    """A seed derived from the run seed and tags, identical in every process."""
-    tag = zlib.crc32("|".join(map(str, tags)).encode())
-    return int(np.random.SeedSequence([int(seed) % 2**63, tag]).generate_state(1)[0])
 
 
 def load_hospital(data_cfg: Mapping[str, Any], hospital_id: int, num_hospitals: int, seed: int) -> HospitalData:
@@ -191,7 +198,7 @@ def load_hospital(data_cfg: Mapping[str, Any], hospital_id: int, num_hospitals: 
         scheme=data_cfg["partition"],
         alpha=float(data_cfg["dirichlet_alpha"]),
         min_size=int(data_cfg["min_samples_per_hospital"]),
-        seed=_seed(seed, flag, "partition"),
+        seed=derive_seed(seed, flag, "partition"),
         n_classes=2 if info.multi_label else info.n_outputs,
     )
     splits = {}
@@ -200,10 +207,10 @@ def load_hospital(data_cfg: Mapping[str, Any], hospital_id: int, num_hospitals: 
         # cap: seeded subsample of this hospital's own partition
         cap = data_cfg["max_train"] if split == "train" else data_cfg["max_eval"]
         if cap is not None and len(idx) > cap:
-            rng = np.random.default_rng(_seed(seed, flag, hospital_id, split, "cap"))
+            rng = np.random.default_rng(derive_seed(seed, flag, hospital_id, split, "cap"))
             idx = np.sort(rng.choice(idx, size=int(cap), replace=False))
         arrays = source.take(split, idx)
-        # site: synthetic hospitals get their own acquisition look; real ones already differ
+        # site: synthetic hospitals get their own acquisition look; real images stay as recorded
         if source.data_source == "synthetic":
             arrays = SplitArrays(apply_site_shift(arrays.images, hospital_id, SYNTHETIC_SEED), arrays.labels)
         splits[split] = arrays

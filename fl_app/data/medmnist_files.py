@@ -15,9 +15,7 @@ from fl_app.data.tasks import SIZES, npz_name, task_info
 class MedMNISTUnavailable(RuntimeError):
     """A MedMNIST file cannot be used: missing, download failed, or wrong split sizes."""
 
-    def __init__(
-        self, flag: str, size: int, root: str, reason: str, download: bool = False, missing: bool = False
-    ):
+    def __init__(self, flag: str, size: int, root: str, reason: str, download: bool = False, missing: bool = False):
         self.flag, self.size, self.root, self.reason, self.missing = flag, size, root, reason, missing
         fix = f"put {npz_name(flag, size)} under {root}" + ("" if download else " or enable download")
         super().__init__(f"MedMNIST {flag!r} ({size}px) unavailable under {root}: {reason}; fix: {fix}")
@@ -63,7 +61,8 @@ def load_medmnist_split(
     images = np.asarray(ds.imgs)
     expected_ndim = 4 if info.n_channels == 3 else 3
     if images.dtype != np.uint8 or images.ndim != expected_ndim or images.shape[1:3] != (size, size):
-        reason = f"{split}_images is {images.dtype} {images.shape}, expected uint8 (N, {size}, {size}{', 3' if expected_ndim == 4 else ''})"
+        layout = f"(N, {size}, {size}, 3)" if expected_ndim == 4 else f"(N, {size}, {size})"
+        reason = f"{split}_images is {images.dtype} {images.shape}, expected uint8 {layout}"
         raise MedMNISTUnavailable(flag, size, root, reason, download)
     # some published copies store single-label targets as 1-D (N,)
     labels = np.asarray(ds.labels).reshape(n, -1).astype(np.int64)
@@ -74,5 +73,7 @@ def load_medmnist_task(
     flag: str, root: str | os.PathLike, size: int = 28, download: bool = False
 ) -> dict[str, SplitArrays]:
     """All three official splits of one task; MedMNISTUnavailable if the file cannot be used."""
-    return {split: load_medmnist_split(flag, split, root, size, download=download and i == 0)
-            for i, split in enumerate(SPLITS)}
+    return {
+        split: load_medmnist_split(flag, split, root, size, download=download and i == 0)
+        for i, split in enumerate(SPLITS)
+    }

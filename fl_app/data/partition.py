@@ -51,7 +51,7 @@ def _cuts(n: int, shares: np.ndarray) -> np.ndarray:
 
 def _part_sizes(counts: np.ndarray, proportions: np.ndarray) -> np.ndarray:
     sizes = np.zeros(proportions.shape[1], dtype=np.int64)
-    for n_k, shares in zip(counts, proportions):
+    for n_k, shares in zip(counts, proportions, strict=True):
         sizes += np.diff(np.concatenate([[0], _cuts(n_k, shares), [n_k]]))
     return sizes
 
@@ -99,7 +99,7 @@ def split_by_proportions(labels: np.ndarray, proportions: np.ndarray, seed: int)
     parts = [[np.empty(0, dtype=np.int64)] for _ in range(num_parts)]
     for k in range(n_classes):
         idx = rng.permutation(np.flatnonzero(y == k))
-        for part, chunk in zip(parts, np.split(idx, _cuts(len(idx), proportions[k]))):
+        for part, chunk in zip(parts, np.split(idx, _cuts(len(idx), proportions[k])), strict=True):
             part.append(chunk)
     return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
 
@@ -147,7 +147,9 @@ def partition_splits(
     if "train" not in labels_by_split:
         raise ValueError(f"partition_splits needs a 'train' split, got {sorted(labels_by_split)}")
     seeds = np.random.SeedSequence(int(seed) % 2**63).spawn(len(labels_by_split) + 1)
-    split_seeds = {split: int(s.generate_state(1)[0]) for split, s in zip(sorted(labels_by_split), seeds[1:])}
+    split_seeds = {
+        split: int(s.generate_state(1)[0]) for split, s in zip(sorted(labels_by_split), seeds[1:], strict=True)
+    }
     train = partition_classes(labels_by_split["train"])
     _check_parts(len(train), num_parts, min_size)
     if scheme == "iid":
@@ -157,5 +159,7 @@ def partition_splits(
     if n_classes is None:
         n_classes = max(int(partition_classes(v).max(initial=-1)) for v in labels_by_split.values()) + 1
     proportions = class_proportions(train, num_parts, alpha, int(seeds[0].generate_state(1)[0]), min_size, n_classes)
-    return {split: split_by_proportions(labels, proportions, split_seeds[split])
-            for split, labels in labels_by_split.items()}
+    return {
+        split: split_by_proportions(labels, proportions, split_seeds[split])
+        for split, labels in labels_by_split.items()
+    }

@@ -14,12 +14,12 @@ hospital of PathMNIST at 224 px never materialises the other 89,000 images.
 from __future__ import annotations
 
 import os
-import zlib
 from functools import lru_cache
 
 import numpy as np
 
 from fl_app.data.arrays import SPLITS, SplitArrays
+from fl_app.data.seeding import derive_seed, stable_tag
 from fl_app.data.tasks import SIZES, TaskInfo, n_samples, task_info
 
 _N_NUISANCE = 4
@@ -32,13 +32,8 @@ _JITTER = 0.1  # largest shift, fraction of the image side (5 steps per axis)
 _CHUNK_ELEMENTS = 1 << 23  # ~32 MB of float32 per temporary; BLAS calls are costly here, keep them few
 
 
-def _tag(*parts: object) -> int:
-    """Stable 32-bit tag of strings and ints (Python's hash() differs between processes)."""
-    return zlib.crc32("|".join(map(str, parts)).encode())
-
-
 def _rng(seed: int, *tags: object) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed) % 2**63, _tag(*tags)]))
+    return np.random.default_rng(derive_seed(seed, *tags))
 
 
 def _mix32(x: np.ndarray) -> np.ndarray:
@@ -57,7 +52,7 @@ def _to_unit(x: np.ndarray) -> np.ndarray:
 
 
 def _sample_keys(flag: str, split: str, seed: int, ids: np.ndarray) -> np.ndarray:
-    base = np.uint32(_tag(flag, split, int(seed)))
+    base = np.uint32(stable_tag(flag, split, int(seed)))
     return _mix32(_mix32(ids.astype(np.uint32) * np.uint32(0x9E3779B9) + base))
 
 
@@ -115,7 +110,7 @@ def _render(comps: list[tuple[str, np.ndarray, float]], colours: np.ndarray, siz
     grid = (np.arange(size, dtype=np.float64) + 0.5) / size
     u, v = np.meshgrid(grid, grid, indexing="xy")
     out = np.zeros((size, size, colours.shape[1]))
-    for (kind, p, weight), colour in zip(comps, colours):
+    for (kind, p, weight), colour in zip(comps, colours, strict=True):
         d2 = (u - p[0]) ** 2 + (v - p[1]) ** 2
         if kind == "blob":
             field = np.exp(-d2 / (2 * p[2] ** 2))
@@ -157,9 +152,7 @@ def _base_colour(flag: str, n_channels: int, seed: int) -> np.ndarray:
 # images ---------------------------------------------------------------------------------------
 
 
-def synthetic_images(
-    flag: str, size: int, split: str, ids: np.ndarray, labels: np.ndarray, seed: int
-) -> np.ndarray:
+def synthetic_images(flag: str, size: int, split: str, ids: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
     """Images of samples `ids` of a synthetic split, given their labels (rows of synthetic_labels).
 
     Row i depends only on (flag, size, split, seed, ids[i], labels[i]), so subsets match the full split.
@@ -191,15 +184,20 @@ def synthetic_images(
         u = _sample_uniforms(keys, n_labels + _N_NUISANCE + 3)
         # mix: label pictures at a random amplitude, nuisance pictures at a random signed weight
         low, high = _AMPLITUDE
-        coef = np.concatenate([active[sl] * (low + (high - low) * u[:, :n_labels]),
-                               _NUISANCE * (2.0 * u[:, n_labels:n_labels + _N_NUISANCE] - 1.0)], axis=1)
+        coef = np.concatenate(
+            [
+                active[sl] * (low + (high - low) * u[:, :n_labels]),
+                _NUISANCE * (2.0 * u[:, n_labels : n_labels + _N_NUISANCE] - 1.0),
+            ],
+            axis=1,
+        )
         field = (coef @ patterns).reshape(-1, size, size, c)
         # shift: one of 5x5 offsets up to +-jitter pixels
         shift = (u[:, -3] * 25).astype(np.int64)
         for s in np.unique(shift):
             m = shift == s
             field[m] = np.roll(field[m], (int(offsets[s // 5]), int(offsets[s % 5])), axis=(1, 2))
-        # brightness per sample, then pixel noise
+        # brightness per sample (less _NOISE: the noise below lies in [0, 2 * _NOISE)), then pixel noise
         img = field
         img *= _CONTRAST
         img += (base - _NOISE + 30.0 * (u[:, -2:-1] - 0.5))[:, None, None, :]
@@ -260,9 +258,9 @@ def apply_site_shift(images: np.ndarray, hospital_id: int, seed: int, strength: 
         flat = out.reshape(len(out), -1)
         rows = max(1, _CHUNK_ELEMENTS // flat.shape[1])
         for start in range(0, len(flat), rows):
-            block = flat[start:start + rows].astype(np.int16)
+            block = flat[start : start + rows].astype(np.int16)
             block += rng.integers(-noise, noise + 1, size=block.shape, dtype=np.int16)
-            flat[start:start + rows] = np.clip(block, 0, 255).astype(np.uint8)
+            flat[start : start + rows] = np.clip(block, 0, 255).astype(np.uint8)
     return out
 
 
