@@ -1,0 +1,69 @@
+"""Experiment composition and fail-fast validation (before any simulation starts)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from fl_app.config import compose_experiment, experiment_from_run_config, hospital_payload, run_config_overrides, save_experiment
+from fl_app.validation import validate_experiment
+
+
+def test_default_experiment_composes_and_validates():
+    cfg = compose_experiment()
+
+    validate_experiment(cfg)
+    assert cfg.strategy.name == "one_shot" and cfg.data.scenario == "multi_task"
+    assert "hydra" not in cfg
+
+
+@pytest.mark.parametrize("group", ["strategy=fedavg", "data=multi_center", "model=pretrained model.pretrained=/x", "experiment=quickstart"])
+def test_config_groups_compose(group):
+    cfg = compose_experiment(group.split())
+
+    assert OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("strategy.name=fedprox", r"strategy='fedprox' is not valid; choose one of \['fedavg', 'one_shot'\]"),
+        ("data.flags=[nosuchmnist]", "nosuchmnist"),
+        ("lora.target_modules=[attention_nope]", r"lora.target_modules entry 'attention_nope'.*q_proj"),
+        ("lora.r=0", "lora.r=0"),
+        ("simulation.num_hospitals=200 data=multi_center", "200"),
+        ("strategy.merge=nope", r"strategy.merge='nope' is not valid"),
+        ("strategy.min_hospitals=5", "strategy.min_hospitals=5"),
+        ("simulation.client_cpus=0.5", "simulation.client_cpus=0.5"),
+    ],
+)
+def test_bad_configuration_fails_naming_key_value_and_choices(override, message):
+    cfg = compose_experiment(override.split())
+
+    with pytest.raises(ValueError, match=message):
+        validate_experiment(cfg)
+
+
+def test_run_config_knobs_become_hydra_overrides():
+    run_config = {"strategy": "fedavg", "rounds": 2, "lora-r": 0, "seed": -1, "data-root": "", "overrides": "lora.alpha=4 train.lr=0.01"}
+
+    assert run_config_overrides(run_config) == ["strategy=fedavg", "strategy.rounds=2", "lora.alpha=4", "train.lr=0.01"]
+    cfg = experiment_from_run_config(run_config)
+    assert cfg.strategy.name == "fedavg" and cfg.strategy.rounds == 2 and cfg.lora.alpha == 4
+
+
+def test_resolved_config_file_round_trips(tmp_path):
+    cfg = compose_experiment(["seed=7"])
+    path = save_experiment(cfg, tmp_path / "config.yaml")
+
+    loaded = experiment_from_run_config({"config-path": str(path)})
+
+    assert loaded == cfg
+
+
+def test_hospital_payload_holds_only_what_hospitals_need():
+    payload = json.loads(hospital_payload(compose_experiment()))
+
+    assert set(payload) == {"seed", "data", "model", "lora", "train", "eval", "fail_hospitals"}

@@ -1,0 +1,101 @@
+"""Server-side pure pieces: per-task pooling, keywise FedAvg, byte counting, atomic results."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from flwr.supercore.task_identity import TaskIdentity
+
+from fl_app.model.adapter import record_dict_bytes, state_to_arrayrecord
+from fl_app.server.evaluation import HospitalScores, mean_over_tasks, per_task_metrics
+from fl_app.server.results import RunResults, read_results
+from fl_app.server.traffic import CountingGrid
+from strategies.fedavg import keywise_average
+
+
+def test_accuracy_pools_by_test_size_and_auc_is_a_weighted_mean():
+    scores = [
+        HospitalScores(0, "breastmnist", 100, {"merged/acc": 0.9, "merged/auc": 0.8}),
+        HospitalScores(1, "breastmnist", 300, {"merged/acc": 0.5, "merged/auc": 0.6}),
+        HospitalScores(2, "bloodmnist", 50, {"merged/acc": 0.4}),  # AUC undefined there
+    ]
+
+    per_task = per_task_metrics(scores, "merged")
+
+    assert per_task["breastmnist"]["acc"] == pytest.approx((0.9 * 100 + 0.5 * 300) / 400)
+    assert per_task["breastmnist"]["auc"] == pytest.approx((0.8 * 100 + 0.6 * 300) / 400)
+    assert per_task["bloodmnist"]["auc"] is None
+    assert mean_over_tasks(per_task, "acc") == pytest.approx((0.6 + 0.4) / 2)
+
+
+def test_keywise_average_equals_flower_fedavg_when_keys_agree():
+    states = [{"a": torch.randn(3, 2), "b": torch.randn(4)} for _ in range(3)]
+    examples = [10, 30, 60]
+    contents = [RecordDict({"arrays": state_to_arrayrecord(s), "metrics": MetricRecord({"num-examples": n})}) for s, n in zip(states, examples)]
+
+    ours = keywise_average(states, examples)
+    flowers = aggregate_arrayrecords(contents, "num-examples").to_torch_state_dict()
+
+    assert all(torch.allclose(ours[k], flowers[k], atol=1e-6) for k in ours)
+
+
+def test_keywise_average_averages_each_task_head_over_its_own_hospitals():
+    states = [{"lora": torch.ones(2), "heads.a.w": torch.ones(2)}, {"lora": 3 * torch.ones(2), "heads.b.w": 5 * torch.ones(2)}]
+
+    averaged = keywise_average(states, [1, 1])
+
+    assert torch.equal(averaged["lora"], 2 * torch.ones(2))
+    assert torch.equal(averaged["heads.a.w"], torch.ones(2)) and torch.equal(averaged["heads.b.w"], 5 * torch.ones(2))
+
+
+class EchoGrid:
+    """A stand-in Grid that answers each message with a fixed reply content."""
+
+    def __init__(self, reply: RecordDict) -> None:
+        self.reply = reply
+
+    def get_node_ids(self):
+        return [1, 2]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [
+            SimpleNamespace(metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id), content=self.reply, has_content=lambda: True)
+            for m in messages
+        ]
+
+
+def test_counting_grid_counts_the_records_actually_sent_and_received(monkeypatch):
+    for field in ("_run_id", "_node_id", "_task_id"):  # Flower messages outside a run need an identity
+        monkeypatch.setattr(TaskIdentity, field, 1)
+    arrays = state_to_arrayrecord({"w": torch.zeros(10)})
+    reply = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 5})})
+    grid = CountingGrid(EchoGrid(reply))
+    content = RecordDict({"config": ConfigRecord({"server-round": 2, "experiment": "{}"})})
+
+    grid.send_and_receive([Message(content, dst_node_id=n, message_type="train") for n in (1, 2)])
+
+    summary = grid.traffic.summary({1: 0, 2: 1}, "train")
+    assert summary["download_bytes"] == 2 * record_dict_bytes(content)
+    assert summary["upload_bytes"] == 2 * record_dict_bytes(reply)
+    assert summary["per_hospital"]["0"]["per_round"]["2"]["upload_bytes"] == record_dict_bytes(reply)
+    assert grid.get_node_ids() == [1, 2]
+
+
+def test_results_are_strict_json_and_survive_a_failure(tmp_path):
+    results = RunResults(tmp_path, {"strategy": "one_shot"})
+    results.set(versions=[{"name": "merged", "mean_auc": math.nan}])
+
+    results.finish("failed", error="boom")
+
+    data = read_results(tmp_path)
+    assert data["status"] == "failed" and data["error"] == "boom"
+    assert data["versions"][0]["mean_auc"] is None
+    assert not list(tmp_path.glob(".results.json.*"))  # no temp files left behind
+    json.loads((tmp_path / "results.json").read_text())
