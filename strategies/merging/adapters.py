@@ -1,19 +1,21 @@
 """Merge whole hospital adapters given as flat PEFT state dicts (`get_peft_model_state_dict`).
 
 A state holds LoRA keys `<module>.lora_A.weight` / `<module>.lora_B.weight` and classification
-head keys `...heads.<task>.<param>`. LoRA modules merge in the ΔW space through a registered
-`ModuleMerge` (task arithmetic by default); heads merge per task by a weighted average.
+head keys `...heads.<task>.<param>`. LoRA modules merge through a registered `ModuleMerge` (task
+arithmetic by default); heads merge per task by a weighted average.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from strategies.merging.lowrank import LoraFactors, ModuleMerge, average_tensors
+from strategies.merging.sparsify import as_generator
 
 LORA_A_SUFFIX = ".lora_A.weight"
 LORA_B_SUFFIX = ".lora_B.weight"
@@ -102,8 +104,10 @@ class MergeResult:
     rank: int
     lora_alpha: int
     relative_error: float  # max over modules of the truncation's relative Frobenius error
-    exact: bool  # relative_error == 0.0: the merged ΔW is the method's ΔW in every module
+    exact: bool  # an exact method and relative_error == 0.0: the merged ΔW is the method's ΔW everywhere
     module_errors: dict[str, float] = field(default_factory=dict)
+    method: str = ""  # the registered name, or the function's name
+    params: dict[str, Any] = field(default_factory=dict)  # the method parameters used, defaults included
 
 
 def _check_module_sets(modules: Sequence[Mapping[str, LoraFactors]]) -> None:
@@ -160,23 +164,23 @@ def merge_adapters(
     rank: int | None = None,
     *,
     method: str | ModuleMerge = "task_arithmetic",
+    params: Mapping[str, Any] | None = None,
 ) -> MergeResult:
     """Merge hospital adapters into one: LoRA modules by `method`, heads by per-task weighted average.
 
     scales[i]: hospital i's lora_alpha / r (or per module path); weights[i]: its merge weight (not
     renormalised for LoRA; renormalised within each task for heads); tasks[i]: its task; method: a
-    name in MERGE_METHODS or a `ModuleMerge` function. All modules are zero-padded to one rank so
-    PEFT can load the result with a single r.
+    name in MERGE_METHODS or a `ModuleMerge` function; params: the method's parameters (checked
+    against those a registered method declares; missing ones take its defaults). A `seed` becomes
+    one torch.Generator drawn module after module in state order, as PEFT draws from the global RNG.
+    All modules are zero-padded to one rank so PEFT can load the result with a single r.
     """
-    if isinstance(method, str):
-        from strategies.merging import get_merge_method  # lazy: the registry imports this module
-
-        method = get_merge_method(method).fn
+    fn, name, kwargs, method_exact = _resolve_method(method, params)
     if len(states) == 0:
         raise ValueError("merge_adapters needs at least one hospital state, got none")
-    for name, values in (("scales", scales), ("weights", weights), ("tasks", tasks)):
+    for label, values in (("scales", scales), ("weights", weights), ("tasks", tasks)):
         if len(values) != len(states):
-            raise ValueError(f"got {len(values)} {name} for {len(states)} hospital states; pass one per hospital")
+            raise ValueError(f"got {len(values)} {label} for {len(states)} hospital states; pass one per hospital")
     modules, heads = [], []
     for i, (state, hospital_scale) in enumerate(zip(states, scales)):
         try:
@@ -186,11 +190,14 @@ def merge_adapters(
             raise ValueError(f"hospital {i}: {err}") from err
     _check_module_sets(modules)
     # merge each LoRA module
+    call_kwargs = dict(kwargs)
+    if "seed" in call_kwargs:
+        call_kwargs["seed"] = as_generator(call_kwargs["seed"])
     merged: dict[str, LoraFactors] = {}
     errors: dict[str, float] = {}
     for module in modules[0]:
         try:
-            merged[module], errors[module] = method([m[module] for m in modules], weights, scale, rank)
+            merged[module], errors[module] = fn([m[module] for m in modules], weights, scale, rank, **call_kwargs)
         except ValueError as err:
             raise ValueError(f"LoRA module {module!r}: {err}") from err
     # normalise to scale 1 and pad to one rank
@@ -204,6 +211,23 @@ def merge_adapters(
         rank=merged_rank,
         lora_alpha=merged_rank,
         relative_error=relative_error,
-        exact=relative_error == 0.0,
+        exact=method_exact and relative_error == 0.0,
         module_errors=errors,
+        method=name,
+        params=kwargs,
     )
+
+
+def _resolve_method(
+    method: str | ModuleMerge, params: Mapping[str, Any] | None
+) -> tuple[ModuleMerge, str, dict[str, Any], bool]:
+    """The function to call per module, its name, its keyword arguments, and whether it is exact."""
+    from strategies.merging import MERGE_METHODS, get_merge_method  # lazy: the registry imports this module
+
+    if isinstance(method, str):
+        registered = get_merge_method(method)
+    else:  # a registered function passed directly is that method; any other function is trusted as exact
+        registered = next((m for m in MERGE_METHODS.values() if m.fn is method and not m.bound), None)
+        if registered is None:
+            return method, getattr(method, "__name__", repr(method)), dict(params or {}), True
+    return registered.fn, registered.name, registered.resolve(params), registered.exact

@@ -2,22 +2,25 @@
 
 Space: merges here work on the product ΔW = scale · B @ A (exact for LoRA), never on A and B
 separately. A sum of products is re-factored to LoRA form by thin QR + an SVD of a small core,
-so no d_out x d_in matrix is formed.
+so no d_out x d_in matrix is formed. `refactor_dense` re-factors a ΔW that has been formed
+(the sparsifying methods work element-wise on it).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 from torch import Tensor
 
 WeightScheme = Literal["uniform", "num_examples"]
 WEIGHT_SCHEMES: tuple[str, ...] = get_args(WeightScheme)
+OutputForm = Literal["svd", "cat"]
+OUTPUT_FORMS: tuple[str, ...] = get_args(OutputForm)
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +63,10 @@ class LoraFactors:
 
 
 class ModuleMerge(Protocol):
-    """Signature every merge method shares: adapters of one module -> merged factors, truncation error."""
+    """Signature every merge method shares: adapters of one module -> merged factors, truncation error.
+
+    Method parameters (density, seed, ...) are keyword-only with defaults; the registry declares them.
+    """
 
     def __call__(
         self,
@@ -68,10 +74,11 @@ class ModuleMerge(Protocol):
         weights: Sequence[float],
         scale: float = 1.0,
         rank: int | None = None,
+        **params: Any,
     ) -> tuple[LoraFactors, float]: ...
 
 
-def _check_rank(rank: int | None) -> None:
+def check_rank(rank: int | None) -> None:
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive int or None (lossless), got {rank!r}")
 
@@ -99,7 +106,7 @@ def refactor_lowrank(
             f"refactor_lowrank needs B_stack (d_out, R) and A_stack (R, d_in), "
             f"got {tuple(B_stack.shape)} and {tuple(A_stack.shape)}"
         )
-    _check_rank(rank)
+    check_rank(rank)
     dtype = torch.promote_types(B_stack.dtype, A_stack.dtype)
     # thin QR: B_stack = Qb Rb, A_stack.T = Qa Ra (reduced mode also covers R > d)
     Qb, Rb = torch.linalg.qr(B_stack.to(torch.float64), mode="reduced")
@@ -115,7 +122,71 @@ def refactor_lowrank(
     return B.to(dtype), A.to(dtype), S
 
 
-def _check_adapters(adapters: Sequence[LoraFactors], weights: Sequence[float]) -> None:
+def refactor_dense(delta: Tensor, rank: int | None) -> tuple[Tensor, Tensor, float]:
+    """Factor an explicit ΔW (d_out, d_in) as B @ A of rank `rank` (None: min(d_out, d_in), lossless).
+
+    The leading singular vectors come from an eigendecomposition of the smaller Gram matrix (about
+    twice as fast as an SVD on CPU); ΔW is then projected on them, so the kept part is exact to the
+    working precision even where the Gram matrix squares small singular values away. Returns B and
+    A (sqrt(S) split evenly, as in `refactor_lowrank`) in ΔW's dtype and the relative Frobenius
+    error of the truncation, measured on the explicit residual (0.0 when lossless).
+    """
+    if delta.dim() != 2:
+        raise ValueError(f"refactor_dense needs a 2-D ΔW (d_out, d_in), got shape {tuple(delta.shape)}")
+    check_rank(rank)
+    wide = delta.shape[0] <= delta.shape[1]
+    M = delta if wide else delta.T  # (m, n) with m <= n
+    cap = M.shape[0]
+    k = cap if rank is None else min(rank, cap)
+    # basis: leading eigenvectors of M M^T are the left singular vectors of M
+    _, vectors = torch.linalg.eigh(M @ M.T)
+    U = vectors[:, -k:].flip(1)
+    # project: M ≈ U (U^T M); the rows of U^T M have norms S
+    coefficients = U.T @ M
+    root = torch.linalg.vector_norm(coefficients, dim=1).sqrt()
+    # split sqrt(S) evenly; a zero singular value leaves a zero row and column
+    left = U * root
+    right = coefficients / torch.where(root > 0, root, torch.ones_like(root))[:, None]
+    error = 0.0
+    if k < cap:
+        norm = torch.linalg.matrix_norm(M.to(torch.float64)).item()
+        residual = torch.linalg.matrix_norm((M - U @ coefficients).to(torch.float64)).item()
+        error = residual / norm if norm > 0 else 0.0
+    B, A = (left, right) if wide else (right.T, left.T)
+    return B, A, error
+
+
+def lowrank_norm(B: Tensor, A: Tensor) -> float:
+    """Frobenius norm of B @ A (d_out, R) x (R, d_in) from thin QRs, without forming the product."""
+    if B.dim() != 2 or A.dim() != 2 or B.shape[1] != A.shape[0]:
+        raise ValueError(f"lowrank_norm needs B (d_out, R) and A (R, d_in), got {tuple(B.shape)} and {tuple(A.shape)}")
+    Rb = torch.linalg.qr(B.to(torch.float64), mode="r").R
+    Ra = torch.linalg.qr(A.to(torch.float64).T, mode="r").R
+    return torch.linalg.matrix_norm(Rb @ Ra.T).item()
+
+
+def deviation_from_task_arithmetic(
+    merged: LoraFactors, adapters: Sequence[LoraFactors], weights: Sequence[float], scale: float = 1.0
+) -> float:
+    """Relative Frobenius distance of a merged ΔW from the exact task arithmetic ΔW (from factors only).
+
+    For inexact methods such as `fedit`: how far the merged product is from Σ w_i s_i B_i A_i.
+    Costs O(d (r + Σ r_i)^2) per module, like an exact merge of the same adapters.
+    """
+    check_adapters(adapters, weights)
+    target_B = torch.cat([(scale * w * a.scale) * a.B.to(torch.float64) for a, w in zip(adapters, weights)], dim=1)
+    target_A = torch.cat([a.A.to(torch.float64) for a in adapters], dim=0)
+    target = lowrank_norm(target_B, target_A)
+    difference = lowrank_norm(
+        torch.cat([merged.scale * merged.B.to(torch.float64), -target_B], dim=1),
+        torch.cat([merged.A.to(torch.float64), target_A], dim=0),
+    )
+    if target == 0.0:
+        return 0.0 if difference == 0.0 else math.inf
+    return difference / target
+
+
+def check_adapters(adapters: Sequence[LoraFactors], weights: Sequence[float]) -> None:
     if len(adapters) == 0:
         raise ValueError("merge needs at least one adapter, got an empty list")
     if len(weights) != len(adapters):
@@ -132,26 +203,48 @@ def _check_adapters(adapters: Sequence[LoraFactors], weights: Sequence[float]) -
             )
 
 
+def check_scale(scale: float) -> None:
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+
+
+def adapters_dtype(adapters: Sequence[LoraFactors]) -> torch.dtype:
+    """The dtype every factor promotes to; merged factors are returned in it."""
+    return functools.reduce(torch.promote_types, (t.dtype for a in adapters for t in (a.A, a.B)))
+
+
 def task_arithmetic(
     adapters: Sequence[LoraFactors],
     weights: Sequence[float],
     scale: float = 1.0,
     rank: int | None = None,
+    *,
+    form: OutputForm = "svd",
 ) -> tuple[LoraFactors, float]:
-    """Exact task arithmetic ΔW = scale · Σ w_i · s_i · B_i A_i, re-factored to LoRA form (scale 1).
+    """Exact task arithmetic ΔW = scale · Σ w_i · s_i · B_i A_i, returned in LoRA form (scale 1).
 
     Ilharco et al. 2023, "Editing Models with Task Arithmetic", https://arxiv.org/abs/2212.04089.
-    rank None is lossless (min(Σ r_i, d_out, d_in)); an int truncates the SVD. Returns the merged
-    factors and the relative Frobenius error of the truncation (0.0 when lossless).
+    form "svd": re-factored by thin QR + SVD of a small core; rank None is lossless
+    (min(Σ r_i, d_out, d_in)), an int truncates. form "cat": the factors concatenated along the
+    rank axis (rank Σ r_i, lossless, no decomposition; PEFT's `cat`); takes no rank. Returns the
+    merged factors and the relative Frobenius error of the truncation (0.0 when lossless).
     """
-    _check_adapters(adapters, weights)
-    _check_rank(rank)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    dtype = functools.reduce(torch.promote_types, (t.dtype for a in adapters for t in (a.A, a.B)))
+    check_adapters(adapters, weights)
+    check_rank(rank)
+    check_scale(scale)
+    if form not in OUTPUT_FORMS:
+        raise ValueError(f"unknown task arithmetic form {form!r}; choose one of {list(OUTPUT_FORMS)}")
+    if form == "cat" and rank is not None:
+        raise ValueError(
+            f"form 'cat' keeps every factor (rank Σ r_i = {sum(a.rank for a in adapters)}) and takes no rank, "
+            f"got rank={rank}; pass rank=None or use form 'svd' to truncate"
+        )
+    dtype = adapters_dtype(adapters)
     # weight: fold scale · w_i · s_i into B_i, then stack along the rank axis
     B_stack = torch.cat([(scale * w * a.scale) * a.B.to(torch.float64) for a, w in zip(adapters, weights)], dim=1)
     A_stack = torch.cat([a.A.to(torch.float64) for a in adapters], dim=0)
+    if form == "cat":
+        return LoraFactors(A=A_stack.to(dtype), B=B_stack.to(dtype), scale=1.0), 0.0
     # re-factor
     B, A, S = refactor_lowrank(B_stack, A_stack, rank)
     return LoraFactors(A=A.to(dtype), B=B.to(dtype), scale=1.0), truncation_error(S, A.shape[0])
@@ -175,6 +268,22 @@ def merge_weights(num_examples: Sequence[int], scheme: WeightScheme) -> list[flo
             f"use scheme 'uniform' or report the hospitals' example counts"
         )
     return [n / total for n in num_examples]
+
+
+def explicit_weights(hospital_ids: Sequence[int], weights: Mapping[int | str, float]) -> list[float]:
+    """Per-hospital merge weights given by hospital id (config keys may be strings); not renormalised."""
+    by_id = {str(k): v for k, v in weights.items()}
+    missing = [h for h in hospital_ids if str(h) not in by_id]
+    if missing:
+        raise ValueError(
+            f"explicit merge weights name hospitals {sorted(by_id)} but hospitals {missing} have none; "
+            f"give every merged hospital a weight"
+        )
+    chosen = [float(by_id[str(h)]) for h in hospital_ids]
+    for h, w in zip(hospital_ids, chosen):
+        if not math.isfinite(w):
+            raise ValueError(f"explicit merge weight of hospital {h} must be finite, got {w}")
+    return chosen
 
 
 def average_tensors(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:

@@ -1,0 +1,212 @@
+"""TIES, DARE and magnitude pruning as one pipeline: sparsify -> weight -> elect sign -> disjoint merge -> scale.
+
+Space: the explicit ΔW_i = s_i · B_i A_i of every adapter, because trimming and sign election act
+element-wise on it (PEFT's `*_svd` combinations do the same); the merged ΔW is re-factored to LoRA
+by SVD at the end, so adapters of different ranks merge. `combine` works on any stack of
+per-adapter tensors: KnOTS reuses it on its aligned coefficients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from strategies.merging.lowrank import (
+    LoraFactors,
+    adapters_dtype,
+    check_adapters,
+    check_rank,
+    check_scale,
+    refactor_dense,
+)
+
+Sparsify = Literal["none", "magnitude", "random"]
+Consensus = Literal["none", "sign"]
+MajoritySignMethod = Literal["total", "frequency"]
+Normalize = Literal["weights", "count"]
+PipelineName = Literal["linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+MAJORITY_SIGN_METHODS: tuple[str, ...] = get_args(MajoritySignMethod)
+NORMALIZE_CHOICES: tuple[str, ...] = get_args(Normalize)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """How a named method configures the shared pipeline, and the paper it follows."""
+
+    sparsify: Sparsify
+    consensus: Consensus
+    paper: str
+
+
+TIES_PAPER = "https://arxiv.org/abs/2306.01708"  # Yadav et al. 2023, TIES-Merging
+DARE_PAPER = "https://arxiv.org/abs/2311.03099"  # Yu et al. 2024, Language Models are Super Mario (DARE)
+
+PIPELINES: dict[str, Pipeline] = {
+    "linear": Pipeline("none", "none", "https://arxiv.org/abs/2212.04089"),
+    "ties": Pipeline("magnitude", "sign", TIES_PAPER),
+    "dare_linear": Pipeline("random", "none", DARE_PAPER),
+    "dare_ties": Pipeline("random", "sign", DARE_PAPER),
+    "magnitude_prune": Pipeline("magnitude", "none", TIES_PAPER),  # TIES' trim step alone (PEFT's name)
+}
+
+
+def check_pipeline(pipeline: str, density: float, majority_sign_method: str, normalize: str) -> Pipeline:
+    """The named pipeline, after checking its parameters once."""
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {sorted(PIPELINES)}")
+    chosen = PIPELINES[pipeline]
+    if chosen.sparsify != "none" and not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):
+        raise ValueError(f"density is the fraction of entries kept and must be in (0, 1], got {density!r}")
+    if majority_sign_method not in MAJORITY_SIGN_METHODS:
+        raise ValueError(
+            f"unknown majority_sign_method {majority_sign_method!r}; choose one of {list(MAJORITY_SIGN_METHODS)}"
+        )
+    if normalize not in NORMALIZE_CHOICES:
+        raise ValueError(f"unknown normalize {normalize!r}; choose one of {list(NORMALIZE_CHOICES)}")
+    return chosen
+
+
+def as_generator(seed: int | torch.Generator) -> torch.Generator:
+    """A CPU generator: the one given, or a fresh one seeded with `seed`."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int or a torch.Generator, got {seed!r}")
+    return torch.Generator().manual_seed(seed)
+
+
+def magnitude_prune(tensors: Tensor, density: float) -> Tensor:
+    """TIES 'trim': keep each adapter's int(density · numel) largest-magnitude entries, zero the rest.
+
+    tensors: one adapter per row of dim 0. Entries tied with the threshold are all kept.
+    """
+    flat = tensors.reshape(tensors.shape[0], -1)
+    n = flat.shape[1]
+    k = int(density * n)  # as PEFT's magnitude_based_pruning
+    if k >= n:
+        return tensors
+    if k == 0:
+        return torch.zeros_like(tensors)
+    magnitude = flat.abs()
+    threshold = magnitude.kthvalue(n - k + 1, dim=1, keepdim=True).values  # k-th largest
+    return (flat * (magnitude >= threshold)).reshape(tensors.shape)
+
+
+def random_prune(tensors: Tensor, density: float, generator: torch.Generator) -> Tensor:
+    """DARE: keep each entry with probability `density` and rescale the kept ones by 1 / density.
+
+    The mask is drawn like PEFT's random_pruning (torch.bernoulli on a tensor of `density` in the
+    tensors' dtype, adapter after adapter), so the same seed gives PEFT's mask.
+    """
+    if density >= 1.0:
+        return tensors  # nothing dropped and no draw, as in PEFT
+    mask = torch.bernoulli(torch.full_like(tensors, density), generator=generator)
+    return tensors * mask / density
+
+
+def majority_sign_agreement(tensors: Tensor, method: MajoritySignMethod = "total") -> Tensor:
+    """TIES 'elect sign': where each adapter's entry has the elected sign (zeros never agree).
+
+    total: the sign of the summed entries; frequency: the sign most adapters have. Ties elect +.
+    Elected on the unweighted (trimmed) entries, as in the TIES paper and PEFT.
+    """
+    sign = tensors.sign()
+    strength = tensors.sum(dim=0) if method == "total" else sign.sum(dim=0)
+    elected = torch.where(strength >= 0, 1.0, -1.0).to(tensors.dtype)
+    return sign == elected
+
+
+def disjoint_merge(tensors: Tensor, weights: Tensor, agree: Tensor, normalize: Normalize = "weights") -> Tensor:
+    """TIES 'disjoint merge': average, per entry, only the adapters that agree with the elected sign.
+
+    normalize "weights": Σ_agree w_i x_i / Σ_agree |w_i| (mergekit; the TIES paper's mean for equal
+    weights, independent of the weights' overall scale). "count": Σ_agree w_i x_i / #agree (PEFT).
+    """
+    kept = tensors * agree
+    total = torch.tensordot(weights, kept, dims=1)
+    if normalize == "count":
+        denominator = agree.sum(dim=0).clamp(min=1).to(tensors.dtype)
+    else:
+        denominator = torch.tensordot(weights.abs(), agree.to(tensors.dtype), dims=1)
+        denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return total / denominator
+
+
+def combine(
+    tensors: Tensor,
+    weights: Sequence[float],
+    *,
+    pipeline: PipelineName,
+    density: float = 1.0,
+    majority_sign_method: MajoritySignMethod = "total",
+    normalize: Normalize = "weights",
+    seed: int | torch.Generator = 0,
+) -> Tensor:
+    """Merge a stack of per-adapter tensors (adapter on dim 0) with a named pipeline."""
+    chosen = check_pipeline(pipeline, density, majority_sign_method, normalize)
+    if len(weights) != tensors.shape[0]:
+        raise ValueError(f"got {len(weights)} weights for {tensors.shape[0]} tensors; pass one weight per adapter")
+    # sparsify
+    if chosen.sparsify == "magnitude":
+        tensors = magnitude_prune(tensors, density)
+    elif chosen.sparsify == "random":
+        tensors = random_prune(tensors, density, as_generator(seed))
+    # weight
+    w = torch.tensor(list(weights), dtype=tensors.dtype)
+    if chosen.consensus == "none":
+        return torch.tensordot(w, tensors, dims=1)
+    # elect sign
+    agree = majority_sign_agreement(tensors, majority_sign_method)
+    # disjoint merge
+    return disjoint_merge(tensors, w, agree, normalize)
+
+
+def sparse_task_arithmetic(
+    adapters: Sequence[LoraFactors],
+    weights: Sequence[float],
+    scale: float = 1.0,
+    rank: int | None = None,
+    *,
+    pipeline: PipelineName,
+    density: float,
+    majority_sign_method: MajoritySignMethod = "total",
+    normalize: Normalize = "weights",
+    seed: int | torch.Generator = 0,
+) -> tuple[LoraFactors, float]:
+    """Generalised task arithmetic on the explicit ΔW_i: `pipeline` names TIES, DARE or magnitude pruning.
+
+    TIES: Yadav et al. 2023, https://arxiv.org/abs/2306.01708 (trim to `density`, elect sign,
+    disjoint mean). DARE: Yu et al. 2024, https://arxiv.org/abs/2311.03099 (drop with probability
+    1 - density, rescale by 1 / density; with TIES' sign election for dare_ties). ΔW = scale · merge,
+    re-factored by SVD: rank None keeps min(d_out, d_in) (lossless: a sparsified ΔW is full rank, so
+    set a rank, PEFT's default is max r_i); an int truncates, and the error returned is the
+    truncation's relative Frobenius error against the merged ΔW. ΔW is formed in the adapters'
+    dtype (at least float32), like PEFT's get_delta_weight, so DARE masks match PEFT's for a seed.
+    """
+    check_adapters(adapters, weights)
+    check_rank(rank)
+    check_scale(scale)
+    check_pipeline(pipeline, density, majority_sign_method, normalize)
+    dtype = adapters_dtype(adapters)
+    work = torch.promote_types(dtype, torch.float32)
+    # delta: ΔW_i = (B_i A_i) · s_i, in PEFT's order of operations
+    deltas = torch.stack([(a.B.to(work) @ a.A.to(work)) * a.scale for a in adapters])
+    # sparsify, weight, elect sign, disjoint merge
+    merged = combine(
+        deltas,
+        weights,
+        pipeline=pipeline,
+        density=density,
+        majority_sign_method=majority_sign_method,
+        normalize=normalize,
+        seed=seed,
+    )
+    # scale
+    merged = scale * merged
+    # re-factor
+    B, A, error = refactor_dense(merged, rank)
+    return LoraFactors(A=A.to(dtype), B=B.to(dtype), scale=1.0), error

@@ -1,0 +1,43 @@
+"""A hospital's steps without Flower: backbone reuse, training, evaluation of versions."""
+
+from __future__ import annotations
+
+import json
+
+from flwr.app import ConfigRecord, RecordDict
+
+import fl_app.model.lora as lora_module
+from fl_app.config import hospital_payload
+from fl_app.hospital_steps import Hospital
+from fl_app.protocol import CONFIG, version_key
+
+
+def test_backbone_is_built_once_per_process_for_all_hospitals(tiny_experiment, monkeypatch):
+    builds = []
+    real_build = lora_module.build_backbone
+    monkeypatch.setattr(lora_module, "build_backbone", lambda cfg: builds.append(1) or real_build(cfg))
+    lora_module._cached_hospital_model.cache_clear()
+    experiment = json.loads(hospital_payload(tiny_experiment()))
+
+    hospitals = [Hospital(experiment, i, 3) for i in range(3)]
+    for hospital in hospitals:
+        hospital.train(None, server_round=1)
+
+    assert len(builds) == 1
+    assert len({id(h.model) for h in hospitals}) == 1
+
+
+def test_training_then_evaluating_real_breastmnist(breastmnist_root, tiny_experiment):
+    cfg = tiny_experiment("data=multi_center", f"data.root={breastmnist_root}", "data.max_train=null", "data.max_eval=null")
+    experiment = json.loads(hospital_payload(cfg))
+    hospital = Hospital(experiment, 0, 3)
+
+    reply = hospital.train(None, server_round=1)
+    content = RecordDict({CONFIG: ConfigRecord({"experiment": json.dumps(experiment), "versions": json.dumps({"mine": {"r": 4, "alpha": 16}})})})
+    content[version_key("mine")] = reply["arrays"]
+    scores = hospital.evaluate(content)
+
+    assert hospital.data.data_source == "medmnist"
+    assert reply["metrics"]["num-examples"] == len(hospital.data.train) > 100
+    assert 0.0 <= scores["metrics"]["mine/acc"] <= 1.0
+    assert scores["metrics"]["num-examples"] == len(hospital.data.test)
