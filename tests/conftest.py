@@ -24,7 +24,8 @@ TINY = [
 
 
 @pytest.fixture
-def breastmnist_root() -> Path:
+def breast_root() -> Path:
+    """The real BreastMNIST folder (../shared/data/medmnist); never copied into the repo."""
     if not (MEDMNIST_ROOT / "breastmnist.npz").exists():
         pytest.skip(f"real BreastMNIST not found at {MEDMNIST_ROOT}")
     return MEDMNIST_ROOT

@@ -8,6 +8,7 @@ from fl_app.data.hospital import (
     clear_task_cache,
     hospital_tasks,
     load_hospital,
+    synthetic_stand_ins,
     validate_data_config,
 )
 from fl_app.data.medmnist_files import MedMNISTUnavailable, load_medmnist_split, load_medmnist_task
@@ -47,7 +48,7 @@ __all__ = [
     "load_medmnist_task",
     "partition_indices",
     "partition_splits",
-    "split_by_proportions",
+    "split_by_proportions", "synthetic_stand_ins",
     "synthetic_images",
     "synthetic_labels",
     "synthetic_task",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+import os
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -162,7 +163,7 @@ def _task_source(flag: str, size: int, root: str, download: bool, fallback: bool
             raise
         state = "not found" if e.missing and not download else f"unavailable ({e.reason})"
         fix = f"put {npz_name(flag, size)} there" + ("" if download else " or set data.download=true")
-        logger.warning(
+        logger.info(
             "MedMNIST %r (%dpx) %s under %s: using SYNTHETIC MedMNIST-format data instead (%s)",
             flag,
             size,
@@ -171,6 +172,15 @@ def _task_source(flag: str, size: int, root: str, download: bool, fallback: bool
             fix,
         )
         return _synthetic_source(flag, size)
+
+
+def synthetic_stand_ins(data_cfg: Mapping[str, Any]) -> list[str]:
+    """Flags whose MedMNIST file is absent under data.root (so hospitals will use synthetic data)."""
+    if data_cfg["download"] or not data_cfg["synthetic_fallback"]:
+        return []
+    root = os.path.expanduser(str(data_cfg["root"]))
+    size = int(data_cfg["size"])
+    return [flag for flag in data_cfg["flags"] if not os.path.exists(os.path.join(root, npz_name(flag, size)))]
 
 
 def clear_task_cache() -> None:

@@ -12,6 +12,7 @@ from flwr.common import log
 from omegaconf import DictConfig, OmegaConf
 
 from fl_app.config import hospital_payload, save_experiment
+from fl_app.data import synthetic_stand_ins
 from fl_app.hospital_steps import task_outputs
 from fl_app.model.backbone import build_backbone
 from fl_app.model.lora import linear_module_names, lora_config
@@ -58,6 +59,8 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         if len(nodes) != int(cfg.simulation.num_hospitals):
             log(WARNING, "%d hospital nodes connected; the config says simulation.num_hospitals=%d.", len(nodes), cfg.simulation.num_hospitals)
         experiment_json = hospital_payload(cfg)
+        if stand_ins := synthetic_stand_ins(cfg.data):
+            log(WARNING, "Data: no MedMNIST file for %s under %s: hospitals use SYNTHETIC MedMNIST-format data (data_source in results.json).", ", ".join(stand_ins), cfg.data.root)
         log(INFO, "MedForge: strategy=%s, %d hospitals, tasks %s", cfg.strategy.name, len(nodes), list(cfg.data.flags))
         outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, results)
         hospital_of_node = {h.node_id: h.hospital_id for h in results.hospitals.values()}

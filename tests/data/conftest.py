@@ -1,21 +1,8 @@
-"""Shared fixtures of the data tests: the real BreastMNIST folder and a data-config factory."""
-
-from pathlib import Path
+"""Shared fixtures of the data tests: a data-config factory (the real BreastMNIST folder is in tests/conftest.py)."""
 
 import pytest
 
 from fl_app.data import clear_task_cache
-
-# ../shared/data/medmnist relative to the project root (never copied into the repo)
-REAL_ROOT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "medmnist"
-
-
-@pytest.fixture
-def breast_root() -> Path:
-    if not (REAL_ROOT / "breastmnist.npz").is_file():
-        pytest.skip(f"real BreastMNIST file not found at {REAL_ROOT.resolve()}/breastmnist.npz")
-    return REAL_ROOT.resolve()
-
 
 @pytest.fixture
 def data_cfg(tmp_path):

@@ -8,6 +8,7 @@ from fl_app.data import (
     MedMNISTUnavailable,
     SplitArrays,
     clear_task_cache,
+    synthetic_stand_ins,
     hospital_tasks,
     load_hospital,
     load_medmnist_task,
@@ -103,7 +104,7 @@ def test_missing_files_fall_back_to_synthetic_with_one_log_line(data_cfg, tmp_pa
     cfg = data_cfg(root=str(tmp_path), synthetic_fallback=True, max_train=100)
 
     # Execute
-    with caplog.at_level(logging.WARNING, logger="medforge"):
+    with caplog.at_level(logging.INFO, logger="medforge"):
         hospitals = [load_hospital(cfg, h, 3, seed=0) for h in range(3)]
 
     # Assert
@@ -114,6 +115,18 @@ def test_missing_files_fall_back_to_synthetic_with_one_log_line(data_cfg, tmp_pa
     message = records[0].getMessage()
     assert "'breastmnist' (28px) not found under" in message and str(tmp_path) in message
     assert "SYNTHETIC" in message and "put breastmnist.npz there or set data.download=true" in message
+
+
+def test_synthetic_stand_ins_names_the_missing_files(data_cfg, tmp_path, breast_root):
+    # Prepare
+    cfg = data_cfg(root=str(breast_root), flags=["breastmnist", "pathmnist"], scenario="multi_task")
+
+    # Execute
+    missing = synthetic_stand_ins(cfg)
+
+    # Assert
+    assert missing == ["pathmnist"]
+    assert synthetic_stand_ins({**cfg, "synthetic_fallback": False}) == []
 
 
 def test_synthetic_hospitals_have_their_own_site_look(data_cfg, tmp_path):

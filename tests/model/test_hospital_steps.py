@@ -27,8 +27,8 @@ def test_backbone_is_built_once_per_process_for_all_hospitals(tiny_experiment, m
     assert len({id(h.model) for h in hospitals}) == 1
 
 
-def test_training_then_evaluating_real_breastmnist(breastmnist_root, tiny_experiment):
-    cfg = tiny_experiment("data=multi_center", f"data.root={breastmnist_root}", "data.max_train=null", "data.max_eval=null")
+def test_training_then_evaluating_real_breastmnist(breast_root, tiny_experiment):
+    cfg = tiny_experiment("data=multi_center", f"data.root={breast_root}", "data.max_train=null", "data.max_eval=null")
     experiment = json.loads(hospital_payload(cfg))
     hospital = Hospital(experiment, 0, 3)
 
