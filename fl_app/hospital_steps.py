@@ -11,12 +11,14 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fl_app.data import HospitalData, load_hospital, task_info
 from fl_app.model.adapter import arrayrecord_to_state, state_to_arrayrecord
 from fl_app.model.backbone import backbone_image_size
 from fl_app.model.lora import HospitalModel, hospital_model
+from fl_app.pooled_auc import score_histograms
 from fl_app.protocol import ARRAYS, CONFIG, HOSPITAL, METRICS, VERSION_PREFIX, hospital_record, read_experiment
 from fl_app.training import TrainSettings, medmnist_metrics, pick_device, predict_scores, train_adapter
 
@@ -69,9 +71,8 @@ class Hospital:
         seed = hospital_seed(int(self.experiment["seed"]), self.id, server_round)
         loss = train_adapter(self.model.peft, self.data.task, self.data.train, settings, self.image_size, seed, self.device)
         val = self._metrics(self.data.val)
-        metrics = {"num-examples": len(self.data.train), "train-loss": loss, "val-acc": val["acc"]}
-        if not math.isnan(val["auc"]):
-            metrics["val-auc"] = val["auc"]
+        # Same keys from every hospital (Flower's FedAvg requires it): NaN when AUC is undefined.
+        metrics = {"num-examples": len(self.data.train), "train-loss": loss, "val-acc": val["acc"], "val-auc": val["auc"]}
         state = self.model.adapter_state(name, [self.task])
         return RecordDict({ARRAYS: state_to_arrayrecord(state), METRICS: MetricRecord(metrics), HOSPITAL: self.record()})
 
@@ -83,15 +84,20 @@ class Hospital:
             name = self.model.use_adapter(self.experiment["lora"], rank=int(meta["r"]), alpha=float(meta["alpha"]))
             self.model.load_adapter_state(name, arrayrecord_to_state(content[VERSION_PREFIX + version]), self.task)
             self.model.peft.to(self.device)
-            for metric, value in self._metrics(self.data.test).items():
+            scores = self._scores(self.data.test)
+            for metric, value in medmnist_metrics(self.data.task, self.data.test.labels, scores).items():
                 if not math.isnan(value):
                     metrics[f"{version}/{metric}"] = value
+            # Lets the server compute the AUC of all hospitals' test splits together.
+            metrics[f"{version}/auc-hist"] = score_histograms(self.data.task, self.data.test.labels, scores).ravel().tolist()
         return RecordDict({METRICS: MetricRecord(metrics), HOSPITAL: self.record()})
 
-    def _metrics(self, split) -> dict[str, float]:
+    def _scores(self, split) -> np.ndarray:
         batch = int(self.experiment["eval"]["batch_size"])
-        scores = predict_scores(self.model.peft, self.data.task, split, self.image_size, batch, self.device)
-        return medmnist_metrics(self.data.task, split.labels, scores)
+        return predict_scores(self.model.peft, self.data.task, split, self.image_size, batch, self.device)
+
+    def _metrics(self, split) -> dict[str, float]:
+        return medmnist_metrics(self.data.task, split.labels, self._scores(split))
 
 
 def hospital_for(experiment: Mapping[str, Any], node_config: Mapping[str, Any]) -> Hospital:

@@ -30,6 +30,11 @@ def validate_experiment(cfg: DictConfig) -> None:
     )
     _require(float(sim.client_gpus) >= 0, f"simulation.client_gpus={sim.client_gpus} must be >= 0 (fractions allowed).")
     _require(
+        float(sim.client_gpus) == 0 or torch.cuda.is_available(),
+        f"simulation.client_gpus={sim.client_gpus} but no CUDA GPU is visible here; "
+        "use simulation.client_gpus=0 on CPU-only machines.",
+    )
+    _require(
         strategy.name in STRATEGIES,
         f"strategy={strategy.name!r} is not valid; choose one of {sorted(STRATEGIES)}.",
     )

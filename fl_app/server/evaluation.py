@@ -7,9 +7,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from flwr.app import Message
 
 from fl_app.model.adapter import state_to_arrayrecord
+from fl_app.pooled_auc import AUC_BINS, auc_from_histograms
 from fl_app.protocol import HOSPITAL, METRICS, evaluation_content, failure_summary
 from strategies.outcome import ModelVersion
 
@@ -38,9 +40,8 @@ def decode_scores(replies: Iterable[Message]) -> tuple[list[HospitalScores], lis
             failures.append(failure_summary(reply, 0, "evaluate"))
             continue
         info = reply.content[HOSPITAL]
-        scores.append(
-            HospitalScores(int(info["hospital-id"]), str(info["task"]), int(info["n-test"]), {k: float(v) for k, v in reply.content[METRICS].items()})
-        )
+        metrics = {k: (np.asarray(v) if isinstance(v, list) else float(v)) for k, v in reply.content[METRICS].items()}
+        scores.append(HospitalScores(int(info["hospital-id"]), str(info["task"]), int(info["n-test"]), metrics))
     return scores, failures
 
 
@@ -48,7 +49,7 @@ def per_task_metrics(scores: Sequence[HospitalScores], version: str) -> dict[str
     """Pool a version's metrics over the hospitals of each task.
 
     ACC is weighted by test examples (equal to ACC on the union of the hospitals' test splits);
-    AUC is the test-size-weighted mean of the hospitals' AUCs (AUC does not pool exactly).
+    AUC comes from the summed score histograms (the AUC of the union, up to ties in a bin).
     """
     per_task: dict[str, dict[str, float | None]] = {}
     for task in sorted({s.task for s in scores}):
@@ -57,11 +58,19 @@ def per_task_metrics(scores: Sequence[HospitalScores], version: str) -> dict[str
             continue
         n = sum(r.n_test for r in rows)
         acc = sum(r.metrics[f"{version}/acc"] * r.n_test for r in rows) / n
-        auc_rows = [r for r in rows if f"{version}/auc" in r.metrics]
-        n_auc = sum(r.n_test for r in auc_rows)
-        auc = sum(r.metrics[f"{version}/auc"] * r.n_test for r in auc_rows) / n_auc if n_auc else None
+        histograms = sum(r.metrics[f"{version}/auc-hist"].reshape(-1, 2, AUC_BINS) for r in rows)
+        auc = auc_from_histograms(histograms)
         per_task[task] = {"acc": acc, "auc": auc, "n_test": n, "hospitals": len(rows)}
     return per_task
+
+
+def per_hospital_metrics(scores: Sequence[HospitalScores], version: str) -> dict[str, dict[str, float | None]]:
+    """A version's metrics at each hospital (what the per-task figures pool)."""
+    return {
+        str(s.hospital_id): {"task": s.task, "acc": s.metrics[f"{version}/acc"], "auc": s.metrics.get(f"{version}/auc"), "n_test": s.n_test}
+        for s in sorted(scores, key=lambda s: s.hospital_id)
+        if f"{version}/acc" in s.metrics
+    }
 
 
 def mean_over_tasks(per_task: dict[str, dict[str, float | None]], metric: str) -> float | None:

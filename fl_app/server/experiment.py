@@ -16,7 +16,7 @@ from fl_app.data import synthetic_stand_ins
 from fl_app.hospital_steps import task_outputs
 from fl_app.model.backbone import build_backbone
 from fl_app.model.lora import linear_module_names, lora_config
-from fl_app.server.evaluation import decode_scores, evaluation_messages, mean_over_tasks, per_task_metrics
+from fl_app.server.evaluation import decode_scores, evaluation_messages, mean_over_tasks, per_hospital_metrics, per_task_metrics
 from fl_app.server.results import RunResults
 from fl_app.server.traffic import CountingGrid
 from strategies import get_strategy
@@ -70,7 +70,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         replies = counting.send_and_receive(evaluation_messages(outcome.versions, experiment_json, nodes))
         scores, failures = decode_scores(replies)
         results.data["failures"].extend(failures)
-        _record_metrics(results, outcome.versions, scores)
+        _record_metrics(results, scores)
         results.set(
             communication=counting.traffic.summary(hospital_of_node, "train"),
             evaluation_traffic=counting.traffic.summary(hospital_of_node, "evaluate"),
@@ -97,8 +97,13 @@ def _save_versions(results: RunResults, cfg: DictConfig, versions: list[ModelVer
     results.write()
 
 
-def _record_metrics(results: RunResults, versions: list[ModelVersion], scores) -> None:
+def _record_metrics(results: RunResults, scores) -> None:
     for entry in results.data["versions"]:
         per_task = per_task_metrics(scores, entry["name"])
-        entry.update(per_task=per_task, mean_acc=mean_over_tasks(per_task, "acc"), mean_auc=mean_over_tasks(per_task, "auc"))
+        entry.update(
+            per_task=per_task,
+            mean_acc=mean_over_tasks(per_task, "acc"),
+            mean_auc=mean_over_tasks(per_task, "auc"),
+            per_hospital=per_hospital_metrics(scores, entry["name"]),
+        )
     results.write()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from fl_app.config import compose_experiment, experiment_from_run_config, hospital_payload, run_config_overrides, save_experiment
@@ -37,6 +38,7 @@ def test_config_groups_compose(group):
         ("strategy.merge=nope", r"strategy.merge='nope' is not valid"),
         ("strategy.min_hospitals=5", "strategy.min_hospitals=5"),
         ("simulation.client_cpus=0.5", "simulation.client_cpus=0.5"),
+        pytest.param("simulation.client_gpus=0.25", "no CUDA GPU is visible", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
     ],
 )
 def test_bad_configuration_fails_naming_key_value_and_choices(override, message):

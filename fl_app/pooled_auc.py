@@ -1,0 +1,45 @@
+"""AUC over several hospitals' test splits without pooling their scores.
+
+Each hospital sends, per class (or label), a histogram of its scores for positives and for
+negatives; summed histograms give the AUC of the union of the test splits, exactly up to ties
+inside one bin (bin width 1/bins). The class averaging follows MedMNIST's `getAUC`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fl_app.data import TaskInfo
+
+AUC_BINS = 1000
+
+
+def _columns(task: TaskInfo, labels: np.ndarray, scores: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(is_positive, score) per AUC column, as MedMNIST defines the task's AUC."""
+    if task.multi_label:
+        return [(labels[:, i] == 1, scores[:, i]) for i in range(scores.shape[1])]
+    if task.task_type == "binary-class":
+        return [(labels[:, 0] == 1, scores[:, -1])]
+    return [(labels[:, 0] == i, scores[:, i]) for i in range(scores.shape[1])]
+
+
+def score_histograms(task: TaskInfo, labels: np.ndarray, scores: np.ndarray, bins: int = AUC_BINS) -> np.ndarray:
+    """Counts of shape (columns, 2, bins): [:, 0] positives, [:, 1] negatives."""
+    hist = np.zeros((len(_columns(task, labels, scores)), 2, bins), dtype=np.int64)
+    for c, (positive, score) in enumerate(_columns(task, labels, scores)):
+        index = np.clip((score * bins).astype(np.int64), 0, bins - 1)
+        hist[c, 0] = np.bincount(index[positive], minlength=bins)
+        hist[c, 1] = np.bincount(index[~positive], minlength=bins)
+    return hist
+
+
+def auc_from_histograms(hist: np.ndarray) -> float | None:
+    """Mean over columns of P(score_pos > score_neg) + ½·P(tie); None if a column lacks a class."""
+    aucs = []
+    for positive, negative in hist.astype(np.float64):
+        n_pos, n_neg = positive.sum(), negative.sum()
+        if n_pos == 0 or n_neg == 0:
+            return None  # MedMNIST's getAUC is undefined here too
+        negatives_below = np.cumsum(negative) - negative
+        aucs.append(float((positive * (negatives_below + 0.5 * negative)).sum() / (n_pos * n_neg)))
+    return float(np.mean(aucs))

@@ -1,0 +1,41 @@
+"""Pooled AUC from score histograms equals MedMNIST's AUC on the union of test splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from medmnist.evaluator import getAUC
+
+from fl_app.data import task_info
+from fl_app.pooled_auc import auc_from_histograms, score_histograms
+
+
+def _random_split(task, n, rng):
+    if task.multi_label:
+        labels = rng.integers(0, 2, size=(n, task.n_outputs))
+        scores = np.clip(rng.normal(0.3 + 0.4 * labels, 0.2), 0, 1)
+    else:
+        labels = rng.integers(0, task.n_outputs, size=(n, 1))
+        logits = rng.normal(size=(n, task.n_outputs)) + 1.5 * np.eye(task.n_outputs)[labels[:, 0]]
+        scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return labels, scores
+
+
+@pytest.mark.parametrize("flag", ["breastmnist", "bloodmnist", "chestmnist"])
+def test_summed_histograms_give_the_auc_of_the_pooled_scores(flag):
+    rng = np.random.default_rng(0)
+    task = task_info(flag)
+    splits = [_random_split(task, n, rng) for n in (40, 300, 90)]
+
+    pooled = auc_from_histograms(sum(score_histograms(task, labels, scores) for labels, scores in splits))
+
+    labels = np.concatenate([s[0] for s in splits])
+    scores = np.concatenate([s[1] for s in splits])
+    assert pooled == pytest.approx(getAUC(labels, scores, task.task_type), abs=2e-3)
+
+
+def test_undefined_when_a_class_is_missing():
+    task = task_info("breastmnist")
+    labels = np.ones((5, 1), dtype=np.int64)
+
+    assert auc_from_histograms(score_histograms(task, labels, np.full((5, 2), 0.5))) is None
