@@ -6,11 +6,13 @@ Metrics are MedMNIST's own definitions (`medmnist.evaluator.getACC/getAUC`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from medmnist.evaluator import getACC, getAUC
+from sklearn.exceptions import UndefinedMetricWarning
 from torch import nn
 
 from fl_app.data import SplitArrays, TaskInfo
@@ -100,7 +102,9 @@ def medmnist_metrics(task: TaskInfo, labels: np.ndarray, scores: np.ndarray) -> 
     """ACC and AUC as MedMNIST defines them; AUC is NaN when a split holds a single class."""
     acc = float(getACC(labels, scores, task.task_type))
     try:
-        auc = float(getAUC(labels, scores, task.task_type))
+        with warnings.catch_warnings():  # one class only: the NaN says it, no warning per version per hospital
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            auc = float(getAUC(labels, scores, task.task_type))
     except ValueError:
         auc = math.nan
     return {"acc": acc, "auc": auc}

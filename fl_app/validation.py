@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from omegaconf import DictConfig
 
@@ -10,9 +12,9 @@ from fl_app.model.backbone import build_backbone
 from fl_app.model.lora import resolve_lora_targets
 from fl_app.training import OPTIMIZERS
 from strategies import STRATEGIES
-from strategies.merging import MERGE_METHODS
+from strategies.merging import MERGE_METHODS, get_merge_method
 
-WEIGHTINGS = ("uniform", "num_examples")
+WEIGHTINGS = ("uniform", "num_examples", "explicit")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -29,10 +31,10 @@ def validate_experiment(cfg: DictConfig) -> None:
         f"simulation.client_cpus={sim.client_cpus} must be a whole number >= 1 (Flower reserves whole CPUs per hospital).",
     )
     _require(float(sim.client_gpus) >= 0, f"simulation.client_gpus={sim.client_gpus} must be >= 0 (fractions allowed).")
-    _require(
-        float(sim.client_gpus) == 0 or torch.cuda.is_available(),
+    _require(  # on an existing Ray cluster (RAY_ADDRESS) the GPUs may sit on other nodes: Ray checks them
+        float(sim.client_gpus) == 0 or torch.cuda.is_available() or bool(os.environ.get("RAY_ADDRESS")),
         f"simulation.client_gpus={sim.client_gpus} but no CUDA GPU is visible here; "
-        "use simulation.client_gpus=0 on CPU-only machines.",
+        "use simulation.client_gpus=0 on CPU-only machines, or set RAY_ADDRESS to a Ray cluster whose nodes have GPUs.",
     )
     _require(
         strategy.name in STRATEGIES,
@@ -49,9 +51,14 @@ def validate_experiment(cfg: DictConfig) -> None:
             strategy.merge in MERGE_METHODS,
             f"strategy.merge={strategy.merge!r} is not valid; choose one of {sorted(MERGE_METHODS)}.",
         )
+        get_merge_method(str(strategy.merge)).resolve(strategy.merge_params)  # unknown parameters fail here
         _require(
             strategy.weighting in WEIGHTINGS,
             f"strategy.weighting={strategy.weighting!r} is not valid; choose one of {WEIGHTINGS}.",
+        )
+        _require(
+            strategy.weighting != "explicit" or bool(strategy.weights),
+            "strategy.weighting=explicit needs strategy.weights={hospital_id: weight, ...}.",
         )
         _require(
             strategy.merge_rank is None or int(strategy.merge_rank) >= 1,

@@ -12,12 +12,12 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp.strategy import FedAvg
-from logging import INFO
+from logging import INFO, WARNING
 from omegaconf import DictConfig
 
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import HospitalReply, instructions
-from strategies.merging import merge_adapters, merge_weights
+from strategies.merging import merge_adapters, merge_weights, screen_adapters
 from strategies.outcome import ModelVersion, StrategyOutcome
 from strategies.replies import RoundSink, collect_replies, require_enough
 
@@ -35,17 +35,19 @@ class OneShotMerge(FedAvg):
         )
         self.cfg = cfg
         self.sink = sink
-        self.hospitals: list[HospitalReply] = []
+        self.hospitals: list[HospitalReply] = []  # the hospitals merged (screened)
         self.merge_result = None
         self.weights: list[float] = []
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         strategy = self.cfg.strategy
-        hospitals, failures = collect_replies(replies, server_round)
+        delivered, failures = collect_replies(replies, server_round)
+        hospitals, rejections = screen(delivered, float(strategy.screen.norm_factor))
+        failures += rejections
         self.hospitals = hospitals
-        self.sink.record_round(server_round, hospitals, failures)
+        self.sink.record_round(server_round, delivered, failures)
         require_enough(hospitals, failures, int(strategy.min_hospitals), server_round)
-        self.weights = merge_weights([h.n_train for h in hospitals], str(strategy.weighting))
+        self.weights = hospital_weights(hospitals, strategy)
         log(INFO, "Merging %d adapters with %s (weights %s)", len(hospitals), strategy.merge, [round(w, 3) for w in self.weights])
         self.merge_result = merge_adapters(
             [h.state for h in hospitals],
@@ -55,9 +57,36 @@ class OneShotMerge(FedAvg):
             method=str(strategy.merge),
             scale=float(strategy.scale),
             rank=None if strategy.merge_rank is None else int(strategy.merge_rank),
+            params=dict(strategy.merge_params or {}),
         )
         metrics = MetricRecord({"hospitals": len(hospitals), "merged-rank": self.merge_result.rank})
         return state_to_arrayrecord(self.merge_result.state), metrics
+
+
+def screen(hospitals: list[HospitalReply], norm_factor: float) -> tuple[list[HospitalReply], list[dict[str, Any]]]:
+    """Leave out adapters with wrong keys, shapes, dtypes, NaN/Inf or an outlying norm, saying why."""
+    accepted, rejections = screen_adapters(
+        [h.state for h in hospitals], [h.hospital_id for h in hospitals], norm_factor=norm_factor, scales=[h.lora_scale for h in hospitals]
+    )
+    by_id = {h.hospital_id: h for h in hospitals}
+    failures = [
+        {"node_id": by_id[r.hospital_id].node_id, "hospital_id": r.hospital_id, "round": 1, "phase": "screen", "error": str(r), "tensor": r.key, "problem": r.problem}
+        for r in rejections
+    ]
+    for failure in failures:
+        log(WARNING, "Adapter rejected before merging: %s", failure["error"])
+    return [hospitals[i] for i in accepted], failures
+
+
+def hospital_weights(hospitals: list[HospitalReply], strategy: DictConfig) -> list[float]:
+    """Merge weights: uniform, by training examples, or explicit per hospital id (used as given)."""
+    if strategy.weighting != "explicit":
+        return merge_weights([h.n_train for h in hospitals], str(strategy.weighting))
+    explicit = {int(k): float(v) for k, v in (strategy.weights or {}).items()}
+    missing = [h.hospital_id for h in hospitals if h.hospital_id not in explicit]
+    if missing:
+        raise ValueError(f"strategy.weights has no weight for hospital(s) {missing}; give one per hospital id, e.g. {{0: 0.5, 1: 0.5}}.")
+    return [explicit[h.hospital_id] for h in hospitals]
 
 
 def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink) -> StrategyOutcome:
@@ -89,6 +118,7 @@ def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
             details={
                 "method": str(cfg.strategy.merge),
                 "weights": {str(h.hospital_id): w for h, w in zip(strategy.hospitals, strategy.weights)},
+                "params": merged.params,
                 "exact": merged.exact,
                 "relative_error": merged.relative_error,
                 "rank": merged.rank,

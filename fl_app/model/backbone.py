@@ -7,13 +7,17 @@ presets are initialised under a fixed seed, pretrained ones are read from the sa
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
+from huggingface_hub import constants as hf_constants
 from torch import nn
 from transformers import AutoConfig, AutoModel, CLIPVisionConfig, CLIPVisionModel, ViTConfig, ViTModel
 
 PRESET_ARCHITECTURES = ("vit", "clip_vision")
+PATH_PREFIXES = ("/", "./", "../", "~")  # model.pretrained values that can only be folders
 
 
 def build_backbone(model_cfg: Mapping[str, Any]) -> nn.Module:
@@ -48,19 +52,56 @@ def _preset_backbone(model_cfg: Mapping[str, Any]) -> nn.Module:
 
 
 def _pretrained_backbone(name_or_path: str | None) -> nn.Module:
+    """A local folder, a hub id already in the Hugging Face cache, or a download (network needed)."""
     if not name_or_path:
         raise ValueError("model.pretrained is empty; give a hub id or a local folder for source=pretrained.")
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-        if config.model_type == "clip":
-            return CLIPVisionModel.from_pretrained(name_or_path)
-        model = AutoModel.from_pretrained(name_or_path)
-    except OSError as error:
+    name = str(name_or_path)
+    if Path(name).expanduser().is_dir():
+        return _load_pretrained(str(Path(name).expanduser()), local_files_only=True, what="local folder")
+    if name.startswith(PATH_PREFIXES):
         raise RuntimeError(
-            f"Could not load backbone model.pretrained={name_or_path!r}: {error}. "
-            "Without network, point model.pretrained at a local folder saved with save_pretrained()."
+            f"model.pretrained={name!r} is not a folder here; give a folder saved with save_pretrained() "
+            "or a hub id such as google/vit-base-patch16-224-in21k."
+        )
+    try:
+        return _load_pretrained(name, local_files_only=True, what="hub cache")
+    except RuntimeError:
+        pass  # not cached yet: download
+    if unreachable := hub_unreachable():
+        raise RuntimeError(
+            f"Could not load backbone model.pretrained={name!r}: it is not in the Hugging Face cache "
+            f"({hf_constants.HF_HUB_CACHE}) and the hub {hf_constants.ENDPOINT} cannot be reached from this machine "
+            f"({unreachable}). Download it once where the hub is reachable and save it to a folder "
+            f"(AutoModel.from_pretrained({name!r}).save_pretrained('/path/vit')), then pass model.pretrained=/path/vit; "
+            "copy the folder to every node that runs hospitals."
+        )
+    return _load_pretrained(name, local_files_only=False, what="hub")
+
+
+def _load_pretrained(name_or_path: str, *, local_files_only: bool, what: str) -> nn.Module:
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_files_only)
+        if config.model_type == "clip":
+            return CLIPVisionModel.from_pretrained(name_or_path, local_files_only=local_files_only)
+        model = AutoModel.from_pretrained(name_or_path, local_files_only=local_files_only)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().rstrip(".")
+        raise RuntimeError(
+            f"Could not load backbone model.pretrained={name_or_path!r} from the {what}: {reason}. "
+            "Point model.pretrained at a folder saved with save_pretrained(), or at a hub id this machine can download."
         ) from error
     return getattr(model, "vision_model", model)
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (one quick request, no retries), or None if it can."""
+    if hf_constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        httpx.head(hf_constants.ENDPOINT, timeout=timeout)
+    except httpx.HTTPError as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def feature_dim(backbone: nn.Module) -> int:

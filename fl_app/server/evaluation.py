@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.pooled_auc import AUC_BINS, auc_from_histograms
@@ -33,15 +33,20 @@ def evaluation_messages(versions: Sequence[ModelVersion], experiment_json: str, 
     return [Message(content=content, dst_node_id=node, message_type="evaluate") for node in node_ids]
 
 
+def hospital_scores(content: RecordDict) -> HospitalScores:
+    """Decode one hospital's evaluate reply content (what `Hospital.evaluate` returns)."""
+    info = content[HOSPITAL]
+    metrics = {k: (np.asarray(v) if isinstance(v, list) else float(v)) for k, v in content[METRICS].items()}
+    return HospitalScores(int(info["hospital-id"]), str(info["task"]), int(info["n-test"]), metrics)
+
+
 def decode_scores(replies: Iterable[Message]) -> tuple[list[HospitalScores], list[dict[str, Any]]]:
     scores, failures = [], []
     for reply in replies:
         if reply.has_error():
             failures.append(failure_summary(reply, 0, "evaluate"))
             continue
-        info = reply.content[HOSPITAL]
-        metrics = {k: (np.asarray(v) if isinstance(v, list) else float(v)) for k, v in reply.content[METRICS].items()}
-        scores.append(HospitalScores(int(info["hospital-id"]), str(info["task"]), int(info["n-test"]), metrics))
+        scores.append(hospital_scores(reply.content))
     return scores, failures
 
 

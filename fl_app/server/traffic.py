@@ -9,6 +9,7 @@ from typing import Any
 from flwr.app import Message
 
 from fl_app.model.adapter import record_dict_bytes
+from fl_app.server.progress import send_and_receive_reporting
 
 
 @dataclass
@@ -58,6 +59,8 @@ class CountingGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
+        if not messages:
+            return []
         by_node: dict[int, Transfer] = {}
         for message in messages:
             config = message.content.config_records.get("config")
@@ -66,7 +69,8 @@ class CountingGrid:
             transfer.down = record_dict_bytes(message.content)
             by_node[transfer.node_id] = transfer
             self.traffic.transfers.append(transfer)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout)) if messages else []
+        what = f"{transfer.phase} round {transfer.round}" if transfer.round else transfer.phase
+        replies = send_and_receive_reporting(self._grid, messages, timeout=timeout, what=what)
         for reply in replies:
             transfer = by_node.get(reply.metadata.src_node_id)
             if transfer is not None and reply.has_content():

@@ -34,7 +34,7 @@ from strategies.merging.lowrank import (
     task_arithmetic,
     truncation_error,
 )
-from strategies.merging.sparsify import DARE_PAPER, TIES_PAPER, sparse_task_arithmetic
+from strategies.merging.sparsify import PIPELINES, sparse_task_arithmetic
 from strategies.merging.validation import Rejection, screen_adapters
 
 
@@ -60,14 +60,15 @@ class MergeMethod:
         return {**self.params, **given, **self.bound}
 
 
-SPARSIFY_PARAMS = {"majority_sign_method": "total", "normalize": "weights"}
+SIGN_PARAMS = {"majority_sign_method": "total", "normalize": "weights"}
 
 
-def _sparse(name: str, density: float, paper: str, description: str, *, ties: bool = False, seed: bool = False) -> MergeMethod:
+def _sparse(name: str, density: float, description: str, *, sign: bool = False, seed: bool = False) -> MergeMethod:
+    """A `sparse_task_arithmetic` pipeline: density always, sign election and seed where it uses them."""
     params: dict[str, Any] = {"density": density}
-    params |= SPARSIFY_PARAMS if ties else {}
+    params |= SIGN_PARAMS if sign else {}
     params |= {"seed": 0} if seed else {}
-    return MergeMethod(name, sparse_task_arithmetic, paper, True, description, params, {"pipeline": name})
+    return MergeMethod(name, sparse_task_arithmetic, PIPELINES[name].paper, True, description, params, {"pipeline": name})
 
 
 _METHODS = [
@@ -88,32 +89,29 @@ _METHODS = [
         "by truncated SVD (QR + small SVD), form 'cat' concatenates the factors (rank Σ r_i).",
         params={"form": "svd"},
     ),
+    # densities: TIES keeps the top 20% (the paper's k = 20); DARE keeps half
     _sparse(
         "ties",
         0.2,
-        TIES_PAPER,
         "TIES on ΔW: trim each ΔW_i to its top `density` entries, elect sign, disjoint mean; SVD re-factored.",
-        ties=True,
+        sign=True,
     ),
     _sparse(
         "dare_linear",
         0.5,
-        DARE_PAPER,
         "DARE on ΔW: drop entries with probability 1 - density (seeded), rescale by 1/density, weighted sum.",
         seed=True,
     ),
     _sparse(
         "dare_ties",
         0.5,
-        DARE_PAPER,
         "DARE drop and rescale, then TIES sign election and disjoint mean, on ΔW; SVD re-factored.",
-        ties=True,
+        sign=True,
         seed=True,
     ),
     _sparse(
         "magnitude_prune",
         0.2,
-        TIES_PAPER,
         "Trim each ΔW_i to its top `density` entries by magnitude, weighted sum; SVD re-factored.",
     ),
     MergeMethod(
@@ -123,7 +121,7 @@ _METHODS = [
         exact=True,
         description="KnOTS: align the ΔW_i in the SVD basis of [ΔW_1 ... ΔW_N], merge the coefficients with "
         "`inner` (ties, dare_ties, linear, ...), re-factor; from the factors.",
-        params={"inner": "ties", "density": 0.2, "seed": 0, **SPARSIFY_PARAMS},
+        params={"inner": "ties", "density": 0.2, "seed": 0, **SIGN_PARAMS},
     ),
 ]
 MERGE_METHODS: dict[str, MergeMethod] = {m.name: m for m in _METHODS}

@@ -155,6 +155,7 @@ def _merge_heads(
     return merged
 
 
+@torch.no_grad()
 def merge_adapters(
     states: Sequence[Mapping[str, Tensor]],
     scales: Sequence[float | Mapping[str, float]],

@@ -24,7 +24,7 @@ from strategies.merging.lowrank import (
     refactor_lowrank,
     truncation_error,
 )
-from strategies.merging.sparsify import MajoritySignMethod, Normalize, PipelineName, check_pipeline, combine
+from strategies.merging.sparsify import PIPELINES, MajoritySignMethod, Normalize, PipelineName, check_pipeline, combine
 
 
 def shared_basis(adapters: Sequence[LoraFactors]) -> tuple[Tensor, Tensor]:
@@ -73,6 +73,8 @@ def knots(
     check_adapters(adapters, weights)
     check_rank(rank)
     check_scale(scale)
+    if inner not in PIPELINES:
+        raise ValueError(f"unknown KnOTS inner merge {inner!r}; choose one of {sorted(PIPELINES)}")
     check_pipeline(inner, density, majority_sign_method, normalize)
     dtype = adapters_dtype(adapters)
     # align

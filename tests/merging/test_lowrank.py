@@ -10,7 +10,11 @@ from hypothesis import strategies as st
 from strategies.merging.lowrank import (
     LoraFactors,
     average_tensors,
+    deviation_from_task_arithmetic,
+    explicit_weights,
+    lowrank_norm,
     merge_weights,
+    refactor_dense,
     refactor_lowrank,
     task_arithmetic,
     truncation_error,
@@ -308,3 +312,95 @@ def test_average_tensors_renormalises_weights():
 def test_average_tensors_validates(tensors, weights, message):
     with pytest.raises(ValueError, match=message):
         average_tensors(tensors, weights)
+
+
+# task_arithmetic output forms
+
+
+def test_cat_form_concatenates_factors_losslessly():
+    # Prepare
+    adapters = [random_adapter(6, 5, r, scale=s, seed=40 + r) for r, s in [(1, 2.0), (3, 0.5), (4, 1.0)]]
+    weights = [0.2, -0.5, 0.9]
+
+    # Execute
+    merged, error = task_arithmetic(adapters, weights, scale=0.7, form="cat")
+
+    # Assert: rank Σ r_i even above min(d_out, d_in); A is the stacked A_i untouched
+    assert error == 0.0 and merged.rank == 8 and merged.scale == 1.0
+    torch.testing.assert_close(merged.A, torch.cat([a.A for a in adapters]))
+    assert rel(merged.delta(), naive_sum(adapters, weights, scale=0.7)) < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"form": "cat", "rank": 2}, r"form 'cat' keeps every factor \(rank Σ r_i = 2\) and takes no rank"), ({"form": "qr"}, r"unknown task arithmetic form 'qr'; choose one of \['svd', 'cat'\]")],
+)
+def test_task_arithmetic_form_validates(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        task_arithmetic([random_adapter(4, 5, 2, 1.0, 0)], [1.0], **kwargs)
+
+
+# refactor_dense, lowrank_norm, deviation
+
+
+@pytest.mark.parametrize(("d_out", "d_in"), [(9, 6), (6, 9), (7, 7)], ids=["tall", "wide", "square"])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_refactor_dense_lossless(d_out, d_in, dtype, tol):
+    # Prepare
+    delta = torch.randn(d_out, d_in, generator=torch.Generator().manual_seed(5), dtype=dtype)
+
+    # Execute
+    B, A, error = refactor_dense(delta, rank=None)
+
+    # Assert: rank min(d_out, d_in), sqrt(S) split evenly, exact
+    cap = min(d_out, d_in)
+    assert B.shape == (d_out, cap) and A.shape == (cap, d_in) and B.dtype == A.dtype == dtype
+    assert error == 0.0 and rel(B @ A, delta) < tol
+    torch.testing.assert_close(torch.linalg.norm(B.double(), dim=0), torch.linalg.norm(A.double(), dim=1), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(("d_out", "d_in"), [(12, 8), (8, 12)])
+def test_refactor_dense_truncation_is_eckart_young(d_out, d_in):
+    # Prepare
+    delta = torch.randn(d_out, d_in, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    s = torch.linalg.svdvals(delta)
+
+    # Execute
+    B, A, error = refactor_dense(delta, rank=3)
+
+    # Assert
+    expected = (s[3:].square().sum() / s.square().sum()).sqrt().item()
+    assert B.shape == (d_out, 3) and A.shape == (3, d_in)
+    assert error == pytest.approx(expected, rel=1e-10)
+    assert rel(B @ A, delta) == pytest.approx(expected, rel=1e-10)
+
+
+def test_refactor_dense_of_zero_and_rank_deficient():
+    B, A, error = refactor_dense(torch.zeros(4, 3), rank=2)
+    assert error == 0.0 and torch.count_nonzero(B @ A) == 0
+    low = torch.ones(5, 1, dtype=torch.float64) @ torch.ones(1, 4, dtype=torch.float64)
+    B, A, error = refactor_dense(low, rank=None)
+    assert torch.isfinite(A).all() and rel(B @ A, low) < 1e-12
+
+
+def test_lowrank_norm_and_deviation():
+    # Prepare
+    adapters = [random_adapter(7, 6, 3, scale=2.0, seed=s) for s in (50, 51)]
+    explicit = naive_sum(adapters, [0.5, 0.5])
+    other = random_adapter(7, 6, 2, scale=1.0, seed=52)
+
+    # Execute
+    norm = lowrank_norm(adapters[0].B, adapters[0].A)
+    exact, _ = task_arithmetic(adapters, [0.5, 0.5])
+    deviation = deviation_from_task_arithmetic(other, adapters, [0.5, 0.5])
+
+    # Assert
+    assert norm == pytest.approx(torch.linalg.norm(adapters[0].B @ adapters[0].A).item(), rel=1e-12)
+    assert deviation_from_task_arithmetic(exact, adapters, [0.5, 0.5]) < 1e-12
+    assert deviation == pytest.approx(rel(other.delta(), explicit), rel=1e-10)
+
+
+def test_explicit_weights_by_hospital_id():
+    assert explicit_weights([3, 1], {"1": 0.25, 3: 2.0, 7: 1.0}) == [2.0, 0.25]
+    with pytest.raises(ValueError, match=r"hospitals \[5\] have none"):
+        explicit_weights([1, 5], {1: 1.0})

@@ -1,12 +1,25 @@
-"""Merge method registry."""
+"""Merge method registry: names, declared parameters, and every method end to end on PEFT states."""
 
 import pathlib
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
 
 import strategies.merging as merging
-from strategies.merging import MERGE_METHODS, get_merge_method, merge_adapters, task_arithmetic
+from strategies.merging import (
+    MERGE_METHODS,
+    PEFT_NAMES,
+    fedit,
+    get_merge_method,
+    merge_adapters,
+    sparse_task_arithmetic,
+    task_arithmetic,
+)
+
+PEFT_COMBINATION_TYPES = ["linear", "cat", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd"]
+METHODS = ["fedit", "task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune", "knots"]
 
 
 def test_task_arithmetic_is_registered():
@@ -16,15 +29,58 @@ def test_task_arithmetic_is_registered():
     # Assert
     assert method.fn is task_arithmetic
     assert method.exact and method.paper == "https://arxiv.org/abs/2212.04089"
+    assert method.params == {"form": "svd"}
 
 
-def test_registry_keys_are_method_names():
+def test_every_method_and_peft_name_is_registered():
+    assert set(MERGE_METHODS) == set(METHODS) | set(PEFT_COMBINATION_TYPES)
+    assert set(PEFT_NAMES) == set(PEFT_COMBINATION_TYPES)
+
+
+def test_registry_keys_are_method_names_and_cite_papers():
     assert all(name == method.name for name, method in MERGE_METHODS.items())
+    assert all(method.paper.startswith("https://arxiv.org/abs/") for method in MERGE_METHODS.values())
+
+
+def test_only_fedit_is_inexact():
+    assert [name for name, m in MERGE_METHODS.items() if not m.exact] == ["fedit", "linear"]
+    assert "INEXACT" in fedit.__doc__ and "INEXACT" in MERGE_METHODS["fedit"].description
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "bound"),
+    [
+        ("cat", {}, {"form": "cat"}),
+        ("svd", {}, {"form": "svd"}),
+        ("ties", {"density": 0.2, "majority_sign_method": "total", "normalize": "weights"}, {"pipeline": "ties"}),
+        ("ties_svd", {"density": 0.2, "majority_sign_method": "total", "normalize": "weights"}, {"pipeline": "ties"}),
+        ("dare_linear", {"density": 0.5, "seed": 0}, {"pipeline": "dare_linear"}),
+        ("dare_ties_svd", {"density": 0.5, "seed": 0, "majority_sign_method": "total", "normalize": "weights"}, {"pipeline": "dare_ties"}),
+        ("magnitude_prune_svd", {"density": 0.2}, {"pipeline": "magnitude_prune"}),
+        ("knots", {"inner": "ties", "density": 0.2, "seed": 0, "majority_sign_method": "total", "normalize": "weights"}, {}),
+        ("linear", {}, {}),
+    ],
+)
+def test_declared_parameters(name, params, bound):
+    method = get_merge_method(name)
+    assert method.params == params and method.bound == bound
+    assert method.resolve() == params | bound
+
+
+def test_resolve_overrides_defaults_and_rejects_unknown_parameters():
+    ties = get_merge_method("ties")
+    assert ties.resolve({"density": 0.7})["density"] == 0.7
+    with pytest.raises(
+        ValueError, match=r"merge method 'ties' has no parameter 'seed'; its parameters are \['density', 'majority_sign_method', 'normalize'\]"
+    ):
+        ties.resolve({"seed": 1})
+    with pytest.raises(ValueError, match=r"merge method 'cat' has no parameter 'form'; it takes no parameters"):
+        get_merge_method("cat").resolve({"form": "svd"})
 
 
 def test_unknown_method_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown merge method 'ties'; choose one of \['task_arithmetic'\]"):
-        get_merge_method("ties")
+    with pytest.raises(ValueError, match=r"unknown merge method 'tie'; choose one of \['cat', 'dare_linear', "):
+        get_merge_method("tie")
 
 
 def test_merge_adapters_resolves_method_names():
@@ -37,10 +93,90 @@ def test_merge_adapters_resolves_method_names():
     # Assert
     delta = merged.state["m.lora_B.weight"] @ merged.state["m.lora_A.weight"]
     torch.testing.assert_close(delta, torch.full((2, 3), 2.0))
-    with pytest.raises(ValueError, match=r"unknown merge method 'dare'; choose one of \['task_arithmetic'\]"):
+    assert merged.method == "task_arithmetic" and merged.params == {"form": "svd"}
+    with pytest.raises(ValueError, match=r"unknown merge method 'dare'; choose one of \['cat', "):
         merge_adapters([state], [2.0], [1.0], ["t"], method="dare")
+
+
+def test_merge_adapters_checks_params_against_the_method():
+    state = {"m.lora_A.weight": torch.ones(1, 3), "m.lora_B.weight": torch.ones(2, 1)}
+    with pytest.raises(ValueError, match=r"merge method 'svd' has no parameter 'density'; it takes no parameters"):
+        merge_adapters([state], [1.0], [1.0], ["t"], method="svd", params={"density": 0.5})
+    with pytest.raises(ValueError, match=r"LoRA module 'm': density .* got 2.0"):
+        merge_adapters([state], [1.0], [1.0], ["t"], method="ties", params={"density": 2.0})
+
+
+def test_a_registered_function_passed_directly_is_that_method():
+    state = {"m.lora_A.weight": torch.ones(2, 3), "m.lora_B.weight": torch.ones(2, 2)}
+    merged = merge_adapters([state, state], [1.0, 1.0], [0.5, 0.5], ["t", "t"], method=fedit)
+    assert merged.method == "fedit" and not merged.exact and merged.relative_error == 0.0
 
 
 def test_package_has_no_flower_imports():
     sources = pathlib.Path(merging.__file__).parent.glob("*.py")
     assert not [p.name for p in sources if "flwr" in p.read_text()]
+
+
+# every registered method on real PEFT adapters, loaded back into PEFT
+
+
+class TinyModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(12, 12)
+        self.v_proj = nn.Linear(12, 6)
+        self.heads = nn.ModuleDict({"breastmnist": nn.Linear(6, 2), "pneumonia": nn.Linear(6, 3)})
+
+
+def peft_model(r: int, alpha: int, seed: int):
+    torch.manual_seed(0)
+    base = TinyModel()
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=["q_proj", "v_proj"], modules_to_save=["breastmnist", "pneumonia"], init_lora_weights=False
+    )
+    return get_peft_model(base, config)
+
+
+@pytest.fixture(scope="module")
+def hospitals():
+    specs = [(4, 8, 1), (4, 4, 2), (4, 16, 3)]
+    return [get_peft_model_state_dict(peft_model(r, a, seed)) for r, a, seed in specs], [a / r for r, a, _ in specs]
+
+
+@pytest.mark.parametrize("name", sorted(MERGE_METHODS))
+def test_every_method_gives_a_loadable_adapter(hospitals, name):
+    # Prepare
+    states, scales = hospitals
+    rank = None if name == "cat" else 3
+
+    # Execute
+    merged = merge_adapters(states, scales, [0.5, 0.3, 0.2], ["breastmnist", "pneumonia", "breastmnist"], rank=rank, method=name)
+    model = peft_model(merged.rank, merged.lora_alpha, seed=9)
+    loaded = set_peft_model_state_dict(model, merged.state)
+
+    # Assert
+    assert loaded.unexpected_keys == []
+    assert merged.method == name and merged.params == get_merge_method(name).resolve()
+    assert merged.rank == (12 if name == "cat" else 3)
+    assert merged.exact == (name == "cat")  # every other merge was truncated to rank 3
+    q = model.base_model.model.q_proj
+    delta = q.scaling["default"] * q.lora_B["default"].weight @ q.lora_A["default"].weight
+    assert torch.isfinite(delta).all() and torch.linalg.norm(delta) > 0
+
+
+def test_seed_fixes_dare_across_modules(hospitals):
+    states, scales = hospitals
+    args = (states, scales, [1 / 3] * 3, ["breastmnist"] * 3)
+    first = merge_adapters(*args, rank=4, method="dare_ties", params={"seed": 5})
+    again = merge_adapters(*args, rank=4, method="dare_ties", params={"seed": 5})
+    other = merge_adapters(*args, rank=4, method="dare_ties", params={"seed": 6})
+    assert all(torch.equal(first.state[k], again.state[k]) for k in first.state)
+    assert not torch.equal(first.state["base_model.model.q_proj.lora_A.weight"], other.state["base_model.model.q_proj.lora_A.weight"])
+
+
+def test_sparse_pipeline_is_shared():
+    # TIES, DARE and magnitude pruning are one function configured by a bound pipeline name
+    names = ["ties", "dare_linear", "dare_ties", "magnitude_prune"]
+    assert all(get_merge_method(n).fn is sparse_task_arithmetic for n in names)
+    assert [get_merge_method(n).bound["pipeline"] for n in names] == names

@@ -75,10 +75,19 @@ class EchoGrid:
     def get_node_ids(self):
         return [1, 2]
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
+        self.pushed = {str(i): m for i, m in enumerate(messages)}
+        return list(self.pushed)
+
+    def pull_messages(self, message_ids):
         return [
-            SimpleNamespace(metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id), content=self.reply, has_content=lambda: True)
-            for m in messages
+            SimpleNamespace(
+                metadata=SimpleNamespace(src_node_id=self.pushed[i].metadata.dst_node_id, reply_to_message_id=i),
+                content=self.reply,
+                has_content=lambda: True,
+                has_error=lambda: False,
+            )
+            for i in message_ids
         ]
 
 

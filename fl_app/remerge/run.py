@@ -1,0 +1,137 @@
+"""Re-merge a finished run's hospital adapters and add the new versions to it, never touching the old ones.
+
+Order: plan and check every name, merge, evaluate, and only then write: the adapters are staged
+and moved into adapters/<name>/, and results.json is rewritten atomically with the original
+versions exactly as they were, the new ones appended. A failure before that writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from fl_app.model.adapter import save_adapter
+from fl_app.model.backbone import build_backbone
+from fl_app.model.lora import linear_module_names, lora_config
+from fl_app.remerge.evaluate import evaluate_at_hospitals
+from fl_app.remerge.plan import MergeRequest
+from fl_app.remerge.stored import StoredRun
+from fl_app.server.evaluation import mean_over_tasks, per_hospital_metrics, per_task_metrics
+from fl_app.server.results import RESULTS_FILE, write_json_atomic
+from strategies.merging import merge_adapters, merge_weights
+from strategies.outcome import ModelVersion
+
+logger = logging.getLogger("medforge.remerge")
+
+
+def _check_names(run: StoredRun, requests: Sequence[MergeRequest], force: bool) -> None:
+    """A new name is free; an existing one may be replaced (--force) only if remerge made it."""
+    existing = {v["name"]: v for v in run.results["versions"]}
+    for request in requests:
+        old = existing.get(request.name)
+        if old is None:
+            continue
+        if "remerge" not in old:
+            raise ValueError(f"version {request.name!r} is one of the run's own versions; remerge never replaces those. Choose another --name.")
+        if not force:
+            raise ValueError(f"version {request.name!r} already exists in {run.folder / RESULTS_FILE}; pass --force to replace it, or choose another --name.")
+
+
+def merge_version(run: StoredRun, request: MergeRequest) -> ModelVersion:
+    """One re-merged version of the run's hospital adapters."""
+    hospitals = run.hospitals
+    weights = merge_weights([h.n_train for h in hospitals], request.weighting)
+    logger.info("Merging %d hospital adapters with %s (weights %s)", len(hospitals), request.label, [round(w, 3) for w in weights])
+    merged = merge_adapters(
+        [h.state for h in hospitals], [h.scale for h in hospitals], weights, [h.task for h in hospitals],
+        scale=request.scale, rank=request.rank, method=request.method, params=request.params,
+    )
+    details = {
+        "method": merged.method,
+        "label": request.label,
+        "params": merged.params,
+        "weighting": request.weighting,
+        "weights": {str(h.id): w for h, w in zip(hospitals, weights)},
+        "scale": request.scale,
+        "exact": merged.exact,
+        "relative_error": merged.relative_error,
+        "rank": merged.rank,
+        "remerge": {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "explicit_params": request.params, "merge_rank": request.rank},
+    }
+    return ModelVersion(request.name, "merged", merged.state, merged.rank, float(merged.lora_alpha), details)
+
+
+def _stage_adapters(run: StoredRun, versions: Sequence[ModelVersion], staging: Path) -> None:
+    cfg = run.experiment
+    with torch.device("meta"):
+        available = linear_module_names(build_backbone(cfg.model))
+    for version in versions:
+        tasks = sorted({k.split("heads.")[-1].split(".")[0] for k in version.state if "heads." in k})
+        config = lora_config(available, cfg.lora, tasks, rank=version.r, alpha=version.alpha)
+        config.lora_dropout = 0.0
+        save_adapter(staging / version.name, version.state, config, {"version": version.name, "kind": version.kind, **version.details})
+
+
+def _install_adapters(run: StoredRun, staging: Path, names: Sequence[str]) -> None:
+    """Move staged adapters into adapters/<name>/ (a replaced remerge folder is removed only after)."""
+    for name in names:
+        target = run.folder / "adapters" / name
+        old = None
+        if target.exists():
+            old = target.with_name(f".{name}.replaced-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(staging / name, target)
+        if old is not None:
+            shutil.rmtree(old)
+
+
+def _entries(versions: Sequence[ModelVersion], scores) -> list[dict[str, Any]]:
+    entries = []
+    for version in versions:
+        per_task = per_task_metrics(scores, version.name)
+        entries.append(
+            {
+                "name": version.name, "kind": version.kind, "adapter": f"adapters/{version.name}", "r": version.r, "lora_alpha": version.alpha,
+                **version.details,
+                "per_task": per_task, "mean_acc": mean_over_tasks(per_task, "acc"), "mean_auc": mean_over_tasks(per_task, "auc"),
+                "per_hospital": per_hospital_metrics(scores, version.name),
+            }
+        )
+    return entries
+
+
+def remerge(run: StoredRun, requests: Sequence[MergeRequest], *, force: bool = False, data_root: str | None = None) -> list[dict[str, Any]]:
+    """Merge, evaluate and add one version per request to the run; return the new results entries."""
+    _check_names(run, requests, force)
+    experiment = run.experiment if data_root is None else OmegaConf.merge(run.experiment, {"data": {"root": data_root}})
+    versions = [merge_version(run, request) for request in requests]
+    recorded = {int(h["id"]): h for h in run.results.get("hospitals", [])}
+    scores = evaluate_at_hospitals(experiment, versions, run.evaluated_hospitals, recorded)
+    entries = _entries(versions, scores)
+    results_path = run.folder / RESULTS_FILE
+    (run.folder / "adapters").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=run.folder / "adapters", prefix=".staging-") as staging:
+        _stage_adapters(run, versions, Path(staging))
+        if results_path.read_text() != run.results_text:
+            raise RuntimeError(f"{results_path} changed while re-merging (another remerge?); nothing was written. Run remerge again.")
+        _install_adapters(run, Path(staging), [v.name for v in versions])
+    names = {e["name"] for e in entries}
+    kept = [v for v in run.results["versions"] if v["name"] not in names]
+    write_json_atomic(results_path, {**run.results, "versions": kept + entries})
+    for entry in entries:
+        logger.info("Added version %s: mean ACC %s, mean AUC %s", entry["name"], _fmt(entry["mean_acc"]), _fmt(entry["mean_auc"]))
+    return entries
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+

@@ -1,0 +1,86 @@
+"""A finished run as remerge reads it: its experiment, results and the adapters its hospitals sent."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
+
+from fl_app.model.lora import is_lora_key
+from fl_app.server.results import RESULTS_FILE
+
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+@dataclass(frozen=True)
+class StoredHospital:
+    """One hospital's adapter as it was sent: its LoRA factors and its own task head."""
+
+    id: int
+    task: str
+    n_train: int
+    state: dict[str, torch.Tensor] = field(repr=False)
+    r: int
+    alpha: float
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+
+@dataclass
+class StoredRun:
+    folder: Path
+    results_text: str  # results.json as read: checked again before writing, so no concurrent change is lost
+    results: dict[str, Any]
+    experiment: DictConfig
+    hospitals: list[StoredHospital]
+
+    @property
+    def evaluated_hospitals(self) -> list[int]:
+        """Hospitals that evaluated the run's versions (a hospital that failed training still evaluates)."""
+        ids = {int(h) for v in self.results["versions"] for h in (v.get("per_hospital") or {})}
+        return sorted(ids) or list(range(int(self.experiment.simulation.num_hospitals)))
+
+    @property
+    def version_names(self) -> list[str]:
+        return [v["name"] for v in self.results["versions"]]
+
+
+def _own_state(state: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
+    """LoRA + the head of `task`: what the hospital sent (its saved version also carries merged heads of other tasks)."""
+    return {k: v for k, v in state.items() if is_lora_key(k) or f"heads.{task}." in k}
+
+
+def load_stored_run(folder: Path) -> StoredRun:
+    """Read a completed run folder that holds its hospitals' adapters, or fail saying what is missing."""
+    folder = Path(folder)
+    results_path, config_path = folder / RESULTS_FILE, folder / "config.yaml"
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a results folder: it has no {RESULTS_FILE}; pass the folder scripts/run.py printed last.")
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing; remerge rebuilds every hospital's data and model from it.")
+    text = results_path.read_text()
+    results = json.loads(text)
+    if results.get("status") != "completed":
+        raise ValueError(f"{folder} has status={results.get('status')!r}; remerge needs a completed run.")
+    stored = [v for v in results.get("versions", []) if v.get("kind") == "hospital"]
+    if not stored:
+        raise ValueError(
+            f"{folder} holds no hospital adapters (versions of kind 'hospital'; strategy={results.get('strategy')!r}): "
+            "remerge needs a one_shot run, which keeps every hospital's adapter under adapters/hospital-<id>/."
+        )
+    n_train = {int(h["id"]): int(h["n_train"]) for h in results.get("hospitals", [])}
+    hospitals = []
+    for version in sorted(stored, key=lambda v: int(v["hospital"])):
+        path = folder / version["adapter"] / ADAPTER_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: version {version['name']!r} of {folder} lost its adapter.")
+        hospital_id, task = int(version["hospital"]), str(version["task"])
+        hospitals.append(StoredHospital(hospital_id, task, n_train[hospital_id], _own_state(load_file(path), task), int(version["r"]), float(version["lora_alpha"])))
+    return StoredRun(folder, text, results, OmegaConf.load(config_path), hospitals)

@@ -1,0 +1,273 @@
+"""The comparison table, pure: which model of each run is compared, grouped over seeds, best marked.
+
+Compared models (one `Entry` per run each):
+- one_shot runs: every `merged` version (the run's own merge, and any `remerge-*` added later),
+  labelled by its merge method and the settings that differ from the run's (a remerge repeating
+  the run's own merge is the same model and counted once); plus the reference row `hospital (own adapter, mean)`: each
+  hospital's own adapter on its own test split, pooled per task (no communication needed).
+- fedavg runs: the last round's global adapter, labelled `fedavg (R rounds)`.
+- progressive versions (kind `progressive`): the last one.
+Runs of a sweep that differ in more than the seed carry those settings in the label
+(`task_arithmetic [lora.r=4]`), so rows group exactly the runs that differ only by seed.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fl_app.report.collect import Run
+
+HOSPITAL_REFERENCE = "hospital (own adapter, mean)"
+# Config keys never shown as a run's setting: the seed is what rows average over; the others are
+# paths or are already in the label.
+NOT_SETTINGS = frozenset({"seed", "quiet", "data.root", "model.pretrained", "strategy.name", "strategy.merge", "strategy.rounds"})
+KIND_ORDER = {"merged": 0, "progressive": 1, "fedavg": 2, "hospital": 3}
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (n - 1) over runs; std is None below two values."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Stat:
+        present = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        if not present:
+            return cls(None, None, 0)
+        return cls(statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None, len(present))
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # e.g. "bloodmnist/acc", "mean/auc", "upload_bytes"
+    title: str
+    higher_is_better: bool
+    unit: str  # "" (a fraction), "bytes", "rounds", "s"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One compared model of one run: a sample of a row."""
+
+    label: str
+    kind: str
+    strategy: str
+    folder: str
+    seed: int | None
+    values: dict[str, float | None]
+
+
+@dataclass
+class Row:
+    """One method (a label) over the runs that differ only by seed."""
+
+    label: str
+    kind: str
+    strategy: str
+    entries: list[Entry]
+    stats: dict[str, Stat]
+    best: set[str] = field(default_factory=set)
+
+    @property
+    def reference(self) -> bool:
+        """The hospitals' own adapters: a reference, not a model the consortium could deploy."""
+        return self.kind == "hospital"
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [e.seed for e in self.entries]
+
+
+@dataclass
+class Comparison:
+    tasks: list[str]
+    columns: list[Column]
+    rows: list[Row]
+    settings: list[str]  # per run, in the order given: what distinguishes it besides the seed
+
+
+def columns_for(tasks: Sequence[str]) -> list[Column]:
+    """ACC and AUC per task and averaged over tasks, then the cost columns."""
+    metric_columns = [Column(f"{task}/{m}", f"{task} {m.upper()}", True, "") for task in [*tasks, "mean"] for m in ("acc", "auc")]
+    return metric_columns + [
+        Column("upload_bytes", "upload", False, "bytes"),
+        Column("download_bytes", "download", False, "bytes"),
+        Column("rounds", "rounds", False, "rounds"),
+        Column("wall_seconds", "wall time", False, "s"),
+    ]
+
+
+def cumulative_bytes(communication: Mapping[str, Any], through_round: int | None = None) -> tuple[int, int]:
+    """Training-phase (upload, download) bytes of all hospitals in rounds 1..`through_round` (None: all)."""
+    per_hospital = communication.get("per_hospital") or {}
+    if through_round is None or not per_hospital:
+        return int(communication.get("upload_bytes", 0)), int(communication.get("download_bytes", 0))
+    up = down = 0
+    for hospital in per_hospital.values():
+        for round_number, traffic in hospital.get("per_round", {}).items():
+            if int(round_number) <= through_round:
+                up += int(traffic["upload_bytes"])
+                down += int(traffic["download_bytes"])
+    return up, down
+
+
+def metric_values(per_task: Mapping[str, Mapping[str, Any]], mean_acc: float | None, mean_auc: float | None) -> dict[str, float | None]:
+    values: dict[str, float | None] = {f"{task}/{m}": metrics.get(m) for task, metrics in per_task.items() for m in ("acc", "auc")}
+    return values | {"mean/acc": mean_acc, "mean/auc": mean_auc}
+
+
+def traffic_values(communication: Mapping[str, Any], through_round: int | None, wall_seconds: float | None) -> dict[str, float | None]:
+    up, down = cumulative_bytes(communication, through_round)
+    rounds = through_round if through_round is not None else communication.get("rounds")
+    return {"upload_bytes": up, "download_bytes": down, "total_bytes": up + down, "rounds": rounds, "wall_seconds": wall_seconds}
+
+
+def own_adapter_values(versions: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """Each hospital's own adapter on its own test split, pooled per task (ACC and AUC weighted by test size)."""
+    by_task: dict[str, list[tuple[int, float | None, float | None]]] = {}
+    for version in versions:
+        if version.get("kind") != "hospital":
+            continue
+        own = (version.get("per_hospital") or {}).get(str(version.get("hospital")))
+        if own is None:  # older results: the version's pooled figures on its own task
+            own = {"task": version.get("task"), **(version.get("per_task") or {}).get(str(version.get("task")), {})}
+        if own.get("acc") is None:
+            continue
+        by_task.setdefault(str(own["task"]), []).append((int(own.get("n_test") or 1), own.get("acc"), own.get("auc")))
+    per_task = {
+        task: {"acc": _weighted([(n, acc) for n, acc, _ in rows]), "auc": _weighted([(n, auc) for n, _, auc in rows])}
+        for task, rows in by_task.items()
+    }
+    return metric_values(per_task, _mean(p["acc"] for p in per_task.values()), _mean(p["auc"] for p in per_task.values()))
+
+
+def _weighted(pairs: Sequence[tuple[int, float | None]]) -> float | None:
+    present = [(n, v) for n, v in pairs if v is not None]
+    total = sum(n for n, _ in present)
+    return sum(n * v for n, v in present) / total if total else None
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    return Stat.of(values).mean
+
+
+def fedavg_label(rounds: int, settings: str) -> str:
+    return _with_settings(f"fedavg ({rounds} rounds)", settings)
+
+
+def _with_settings(label: str, settings: str) -> str:
+    return f"{label} [{settings}]" if settings else label
+
+
+def entries_of_run(results: Mapping[str, Any], folder: str, settings: str = "") -> list[Entry]:
+    """The compared models of one run (see the module docstring)."""
+    versions = list(results.get("versions") or [])
+    communication = results.get("communication") or {}
+    wall = results.get("wall_seconds")
+    strategy, seed = str(results.get("strategy")), results.get("seed")
+
+    def entry(label: str, kind: str, values: dict[str, float | None]) -> Entry:
+        return Entry(label, kind, strategy, folder, seed, values)
+
+    entries = []
+    by_kind: dict[str, list[Mapping[str, Any]]] = {}
+    for version in versions:
+        by_kind.setdefault(str(version.get("kind")), []).append(version)
+    for kind, group in by_kind.items():
+        if kind == "merged":
+            seen = set()
+            for v in group:
+                label = str(v.get("label") or v.get("method") or results.get("merge") or v["name"])
+                if label in seen:  # a remerge repeating the run's own merge is the same model: counted once
+                    continue
+                seen.add(label)
+                entries.append(entry(_with_settings(label, settings), kind, _version_values(v) | traffic_values(communication, None, wall)))
+        elif kind == "fedavg":
+            last = max(group, key=lambda v: int(v.get("round", 0)))
+            rounds = int(last.get("round", communication.get("rounds", 0)))
+            entries.append(entry(fedavg_label(rounds, settings), kind, _version_values(last) | traffic_values(communication, rounds, wall)))
+        elif kind == "progressive":
+            last = group[-1]
+            label = f"progressive {last.get('method') or results.get('merge') or ''} (final: {last['name']})".replace("  ", " ")
+            through = int(last["round"]) if "round" in last else None
+            entries.append(entry(_with_settings(label, settings), kind, _version_values(last) | traffic_values(communication, through, wall)))
+        elif kind == "hospital":
+            no_traffic = {"upload_bytes": None, "download_bytes": None, "total_bytes": None, "rounds": None, "wall_seconds": None}
+            entries.append(entry(_with_settings(HOSPITAL_REFERENCE, settings), kind, own_adapter_values(group) | no_traffic))
+        else:
+            for v in group:
+                entries.append(entry(_with_settings(f"{kind}: {v['name']}", settings), kind, _version_values(v) | traffic_values(communication, None, wall)))
+    return entries
+
+
+def _version_values(version: Mapping[str, Any]) -> dict[str, float | None]:
+    return metric_values(version.get("per_task") or {}, version.get("mean_acc"), version.get("mean_auc"))
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted keys -> printable values (lists as [a,b])."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
+    return flat
+
+
+def run_settings(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per run, the config keys that vary between runs of the same strategy (besides the seed)."""
+    flat = [flatten(r.get("config") or {}) for r in results]
+    strategies = [str(r.get("strategy")) for r in results]
+    varying = set()
+    for key in set().union(*flat) - NOT_SETTINGS:
+        for strategy in set(strategies):
+            values = {f[key] for f, s in zip(flat, strategies) if s == strategy and key in f}
+            if len(values) > 1:
+                varying.add(key)
+    return [", ".join(f"{key}={f[key]}" for key in sorted(varying) if key in f) for f in flat]
+
+
+def compare_runs(runs: Sequence[Run]) -> Comparison:
+    """Rows over the runs (mean ± std over seeds), tasks in order of first appearance, best marked."""
+    results = [run.results for run in runs]
+    settings = run_settings(results)
+    entries = [e for run, s in zip(runs, settings) for e in entries_of_run(run.results, str(run.folder), s)]
+    tasks = list(dict.fromkeys(t for r in results for t in (r.get("tasks") or [])))
+    tasks += [t for t in dict.fromkeys(k.split("/")[0] for e in entries for k in e.values if "/" in k) if t not in tasks and t != "mean"]
+    columns = columns_for(tasks)
+    groups: dict[str, list[Entry]] = {}
+    for e in entries:
+        groups.setdefault(e.label, []).append(e)
+    rows = [
+        Row(label, group[0].kind, group[0].strategy, group, {key: Stat.of(e.values.get(key) for e in group) for key in dict.fromkeys(k for e in group for k in e.values)})
+        for label, group in groups.items()
+    ]
+    order = list(groups)
+    rows.sort(key=lambda row: (KIND_ORDER.get(row.kind, len(KIND_ORDER)), order.index(row.label)))
+    mark_best(rows, columns)
+    return Comparison(tasks, columns, rows, settings)
+
+
+def mark_best(rows: Sequence[Row], columns: Sequence[Column]) -> None:
+    """Mark, per column, the rows with the best mean (ties all marked).
+
+    Needs two candidates that differ; the reference row never competes.
+    """
+    for column in columns:
+        candidates = [r for r in rows if not r.reference and column.key in r.stats and r.stats[column.key].mean is not None]
+        means = [r.stats[column.key].mean for r in candidates]
+        if len(candidates) < 2 or all(math.isclose(m, means[0], rel_tol=1e-9, abs_tol=1e-12) for m in means):
+            continue
+        best = max(means) if column.higher_is_better else min(means)
+        for row, mean in zip(candidates, means):
+            if math.isclose(mean, best, rel_tol=1e-9, abs_tol=1e-12):
+                row.best.add(column.key)

@@ -1,0 +1,39 @@
+"""Progress a person can follow while hospitals work: replies counted as they arrive, throttled.
+
+Flower's `Grid.send_and_receive` is silent until every reply is in; a training round at real
+hospitals can take many minutes. This does the same push-then-pull, and logs how many hospitals
+have replied at most once every `LOG_EVERY_S` seconds, plus once when all are in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from logging import INFO
+from typing import Any
+
+from flwr.app import Message
+from flwr.common import log
+
+POLL_S = 1.0
+LOG_EVERY_S = 10.0
+
+
+def send_and_receive_reporting(grid: Any, messages: Iterable[Message], *, timeout: float | None = None, what: str = "messages") -> list[Message]:
+    """Push `messages`, pull replies until all arrived (or `timeout` s passed), log progress as `what`."""
+    pending = set(grid.push_messages(list(messages)))
+    total, started = len(pending), time.time()
+    replies: list[Message] = []
+    logged, last_log = 0, started
+    while pending and (timeout is None or time.time() - started < timeout):
+        arrived = list(grid.pull_messages(pending))
+        replies.extend(arrived)
+        pending -= {reply.metadata.reply_to_message_id for reply in arrived}
+        now = time.time()
+        if len(replies) > logged and (not pending or now - last_log >= LOG_EVERY_S):
+            failed = sum(1 for reply in replies if reply.has_error())
+            log(INFO, "%s: %d/%d hospitals replied%s (%.0f s)", what, len(replies), total, f", {failed} with an error" if failed else "", now - started)
+            logged, last_log = len(replies), now
+        if pending:
+            time.sleep(POLL_S)
+    return replies

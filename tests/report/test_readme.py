@@ -1,0 +1,56 @@
+"""The README's commands point at things that exist: scripts, presets, registered merge methods."""
+
+from __future__ import annotations
+
+import re
+import runpy
+
+import pytest
+
+from strategies.merging import MERGE_METHODS
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+COMMANDS = [line.strip() for block in re.findall(r"```bash\n(.*?)```", README, re.S) for line in block.splitlines() if line.strip()]
+
+
+def test_every_script_the_readme_runs_exists():
+    scripts = {m for c in COMMANDS for m in re.findall(r"scripts/(\w+\.(?:py|sh))", c)}
+
+    assert scripts >= {"run.py", "compare.py", "remerge.py", "install.sh"}
+    assert all((REPO / "scripts" / s).is_file() for s in scripts)
+
+
+def test_every_preset_the_readme_names_exists():
+    presets = set(re.findall(r"experiment=(\w+)", README))
+
+    assert presets and all((REPO / "conf" / "experiment" / f"{p}.yaml").is_file() for p in presets)
+
+
+def test_every_merge_method_the_readme_uses_is_registered():
+    methods = {m for c in COMMANDS for m in re.findall(r"--merge ([\w ]+?)(?: --|$)", c) for m in m.split()}
+
+    assert methods and methods <= set(MERGE_METHODS)
+
+
+def script_main(name: str):
+    """A script's main(), loaded from scripts/ without running it (the same code the command runs)."""
+    return runpy.run_path(str(REPO / "scripts" / name), run_name="medforge_test")["main"]
+
+
+def test_remerge_list_shows_every_registered_method(capsys):
+    script_main("remerge.py")(["--list"])
+
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line and not line.startswith(" ")}
+    assert listed == set(MERGE_METHODS)
+
+
+@pytest.mark.parametrize("script", ["compare.py", "remerge.py"])
+def test_scripts_fail_clearly_on_a_folder_without_results(script, tmp_path, capsys):
+    args = [str(tmp_path)] + (["--merge", "task_arithmetic"] if script == "remerge.py" else [])
+
+    with pytest.raises(SystemExit) as exit_info:
+        script_main(script)(args)
+
+    assert exit_info.value.code == 2 and "results.json" in capsys.readouterr().err
+

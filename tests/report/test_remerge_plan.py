@@ -1,0 +1,107 @@
+"""remerge without a simulation: method registry read at call time, parameters, names, refusals."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from fl_app.remerge import MergeRequest, StoredRun, load_stored_run, parse_params, plan_requests, registered_methods, remerge
+from strategies.merging import MERGE_METHODS
+
+RUN_STRATEGY = {"name": "one_shot", "merge": "task_arithmetic", "weighting": "num_examples", "scale": 1.0, "merge_rank": None}
+
+
+def test_params_are_yaml_scalars_optionally_scoped_to_a_method():
+    assert parse_params(["density=0.5", "ties.normalize=weights", "seed=3", "flag=true"]) == [
+        (None, "density", 0.5), ("ties", "normalize", "weights"), (None, "seed", 3), (None, "flag", True),
+    ]
+    with pytest.raises(ValueError, match="is not key=value"):
+        parse_params(["density"])
+
+
+def test_unknown_method_lists_the_registered_ones():
+    with pytest.raises(ValueError, match=r"unknown merge method 'nope'; choose one of \[.*'task_arithmetic'"):
+        plan_requests(["nope"], [], RUN_STRATEGY)
+
+
+def test_a_method_registered_later_is_usable_without_extra_wiring(monkeypatch):
+    monkeypatch.setitem(MERGE_METHODS, "my_merge", replace(MERGE_METHODS["task_arithmetic"], name="my_merge", description="added by a test"))
+
+    (request,) = plan_requests(["my_merge"], [], RUN_STRATEGY)
+
+    assert request.name == "remerge-my_merge" and request.label == "my_merge"
+    assert "my_merge" in registered_methods() and "added by a test" in registered_methods()
+
+
+def test_unscoped_params_go_to_the_methods_that_declare_them():
+    methods = [m for m in ("task_arithmetic", "ties") if m in MERGE_METHODS]
+    if "ties" not in methods:
+        pytest.skip("ties is not registered")
+
+    requests = {r.method: r for r in plan_requests(methods, parse_params(["density=0.5"]), RUN_STRATEGY)}
+
+    assert requests["ties"].params == {"density": 0.5} and requests["task_arithmetic"].params == {}
+    assert requests["ties"].name == "remerge-ties-density=0.5" and requests["ties"].label == "ties (density=0.5)"
+
+
+def test_a_param_no_selected_method_declares_is_refused():
+    with pytest.raises(ValueError, match=r"no selected method declares 'not_a_param'"):
+        plan_requests(["task_arithmetic"], parse_params(["not_a_param=1"]), RUN_STRATEGY)
+
+
+def test_settings_that_differ_from_the_run_name_and_label_the_version():
+    (request,) = plan_requests(["task_arithmetic"], [], RUN_STRATEGY, weighting="uniform", rank=4)
+
+    assert (request.weighting, request.rank, request.scale) == ("uniform", 4, 1.0)
+    assert request.name == "remerge-task_arithmetic-weighting=uniform-merge_rank=4"
+    assert request.label == "task_arithmetic (weighting=uniform, merge_rank=4)"
+    (same,) = plan_requests(["task_arithmetic"], [], RUN_STRATEGY, weighting="num_examples")
+    assert same.name == "remerge-task_arithmetic" and same.label == "task_arithmetic"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"weighting": "by_size"}, r"--weighting='by_size' is not valid"),
+        ({"rank": 0}, r"--merge-rank=0 must be a positive integer"),
+        ({"name": "../escape"}, r"--name='../escape' is not a valid version name"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_option(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        plan_requests(["task_arithmetic"], [], RUN_STRATEGY, **kwargs)
+
+
+def _stored(tmp_path, versions) -> StoredRun:
+    results = {"status": "completed", "versions": versions}
+    return StoredRun(tmp_path, json.dumps(results), results, experiment=None, hospitals=[])
+
+
+def _request(name: str) -> MergeRequest:
+    return MergeRequest("task_arithmetic", {}, "uniform", 1.0, None, name, "task_arithmetic")
+
+
+def test_the_runs_own_versions_are_never_replaced_even_with_force(tmp_path):
+    run = _stored(tmp_path, [{"name": "merged", "kind": "merged"}])
+
+    with pytest.raises(ValueError, match="one of the run's own versions; remerge never replaces those"):
+        remerge(run, [_request("merged")], force=True)
+
+
+def test_an_existing_remerge_version_needs_force(tmp_path):
+    run = _stored(tmp_path, [{"name": "remerge-x", "kind": "merged", "remerge": {}}])
+
+    with pytest.raises(ValueError, match="already exists .* pass --force"):
+        remerge(run, [_request("remerge-x")])
+
+
+def test_a_run_without_hospital_adapters_is_refused_clearly(tmp_path):
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "strategy": "fedavg", "versions": [{"name": "fedavg-round-1", "kind": "fedavg"}]}))
+
+    with pytest.raises(ValueError, match="holds no hospital adapters .* remerge needs a one_shot run"):
+        load_stored_run(tmp_path)
+    with pytest.raises(FileNotFoundError, match="has no results.json"):
+        load_stored_run(tmp_path / "elsewhere")

@@ -1,0 +1,114 @@
+"""The one-shot strategy's aggregation: screening bad adapters, weights, failures recorded."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from flwr.app import RecordDict
+
+from fl_app.config import compose_experiment
+from fl_app.model.adapter import state_to_arrayrecord
+from fl_app.protocol import ARRAYS, HOSPITAL, METRICS, hospital_record
+from flwr.app import MetricRecord
+from strategies.one_shot import OneShotMerge
+from strategies.replies import NotEnoughHospitals
+
+MODULE = "base_model.model.backbone.layers.0.attention.q_proj"
+
+
+def adapter(seed: int, task: str = "breastmnist") -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        f"{MODULE}.lora_A.weight": torch.randn(4, 16, generator=generator),
+        f"{MODULE}.lora_B.weight": torch.randn(16, 4, generator=generator),
+        f"base_model.model.heads.{task}.weight": torch.randn(2, 16, generator=generator),
+        f"base_model.model.heads.{task}.bias": torch.randn(2, generator=generator),
+    }
+
+
+def reply(hospital_id: int, state: dict[str, torch.Tensor], n_train: int = 100) -> SimpleNamespace:
+    content = RecordDict(
+        {
+            ARRAYS: state_to_arrayrecord(state),
+            METRICS: MetricRecord({"num-examples": n_train}),
+            HOSPITAL: hospital_record(hospital_id, "breastmnist", n_train, 10, 10, "synthetic", 4, 8.0),
+        }
+    )
+    return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=100 + hospital_id), has_error=lambda: False)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.rounds = []
+
+    def record_round(self, server_round, hospitals, failures):
+        self.rounds.append(([h.hospital_id for h in hospitals], failures))
+
+
+def strategy(*overrides: str) -> tuple[OneShotMerge, Sink]:
+    sink = Sink()
+    cfg = compose_experiment(["data=multi_center", "strategy.min_hospitals=2", *overrides])
+    return OneShotMerge(cfg, available_nodes=3, sink=sink), sink
+
+
+def test_an_adapter_with_nan_is_left_out_and_the_reason_recorded():
+    merge, sink = strategy()
+    poisoned = adapter(2)
+    poisoned[f"{MODULE}.lora_B.weight"][0, 0] = float("nan")
+
+    merge.aggregate_train(1, [reply(0, adapter(0)), reply(1, adapter(1)), reply(2, poisoned)])
+
+    assert [h.hospital_id for h in merge.hospitals] == [0, 1]
+    delivered, failures = sink.rounds[0]
+    assert delivered == [0, 1, 2]
+    assert failures[0]["hospital_id"] == 2 and failures[0]["phase"] == "screen"
+    assert MODULE in failures[0]["tensor"] and "NaN" in failures[0]["problem"]
+
+
+def test_an_outlying_norm_is_rejected_with_the_configured_factor():
+    merge, sink = strategy("strategy.screen.norm_factor=5")
+    loud = {k: (v * 100 if ".lora_B." in k else v) for k, v in adapter(2).items()}
+
+    merge.aggregate_train(1, [reply(0, adapter(0)), reply(1, adapter(1)), reply(2, loud)])
+
+    assert [h.hospital_id for h in merge.hospitals] == [0, 1]
+    assert "norm" in sink.rounds[0][1][0]["problem"]
+
+
+def test_explicit_weights_are_used_as_given():
+    merge, _ = strategy("strategy.weighting=explicit", "strategy.weights={0: 1.0, 1: 0.5}")
+    same = adapter(0)
+
+    merge.aggregate_train(1, [reply(0, same), reply(1, same)])
+
+    assert merge.weights == [1.0, 0.5]  # not renormalised
+    lora = {k: v for k, v in merge.merge_result.state.items() if ".lora_" in k}
+    delta = lora[f"{MODULE}.lora_B.weight"] @ lora[f"{MODULE}.lora_A.weight"]
+    expected = 1.5 * (8.0 / 4) * same[f"{MODULE}.lora_B.weight"] @ same[f"{MODULE}.lora_A.weight"]
+    assert torch.allclose(delta, expected, atol=1e-4)
+
+
+def test_explicit_weights_must_name_every_hospital():
+    merge, _ = strategy("strategy.weighting=explicit", "strategy.weights={0: 1.0}")
+
+    with pytest.raises(ValueError, match=r"no weight for hospital\(s\) \[1\]"):
+        merge.aggregate_train(1, [reply(0, adapter(0)), reply(1, adapter(1))])
+
+
+def test_too_few_good_adapters_stop_the_merge():
+    merge, _ = strategy("strategy.min_hospitals=2")
+    poisoned = adapter(1)
+    poisoned[f"{MODULE}.lora_A.weight"][0, 0] = float("inf")
+
+    with pytest.raises(NotEnoughHospitals, match="only 1 hospital"):
+        merge.aggregate_train(1, [reply(0, adapter(0)), reply(1, poisoned)])
+
+
+def test_method_parameters_from_config_reach_the_merge():
+    merge, _ = strategy("strategy.merge=ties", "strategy.merge_params={density:0.5}")
+
+    merge.aggregate_train(1, [reply(0, adapter(0)), reply(1, adapter(1)), reply(2, adapter(2))])
+
+    assert merge.merge_result.params["density"] == 0.5
