@@ -59,32 +59,36 @@ def train_adapter(
     model: nn.Module, task: TaskInfo, split: SplitArrays, settings: TrainSettings, image_size: int, seed: int, device: torch.device
 ) -> float:
     """Fine-tune the trainable (LoRA + head) parameters; return the mean loss of the last epoch."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-    elif settings.optimizer == "sgd":
-        optimizer = torch.optim.SGD(parameters, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
-    else:
-        raise ValueError(f"train.optimizer={settings.optimizer!r} is not valid; choose one of {OPTIMIZERS}.")
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], settings)
     generator = torch.Generator().manual_seed(seed)
     labels = torch.from_numpy(split.labels)
     model.train()
     epoch_loss = math.nan
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(split), generator=generator).numpy()
-        total, seen = 0.0, 0
-        for start in range(0, len(order), settings.batch_size):
-            batch = order[start : start + settings.batch_size]
-            pixels = to_pixels(split.images[batch], image_size).to(device)
-            loss = task_loss(task, model(pixel_values=pixels, task=task.name), labels[batch].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(batch)
-            seen += len(batch)
-        epoch_loss = total / max(seen, 1)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # dropout draws too: the same run trains the same adapter in any process
+        for _ in range(settings.epochs):
+            order = torch.randperm(len(split), generator=generator).numpy()
+            total, seen = 0.0, 0
+            for start in range(0, len(order), settings.batch_size):
+                batch = order[start : start + settings.batch_size]
+                pixels = to_pixels(split.images[batch], image_size).to(device)
+                loss = task_loss(task, model(pixel_values=pixels, task=task.name), labels[batch].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+                seen += len(batch)
+            epoch_loss = total / max(seen, 1)
     model.eval()
     return epoch_loss
+
+
+def make_optimizer(parameters: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
+    raise ValueError(f"train.optimizer={settings.optimizer!r} is not valid; choose one of {OPTIMIZERS}.")
 
 
 @torch.no_grad()

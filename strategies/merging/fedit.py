@@ -19,7 +19,6 @@ from strategies.merging.lowrank import (
     check_rank,
     check_scale,
     refactor_lowrank,
-    truncation_error,
 )
 
 
@@ -63,5 +62,5 @@ def fedit(
     if rank is None or rank >= ranks[0]:
         return LoraFactors(A=A.to(dtype), B=B.to(dtype), scale=1.0), 0.0
     # truncate
-    B, A, S = refactor_lowrank(B, A, rank)
-    return LoraFactors(A=A.to(dtype), B=B.to(dtype), scale=1.0), truncation_error(S, A.shape[0])
+    B, A, error = refactor_lowrank(B, A, rank)
+    return LoraFactors(A=A.to(dtype), B=B.to(dtype), scale=1.0), error

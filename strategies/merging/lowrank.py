@@ -92,14 +92,43 @@ def truncation_error(singular_values: Tensor, rank: int) -> float:
     return math.sqrt(s2[rank:].sum().item() / total)
 
 
-def refactor_lowrank(
-    B_stack: Tensor, A_stack: Tensor, rank: int | None
-) -> tuple[Tensor, Tensor, Tensor]:
+def working_dtype(*tensors: Tensor) -> torch.dtype:
+    """The precision merges compute in: the inputs' promoted dtype, at least float32."""
+    return functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
+
+
+def leading_factors(M: Tensor, k: int) -> tuple[Tensor, Tensor, float]:
+    """Best rank-k factors B (m, k), A (k, n) of a wide M (m <= n), and their relative Frobenius error.
+
+    The leading left singular vectors U come from an eigendecomposition of the Gram matrix M M^T
+    (two to three times faster than an SVD on CPU); M is then projected on them, so B @ A = U U^T M
+    is exact to the working precision even where the Gram matrix squares small singular values
+    away. sqrt(S) is split evenly: columns of B and rows of A both have norms sqrt(s_i). The error
+    is measured on the explicit residual (0.0 when k = m, lossless).
+    """
+    m = M.shape[0]
+    # basis
+    U = torch.linalg.eigh(M @ M.T).eigenvectors[:, m - k :].flip(1)
+    # project: the rows of U^T M = S V^T have norms S
+    coefficients = U.T @ M
+    root = torch.linalg.vector_norm(coefficients, dim=1).sqrt()
+    # split sqrt(S) evenly; a zero singular value leaves a zero column and row
+    B = U * root
+    A = coefficients / torch.where(root > 0, root, torch.ones_like(root))[:, None]
+    if k == m:
+        return B, A, 0.0
+    norm = torch.linalg.matrix_norm(M.to(torch.float64)).item()
+    residual = torch.linalg.matrix_norm((M - U @ coefficients).to(torch.float64)).item()
+    return B, A, residual / norm if norm > 0 else 0.0
+
+
+def refactor_lowrank(B_stack: Tensor, A_stack: Tensor, rank: int | None) -> tuple[Tensor, Tensor, float]:
     """Factor B_stack @ A_stack (d_out, R) x (R, d_in) as B @ A of rank `rank` without forming it.
 
-    rank None keeps every triplet, min(R, d_out, d_in); an int larger than that is clipped.
-    Returns B (d_out, k) and A (k, d_in) in the input dtype, with sqrt(S) split evenly between
-    them, and all min(R, d_out, d_in) singular values (descending, float64) to measure truncation.
+    rank None keeps min(R, d_out, d_in) directions (lossless); an int larger than that is clipped.
+    Thin QRs reduce the product to a small R x R core, factored by `leading_factors`. Returns B
+    (d_out, k) and A (k, d_in) in the working dtype (inputs promoted, at least float32), sqrt(S)
+    split evenly between them, and the truncation's relative Frobenius error (0.0 when lossless).
     """
     if B_stack.dim() != 2 or A_stack.dim() != 2 or B_stack.shape[1] != A_stack.shape[0]:
         raise ValueError(
@@ -107,51 +136,38 @@ def refactor_lowrank(
             f"got {tuple(B_stack.shape)} and {tuple(A_stack.shape)}"
         )
     check_rank(rank)
-    dtype = torch.promote_types(B_stack.dtype, A_stack.dtype)
+    dtype = working_dtype(B_stack, A_stack)
     # thin QR: B_stack = Qb Rb, A_stack.T = Qa Ra (reduced mode also covers R > d)
-    Qb, Rb = torch.linalg.qr(B_stack.to(torch.float64), mode="reduced")
-    Qa, Ra = torch.linalg.qr(A_stack.to(torch.float64).T, mode="reduced")
-    # core SVD: B_stack @ A_stack = Qb (Rb Ra^T) Qa^T = (Qb U) S (Qa Vh^T)^T
-    U, S, Vh = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)
-    # truncate
-    k = S.numel() if rank is None else min(rank, S.numel())
-    root = S[:k].sqrt()
-    # split sqrt(S) symmetrically
-    B = (Qb @ U[:, :k]) * root
-    A = root[:, None] * (Vh[:k] @ Qa.T)
-    return B.to(dtype), A.to(dtype), S
+    Qb, Rb = torch.linalg.qr(B_stack.detach().to(dtype), mode="reduced")
+    Qa, Ra = torch.linalg.qr(A_stack.detach().to(dtype).T, mode="reduced")
+    # core: B_stack @ A_stack = Qb (Rb Ra^T) Qa^T, with Qb and Qa orthonormal
+    core = Rb @ Ra.T
+    k = min(core.shape) if rank is None else min(rank, *core.shape)
+    # factor the core, wide side up
+    if core.shape[0] <= core.shape[1]:
+        Bc, Ac, error = leading_factors(core, k)
+    else:
+        At, Bt, error = leading_factors(core.T, k)
+        Bc, Ac = Bt.T, At.T
+    return Qb @ Bc, Ac @ Qa.T, error
 
 
 def refactor_dense(delta: Tensor, rank: int | None) -> tuple[Tensor, Tensor, float]:
     """Factor an explicit ΔW (d_out, d_in) as B @ A of rank `rank` (None: min(d_out, d_in), lossless).
 
-    The leading singular vectors come from an eigendecomposition of the smaller Gram matrix (two
-    to three times faster than an SVD on CPU); ΔW is then projected on them, so the kept part is
-    exact to the working precision even where the Gram matrix squares small singular values away.
-    Returns B and A (sqrt(S) split evenly, as in `refactor_lowrank`) in ΔW's dtype and the
-    relative Frobenius error of the truncation, measured on the explicit residual (0.0 if lossless).
+    By `leading_factors` on the wide orientation of ΔW. Returns B and A in ΔW's dtype (computed
+    at least in float32) and the truncation's relative Frobenius error (0.0 when lossless).
     """
     if delta.dim() != 2:
         raise ValueError(f"refactor_dense needs a 2-D ΔW (d_out, d_in), got shape {tuple(delta.shape)}")
     check_rank(rank)
-    wide = delta.shape[0] <= delta.shape[1]
-    M = (delta if wide else delta.T).detach().to(torch.promote_types(delta.dtype, torch.float32))  # (m, n), m <= n
-    cap = M.shape[0]
-    k = cap if rank is None else min(rank, cap)
-    # basis: the leading eigenvectors of M M^T are the left singular vectors of M
-    U = torch.linalg.eigh(M @ M.T).eigenvectors[:, cap - k :].flip(1)
-    # project: M ≈ U (U^T M); the rows of U^T M have norms S
-    coefficients = U.T @ M
-    root = torch.linalg.vector_norm(coefficients, dim=1).sqrt()
-    # split sqrt(S) evenly; a zero singular value leaves a zero row and column
-    left = U * root
-    right = coefficients / torch.where(root > 0, root, torch.ones_like(root))[:, None]
-    error = 0.0
-    if k < cap:
-        norm = torch.linalg.matrix_norm(M.to(torch.float64)).item()
-        residual = torch.linalg.matrix_norm((M - U @ coefficients).to(torch.float64)).item()
-        error = residual / norm if norm > 0 else 0.0
-    B, A = (left, right) if wide else (right.T, left.T)
+    M = delta.detach().to(working_dtype(delta))
+    k = min(M.shape) if rank is None else min(rank, *M.shape)
+    if M.shape[0] <= M.shape[1]:
+        B, A, error = leading_factors(M, k)
+    else:
+        At, Bt, error = leading_factors(M.T, k)
+        B, A = Bt.T, At.T
     return B.to(delta.dtype), A.to(delta.dtype), error
 
 
@@ -223,8 +239,9 @@ def task_arithmetic(
     """Exact task arithmetic ΔW = scale · Σ w_i · s_i · B_i A_i, returned in LoRA form (scale 1).
 
     Ilharco et al. 2023, "Editing Models with Task Arithmetic", https://arxiv.org/abs/2212.04089.
-    form "svd": re-factored by thin QR + SVD of a small core; rank None is lossless
-    (min(Σ r_i, d_out, d_in)), an int truncates. form "cat": the factors concatenated along the
+    form "svd": re-factored from the factors (thin QRs + a small Σr x Σr core), computed in the
+    adapters' precision (at least float32); rank None is lossless (min(Σ r_i, d_out, d_in)), an
+    int truncates. form "cat": the factors concatenated along the
     rank axis (rank Σ r_i, lossless, no decomposition; PEFT's `cat`); takes no rank. Returns the
     merged factors and the relative Frobenius error of the truncation (0.0 when lossless).
     """
@@ -239,14 +256,15 @@ def task_arithmetic(
             f"got rank={rank}; pass rank=None or use form 'svd' to truncate"
         )
     dtype = adapters_dtype(adapters)
+    work = torch.promote_types(dtype, torch.float32)
     # weight: fold scale · w_i · s_i into B_i, then stack along the rank axis
-    B_stack = torch.cat([(scale * w * a.scale) * a.B.to(torch.float64) for a, w in zip(adapters, weights)], dim=1)
-    A_stack = torch.cat([a.A.to(torch.float64) for a in adapters], dim=0)
+    B_stack = torch.cat([(scale * w * a.scale) * a.B.to(work) for a, w in zip(adapters, weights)], dim=1)
+    A_stack = torch.cat([a.A.to(work) for a in adapters], dim=0)
     if form == "cat":
         return LoraFactors(A=A_stack.to(dtype), B=B_stack.to(dtype), scale=1.0), 0.0
     # re-factor
-    B, A, S = refactor_lowrank(B_stack, A_stack, rank)
-    return LoraFactors(A=A.to(dtype), B=B.to(dtype), scale=1.0), truncation_error(S, A.shape[0])
+    B, A, error = refactor_lowrank(B_stack, A_stack, rank)
+    return LoraFactors(A=A.to(dtype), B=B.to(dtype), scale=1.0), error
 
 
 def merge_weights(num_examples: Sequence[int], scheme: WeightScheme) -> list[float]:

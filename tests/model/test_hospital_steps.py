@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from flwr.app import ConfigRecord, RecordDict
 
 import fl_app.model.lora as lora_module
@@ -41,3 +43,14 @@ def test_training_then_evaluating_real_breastmnist(breast_root, tiny_experiment)
     assert reply["metrics"]["num-examples"] == len(hospital.data.train) > 100
     assert 0.0 <= scores["metrics"]["mine/acc"] <= 1.0
     assert scores["metrics"]["num-examples"] == len(hospital.data.test)
+
+
+def test_training_is_reproducible_whatever_the_process_did_before(tiny_experiment):
+    experiment = json.loads(hospital_payload(tiny_experiment("lora.dropout=0.3")))
+    hospital = Hospital(experiment, 1, 3)
+
+    first = hospital.train(None, server_round=1)["arrays"].to_torch_state_dict()
+    Hospital(experiment, 2, 3).train(None, server_round=1)  # another hospital in between moves the RNG
+    second = hospital.train(None, server_round=1)["arrays"].to_torch_state_dict()
+
+    assert all(torch.equal(first[k], second[k]) for k in first)
