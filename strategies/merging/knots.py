@@ -5,8 +5,7 @@ The SVD of the side-by-side updates [ΔW_1 ... ΔW_N] = U S [V_1^T ... V_N^T] gi
 the same output basis U, with ΔW_i = U C_i and coefficients C_i = S V_i^T (the paper's s_on_V).
 The C_i are merged with a pipeline from `sparsify` (linear, TIES, DARE, ...), then
 ΔW = scale · U C_merged is re-factored. Space: exact, from the factors; neither [ΔW_1 ... ΔW_N]
-nor any ΔW_i is formed (the coefficients are (K, d_in) with K <= Σ r_i). Computed in the adapters'
-precision (at least float32).
+nor any ΔW_i is formed (the coefficients are (K, d_in) with K <= Σ r_i).
 """
 
 from __future__ import annotations
@@ -23,33 +22,31 @@ from strategies.merging.lowrank import (
     check_rank,
     check_scale,
     refactor_lowrank,
-    working_dtype,
 )
 from strategies.merging.sparsify import PIPELINES, MajoritySignMethod, Normalize, PipelineName, check_pipeline, combine
 
 
 def shared_basis(adapters: Sequence[LoraFactors]) -> tuple[Tensor, Tensor]:
-    """U (d_out, K) orthonormal and coefficients C (N, K, d_in) with s_i B_i A_i = U @ C[i].
+    """U (d_out, K) orthonormal and coefficients C (N, K, d_in) with s_i B_i A_i = U @ C[i], in float64.
 
-    From thin QRs (B_stack = Qb Rb, A_i^T = Qa_i Ra_i) and one SVD of the small Σr x Σr core, in the
-    adapters' precision (at least float32); directions with negligible singular values are dropped.
+    Thin QRs (B_stack = Qb Rb, A_i^T = Qa_i Ra_i) reduce [ΔW_1 ... ΔW_N] to a small core with
+    K = min(d_out, Σ r_i) rows, whose left singular vectors (eigenvectors of its Gram matrix,
+    descending) give U. float64 on purpose: trimming the coefficients is discontinuous, and in
+    float32 close singular directions mix enough to change which entries survive.
     """
-    work = working_dtype(*(t for a in adapters for t in (a.A, a.B)))
     # factor the outputs: [s_1 B_1 ... s_N B_N] = Qb Rb
-    B_stack = torch.cat([a.scale * a.B.to(work) for a in adapters], dim=1)
+    B_stack = torch.cat([a.scale * a.B.to(torch.float64) for a in adapters], dim=1)
     Qb, Rb = torch.linalg.qr(B_stack, mode="reduced")
     # factor the inputs: A_i^T = Qa_i Ra_i, block by block
-    Qa, Ra = zip(*(torch.linalg.qr(a.A.to(work).T, mode="reduced") for a in adapters))
+    Qa, Ra = zip(*(torch.linalg.qr(a.A.to(torch.float64).T, mode="reduced") for a in adapters))
     blocks = torch.split(Rb, [a.rank for a in adapters], dim=1)
-    # core SVD: [ΔW_1 ... ΔW_N] = Qb [Rb_1 Ra_1^T ... Rb_N Ra_N^T] blockdiag(Qa_i)^T
+    # core: [ΔW_1 ... ΔW_N] = Qb [Rb_1 Ra_1^T ... Rb_N Ra_N^T] blockdiag(Qa_i)^T
     core = torch.cat([block @ R.T for block, R in zip(blocks, Ra)], dim=1)
-    W, S, Vh = torch.linalg.svd(core, full_matrices=False)
-    keep = S > S[0] * torch.finfo(work).eps * max(core.shape)
-    keep[0] = True  # all-zero adapters still give one (zero) direction
-    W, S, Vh = W[:, keep], S[keep], Vh[keep]
-    # coefficients: C_i = S V_i^T in the input space
-    pieces = torch.split(Vh, [Q.shape[1] for Q in Qa], dim=1)
-    coefficients = torch.stack([(S[:, None] * piece) @ Q.T for piece, Q in zip(pieces, Qa)])
+    # basis: left singular vectors of the core, descending; zero directions get zero coefficients
+    W = torch.linalg.eigh(core @ core.T).eigenvectors.flip(1)
+    # coefficients: C_i = S V_i^T = W^T core_i, back in the input space
+    pieces = torch.split(W.T @ core, [Q.shape[1] for Q in Qa], dim=1)
+    coefficients = torch.stack([piece @ Q.T for piece, Q in zip(pieces, Qa)])
     return Qb @ W, coefficients
 
 
