@@ -257,18 +257,23 @@ def max_relative_error(deltas: dict[str, torch.Tensor], reference: dict[str, tor
 
 
 def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
-    """Peak of live tensor bytes allocated inside fn (PyTorch memory profiler timeline)."""
+    """Peak of live tensor bytes allocated inside fn (PyTorch memory profiler timeline).
+
+    Frees of tensors that existed before fn are not counted (an in-place op bumps a tensor's version,
+    so creation and destruction are matched by tensor, not by (tensor, version)).
+    """
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         fn()
-    live, peak, created = 0, 0, set()
-    for _, action, key, size in prof._memory_profile().timeline:
+    timeline = prof._memory_profile().timeline
+    preexisting = {tensor for _, action, (tensor, _), _ in timeline if action == Action.PREEXISTING}
+    live = peak = 0
+    for _, action, (tensor, _version), size in timeline:
         if action == Action.CREATE:
-            created.add(key)
             live += size
-        elif action == Action.DESTROY and key in created:
+        elif action == Action.DESTROY and tensor not in preexisting:
             live -= size
         peak = max(peak, live)
     return peak

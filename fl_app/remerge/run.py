@@ -16,15 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
-from fl_app.model.adapter import save_adapter
-from fl_app.model.backbone import build_backbone
-from fl_app.model.lora import linear_module_names, lora_config
 from fl_app.remerge.evaluate import evaluate_at_hospitals
 from fl_app.remerge.plan import MergeRequest
 from fl_app.remerge.stored import StoredRun
+from fl_app.server.versions import save_version
 from fl_app.server.evaluation import mean_over_tasks, per_hospital_metrics, per_task_metrics
 from fl_app.server.results import RESULTS_FILE, write_json_atomic
 from strategies.merging import merge_adapters, merge_weights
@@ -71,14 +68,8 @@ def merge_version(run: StoredRun, request: MergeRequest) -> ModelVersion:
 
 
 def _stage_adapters(run: StoredRun, versions: Sequence[ModelVersion], staging: Path) -> None:
-    cfg = run.experiment
-    with torch.device("meta"):
-        available = linear_module_names(build_backbone(cfg.model))
     for version in versions:
-        tasks = sorted({k.split("heads.")[-1].split(".")[0] for k in version.state if "heads." in k})
-        config = lora_config(available, cfg.lora, tasks, rank=version.r, alpha=version.alpha)
-        config.lora_dropout = 0.0
-        save_adapter(staging / version.name, version.state, config, {"version": version.name, "kind": version.kind, **version.details})
+        save_version(staging / version.name, run.experiment, version, {"version": version.name, "kind": version.kind, **version.details})
 
 
 def _install_adapters(run: StoredRun, staging: Path, names: Sequence[str]) -> None:

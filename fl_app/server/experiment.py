@@ -7,18 +7,15 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.common import log
 from omegaconf import DictConfig, OmegaConf
 
 from fl_app.config import hospital_payload, save_experiment
 from fl_app.data import synthetic_stand_ins
-from fl_app.hospital_steps import task_outputs
-from fl_app.model.backbone import build_backbone
-from fl_app.model.lora import linear_module_names, lora_config
 from fl_app.server.evaluation import decode_scores, evaluation_messages, mean_over_tasks, per_hospital_metrics, per_task_metrics
 from fl_app.server.results import RunResults
 from fl_app.server.traffic import CountingGrid
+from fl_app.server.versions import save_version
 from strategies import get_strategy
 from strategies.outcome import ModelVersion
 
@@ -86,14 +83,10 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
 
 def _save_versions(results: RunResults, cfg: DictConfig, versions: list[ModelVersion]) -> None:
     """Every version as a PEFT adapter folder, and its entry in results.json."""
-    with torch.device("meta"):
-        available = linear_module_names(build_backbone(cfg.model))
     for version in versions:
-        tasks = sorted({k.split("heads.")[-1].split(".")[0] for k in version.state if "heads." in k})
-        config = lora_config(available, cfg.lora, tasks, rank=version.r, alpha=version.alpha)
-        config.lora_dropout = 0.0
-        path = results.save_adapter(version.name, version.state, config, {"kind": version.kind, **version.details})
-        results.data["versions"].append({"name": version.name, "kind": version.kind, "adapter": path, "r": version.r, "lora_alpha": version.alpha, **version.details})
+        path = Path("adapters") / version.name
+        save_version(results.folder / path, cfg, version, {"version": version.name, "kind": version.kind, **version.details})
+        results.data["versions"].append({"name": version.name, "kind": version.kind, "adapter": str(path), "r": version.r, "lora_alpha": version.alpha, **version.details})
     results.write()
 
 

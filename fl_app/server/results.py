@@ -10,9 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peft import LoraConfig
-
-from fl_app.model.adapter import save_adapter
 from fl_app.protocol import HospitalReply
 
 RESULTS_FILE = "results.json"
@@ -77,12 +74,6 @@ class RunResults:
             str(h.hospital_id): h.metrics for h in hospitals
         }
         self.write()
-
-    def save_adapter(self, name: str, state, config: LoraConfig, details: dict[str, Any]) -> str:
-        """Save one version in PEFT format under adapters/<name>/; return the relative path."""
-        relative = Path("adapters") / name
-        save_adapter(self.folder / relative, state, config, extra={"version": name, **details})
-        return str(relative)
 
     def set(self, **fields: Any) -> None:
         self.data.update(fields)

@@ -126,31 +126,32 @@ _METHODS = [
 ]
 MERGE_METHODS: dict[str, MergeMethod] = {m.name: m for m in _METHODS}
 
-# PEFT add_weighted_adapter's names for the same merges (PEFT's own `ties`, `dare_*` and `magnitude_prune`
-# without `_svd` work on A and B separately; here those names are the ΔW methods above).
-PEFT_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
-    "linear": ("fedit", {}),
-    "cat": ("task_arithmetic", {"form": "cat"}),
-    "svd": ("task_arithmetic", {"form": "svd"}),
-    "ties_svd": ("ties", {}),
-    "dare_linear_svd": ("dare_linear", {}),
-    "dare_ties_svd": ("dare_ties", {}),
-    "magnitude_prune_svd": ("magnitude_prune", {}),
+# PEFT add_weighted_adapter's names for the same merges, with what differs (PEFT's own `ties`, `dare_*`
+# and `magnitude_prune` without `_svd` work on A and B separately; here those names are the ΔW methods).
+PEFT_NAMES: dict[str, tuple[str, dict[str, Any], str]] = {
+    "linear": ("fedit", {}, "PEFT puts sqrt(w) on each factor, so PEFT linear(w) = fedit(sqrt(w))."),
+    "cat": ("task_arithmetic", {"form": "cat"}, ""),
+    "svd": ("task_arithmetic", {"form": "svd"}, "merge_rank None is lossless here; PEFT's default svd_rank is max r_i."),
+    "ties_svd": ("ties", {}, "PEFT's disjoint mean divides by the count: normalize='count'."),
+    "dare_linear_svd": ("dare_linear", {}, ""),
+    "dare_ties_svd": ("dare_ties", {}, "PEFT's disjoint mean divides by the count: normalize='count'."),
+    "magnitude_prune_svd": ("magnitude_prune", {}, ""),
 }
 
 
-def _peft_alias(alias: str, target: str, bound: Mapping[str, Any]) -> MergeMethod:
+def _peft_alias(alias: str, target: str, bound: Mapping[str, Any], note: str) -> MergeMethod:
     method = MERGE_METHODS[target]
+    using = f"{target} with {dict(bound)}" if bound else target
     return replace(
         method,
         name=alias,
-        description=f"PEFT's {alias!r}: {target}" + (f" with {dict(bound)}" if bound else "") + ". " + method.description,
+        description=" ".join(filter(None, [f"PEFT's {alias!r}: {using}.", note, method.description])),
         params={k: v for k, v in method.params.items() if k not in bound},
         bound={**method.bound, **bound},
     )
 
 
-MERGE_METHODS |= {alias: _peft_alias(alias, target, bound) for alias, (target, bound) in PEFT_NAMES.items()}
+MERGE_METHODS |= {alias: _peft_alias(alias, *spec) for alias, spec in PEFT_NAMES.items()}
 
 
 def get_merge_method(name: str) -> MergeMethod:
