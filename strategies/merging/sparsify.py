@@ -80,18 +80,22 @@ def as_generator(seed: int | torch.Generator) -> torch.Generator:
 
 
 def magnitude_prune(tensors: Tensor, density: float) -> Tensor:
-    """TIES 'trim': keep each adapter's int(density · numel) largest-magnitude entries, zero the rest.
+    """TIES 'trim': keep each adapter's entries whose magnitude reaches its k-th largest, k = int(density · numel).
 
-    tensors: one adapter per row of dim 0. Exactly that many are kept, chosen by topk as in PEFT's
-    magnitude_based_pruning.
+    tensors: one adapter per row of dim 0. Entries tied with the k-th largest magnitude are all kept,
+    so the result does not depend on how topk orders ties (PEFT's magnitude_based_pruning keeps
+    exactly k, picking among ties; float32 ΔWs do have ties, so the two can differ by a few entries).
     """
     flat = tensors.reshape(tensors.shape[0], -1)
     n = flat.shape[1]
     k = int(density * n)  # as PEFT
     if k >= n:
         return tensors
-    index = flat.abs().topk(k, dim=1, sorted=False).indices
-    return torch.zeros_like(flat).scatter_(1, index, flat.gather(1, index)).reshape(tensors.shape)
+    if k == 0:
+        return torch.zeros_like(tensors)
+    magnitude = flat.abs()
+    threshold = magnitude.topk(k, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+    return torch.where(magnitude >= threshold, flat, 0.0).reshape(tensors.shape)
 
 
 def random_prune(tensors: Tensor, density: float, generator: torch.Generator) -> Tensor:

@@ -334,7 +334,10 @@ def test_cat_form_concatenates_factors_losslessly():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"form": "cat", "rank": 2}, r"form 'cat' keeps every factor \(rank Σ r_i = 2\) and takes no rank"), ({"form": "qr"}, r"unknown task arithmetic form 'qr'; choose one of \['svd', 'cat'\]")],
+    [
+        ({"form": "cat", "rank": 2}, r"form 'cat' keeps every factor \(rank Σ r_i = 2\) and takes no rank"),
+        ({"form": "qr"}, r"unknown task arithmetic form 'qr'; choose one of \['svd', 'cat'\]"),
+    ],
 )
 def test_task_arithmetic_form_validates(kwargs, message):
     with pytest.raises(ValueError, match=message):

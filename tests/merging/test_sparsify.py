@@ -46,6 +46,12 @@ def test_magnitude_prune_edges(density, kept):
     assert torch.count_nonzero(magnitude_prune(tensors, density)) == kept
 
 
+def test_magnitude_prune_keeps_every_entry_tied_at_the_threshold():
+    # k = 2; the 2nd largest magnitude is 2, held by two entries: both stay, whatever order topk sees them in
+    tensors = torch.tensor([[1.0, -2.0, 2.0, 3.0]])
+    torch.testing.assert_close(magnitude_prune(tensors, 0.5), torch.tensor([[0.0, -2.0, 2.0, 3.0]]))
+
+
 def test_random_prune_rescales_and_keeps_about_density():
     # Prepare
     tensors = torch.ones(2, 200, 200)
