@@ -126,12 +126,10 @@ def test_svd_at_full_rank_is_exact(specs, d_out, d_in, data):
     close(delta, naive_sum(adapters, weights), tol=1e-9)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [n for n in ALL if n != "cat"])  # cat keeps every factor and takes no rank
 def test_truncated_error_is_reported(name):
     # every method re-factors to a requested rank and reports the truncation it made
     adapters = [random_adapter(8, 8, 3, 1.0, seed) for seed in range(3)]
-    if name == "cat":
-        pytest.skip("cat takes no rank")
     merged_full, _ = merge(name, adapters, [1 / 3] * 3, density=0.5)
     merged, error = merge(name, adapters, [1 / 3] * 3, rank=2, density=0.5)
     assert 0.0 < error < 1.0
