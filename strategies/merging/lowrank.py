@@ -143,12 +143,7 @@ def refactor_lowrank(B_stack: Tensor, A_stack: Tensor, rank: int | None) -> tupl
     # core: B_stack @ A_stack = Qb (Rb Ra^T) Qa^T, with Qb and Qa orthonormal
     core = Rb @ Ra.T
     k = min(core.shape) if rank is None else min(rank, *core.shape)
-    # factor the core, wide side up
-    if core.shape[0] <= core.shape[1]:
-        Bc, Ac, error = leading_factors(core, k)
-    else:
-        At, Bt, error = leading_factors(core.T, k)
-        Bc, Ac = Bt.T, At.T
+    Bc, Ac, error = factor_wide_side_up(core, k)  # factor the small core
     return Qb @ Bc, Ac @ Qa.T, error
 
 
@@ -163,12 +158,16 @@ def refactor_dense(delta: Tensor, rank: int | None) -> tuple[Tensor, Tensor, flo
     check_rank(rank)
     M = delta.detach().to(working_dtype(delta))
     k = min(M.shape) if rank is None else min(rank, *M.shape)
-    if M.shape[0] <= M.shape[1]:
-        B, A, error = leading_factors(M, k)
-    else:
-        At, Bt, error = leading_factors(M.T, k)
-        B, A = Bt.T, At.T
+    B, A, error = factor_wide_side_up(M, k)
     return B.to(delta.dtype), A.to(delta.dtype), error
+
+
+def factor_wide_side_up(M: Tensor, k: int) -> tuple[Tensor, Tensor, float]:
+    """`leading_factors` of M or of M.T, whichever is wide, returned as B @ A ≈ M."""
+    if M.shape[0] <= M.shape[1]:
+        return leading_factors(M, k)
+    At, Bt, error = leading_factors(M.T, k)
+    return Bt.T, At.T, error
 
 
 def lowrank_norm(B: Tensor, A: Tensor) -> float:
