@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fl_app.hospital_steps import experiment_of, hospital_for
-from fl_app.protocol import ARRAYS
+from fl_app.protocol import ARRAYS, METRICS
 
 app = ClientApp()
 
@@ -23,6 +25,7 @@ def _fail(msg: Message, context: Context, error: Exception) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune this hospital's adapter and send it back with its metrics."""
+    started = time.perf_counter()
     try:
         experiment = experiment_of(msg.content)
         hospital = hospital_for(experiment, context.node_config)
@@ -30,7 +33,10 @@ def train(msg: Message, context: Context) -> Message:
             raise RuntimeError("simulated failure (simulation.fail_hospitals)")
         server_round = int(msg.content["config"].get("server-round", 1))
         start = msg.content[ARRAYS] if ARRAYS in msg.content else None
-        return Message(hospital.train(start, server_round), reply_to=msg)
+        content = hospital.train(start, server_round)
+        # The hospital's own work (data, training, validation): what a run's framework overhead is measured against.
+        content[METRICS]["step-seconds"] = time.perf_counter() - started
+        return Message(content, reply_to=msg)
     except Exception as error:  # reported to the server, which leaves this hospital out
         return _fail(msg, context, error)
 
@@ -38,8 +44,11 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate every model version in the message on this hospital's test split."""
+    started = time.perf_counter()
     try:
         hospital = hospital_for(experiment_of(msg.content), context.node_config)
-        return Message(hospital.evaluate(msg.content), reply_to=msg)
+        content = hospital.evaluate(msg.content)
+        content[METRICS]["step-seconds"] = time.perf_counter() - started
+        return Message(content, reply_to=msg)
     except Exception as error:
         return _fail(msg, context, error)

@@ -9,6 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fl_app.data.worker_cache import DEFAULT_DATA_CACHE
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # `flwr run . --run-config` knobs -> Hydra override keys. Empty string / 0 / -1 = keep conf/.
@@ -70,6 +72,7 @@ def hospital_payload(cfg: DictConfig) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     payload = {key: container[key] for key in HOSPITAL_KEYS}
     payload["fail_hospitals"] = list(container["simulation"].get("fail_hospitals") or [])
+    payload["data_cache_size"] = int(container["simulation"].get("data_cache_size", DEFAULT_DATA_CACHE))
     return json.dumps(payload, sort_keys=True)
 
 

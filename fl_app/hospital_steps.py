@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fl_app.data import HospitalData, load_hospital, task_info
+from fl_app.data import HospitalData, task_info
+from fl_app.data.worker_cache import DEFAULT_DATA_CACHE, cached_hospital_data
 from fl_app.model.adapter import arrayrecord_to_state, state_to_arrayrecord
 from fl_app.model.backbone import backbone_image_size
 from fl_app.model.lora import HospitalModel, hospital_model
@@ -39,7 +40,9 @@ class Hospital:
     def __init__(self, experiment: Mapping[str, Any], hospital_id: int, num_hospitals: int) -> None:
         self.experiment = experiment
         self.id = hospital_id
-        self.data: HospitalData = load_hospital(experiment["data"], hospital_id, num_hospitals, int(experiment["seed"]))
+        self.data: HospitalData = cached_hospital_data(
+            experiment["data"], hospital_id, num_hospitals, int(experiment["seed"]), int(experiment.get("data_cache_size", DEFAULT_DATA_CACHE))
+        )
         self.model: HospitalModel = hospital_model(experiment["model"], task_outputs(experiment))
         self.device = pick_device()
         self.model.backbone.to(self.device)

@@ -88,13 +88,17 @@ def hospital_record(hospital_id: int, task: str, n_train: int, n_val: int, n_tes
 
 def decode_train_reply(message: Message) -> HospitalReply:
     """Decode a successful train reply (raises ValueError naming what is missing)."""
-    content = message.content
+    return decode_train_content(message.content, message.metadata.src_node_id)
+
+
+def decode_train_content(content: RecordDict, node_id: int) -> HospitalReply:
+    """Decode the content of node `node_id`'s train reply (what `Hospital.train` returns)."""
     for key in (ARRAYS, METRICS, HOSPITAL):
         if key not in content:
-            raise ValueError(f"Train reply from node {message.metadata.src_node_id} has no {key!r} record.")
+            raise ValueError(f"Train reply from node {node_id} has no {key!r} record.")
     info = content[HOSPITAL]
     return HospitalReply(
-        node_id=message.metadata.src_node_id,
+        node_id=node_id,
         hospital_id=int(info["hospital-id"]),
         task=str(info["task"]),
         n_train=int(info["n-train"]),

@@ -107,6 +107,8 @@ def flwr_run_command(cfg: DictConfig, config_path: Path, results_dir: Path) -> l
     """`flwr run` for this experiment: hospitals = simulated SuperNodes, resources per hospital."""
     sim = cfg.simulation
     federation = f"num-supernodes={int(sim.num_hospitals)} client-resources-num-cpus={int(sim.client_cpus)} client-resources-num-gpus={float(sim.client_gpus)}"
+    if sim.get("ray_cpus") is not None:  # Ray's own CPU count: fewer workers than the machine's cores
+        federation += f" init-args-num-cpus={int(sim.ray_cpus)}"
     run_config = f"config-path='{config_path}' results-dir='{results_dir}'"
     return ["flwr", "run", str(PROJECT_ROOT), CONNECTION, "--stream", "--federation-config", federation, "--run-config", run_config]
 

@@ -6,6 +6,7 @@ Metrics are MedMNIST's own definitions (`medmnist.evaluator.getACC/getAUC`).
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -21,8 +22,27 @@ OPTIMIZERS = ("adamw", "sgd")
 
 
 def pick_device() -> torch.device:
-    """The GPU Ray assigned to this worker, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU Ray assigned to this worker, else the CPU; outside Ray, any visible GPU.
+
+    Ray narrows CUDA_VISIBLE_DEVICES of a worker to the GPU it assigned (so `cuda` is that GPU),
+    but leaves it untouched for workers given no GPU (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0):
+    those must stay on the CPU, not crowd onto GPU 0 unreserved.
+    """
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    assigned = ray_assigned_gpus()
+    return torch.device("cpu" if assigned is not None and not assigned else "cuda")
+
+
+def ray_assigned_gpus() -> list[str] | None:
+    """The GPU ids Ray gave this process, or None when it is not a Ray worker."""
+    ray = sys.modules.get("ray")  # imported by every Ray worker; never imported here for nothing
+    if ray is None or not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if context.worker.mode != ray.WORKER_MODE:
+        return None
+    return list(context.get_accelerator_ids().get("GPU", []))
 
 
 def to_pixels(images: np.ndarray, image_size: int) -> torch.Tensor:

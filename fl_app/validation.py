@@ -30,6 +30,19 @@ def validate_experiment(cfg: DictConfig) -> None:
         float(sim.client_cpus) >= 1 and float(sim.client_cpus).is_integer(),
         f"simulation.client_cpus={sim.client_cpus} must be a whole number >= 1 (Flower reserves whole CPUs per hospital).",
     )
+    _require(
+        float(sim.get("data_cache_size", 0)).is_integer() and float(sim.get("data_cache_size", 0)) >= 0,
+        f"simulation.data_cache_size={sim.get('data_cache_size')} must be a whole number >= 0 (hospitals' data kept per worker; 0 = none).",
+    )
+    ray_cpus = sim.get("ray_cpus")
+    _require(
+        ray_cpus is None or (float(ray_cpus).is_integer() and float(sim.client_cpus) <= float(ray_cpus)),
+        f"simulation.ray_cpus={ray_cpus} must be null (all cores) or a whole number >= simulation.client_cpus={sim.client_cpus}.",
+    )
+    _require(
+        ray_cpus is None or not os.environ.get("RAY_ADDRESS"),
+        f"simulation.ray_cpus={ray_cpus} sizes a local Ray; with RAY_ADDRESS the cluster's nodes set their CPUs (ray start --num-cpus): use simulation.ray_cpus=null.",
+    )
     _require(float(sim.client_gpus) >= 0, f"simulation.client_gpus={sim.client_gpus} must be >= 0 (fractions allowed).")
     _require(  # on an existing Ray cluster (RAY_ADDRESS) the GPUs may sit on other nodes: Ray checks them
         float(sim.client_gpus) == 0 or torch.cuda.is_available() or bool(os.environ.get("RAY_ADDRESS")),

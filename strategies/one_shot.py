@@ -49,18 +49,23 @@ class OneShotMerge(FedAvg):
         require_enough(hospitals, failures, int(strategy.min_hospitals), server_round)
         self.weights = hospital_weights(hospitals, strategy)
         log(INFO, "Merging %d adapters with %s (weights %s)", len(hospitals), strategy.merge, [round(w, 3) for w in self.weights])
-        self.merge_result = merge_adapters(
-            [h.state for h in hospitals],
-            scales=[h.lora_scale for h in hospitals],
-            weights=self.weights,
-            tasks=[h.task for h in hospitals],
-            method=str(strategy.merge),
-            scale=float(strategy.scale),
-            rank=None if strategy.merge_rank is None else int(strategy.merge_rank),
-            params=dict(strategy.merge_params or {}),
-        )
+        self.merge_result = merge_hospitals(hospitals, self.weights, strategy)
         metrics = MetricRecord({"hospitals": len(hospitals), "merged-rank": self.merge_result.rank})
         return state_to_arrayrecord(self.merge_result.state), metrics
+
+
+def merge_hospitals(hospitals: list[HospitalReply], weights: list[float], strategy: DictConfig):
+    """The configured merge of the hospitals' adapters (`strategy` is the experiment's strategy group)."""
+    return merge_adapters(
+        [h.state for h in hospitals],
+        scales=[h.lora_scale for h in hospitals],
+        weights=weights,
+        tasks=[h.task for h in hospitals],
+        method=str(strategy.merge),
+        scale=float(strategy.scale),
+        rank=None if strategy.merge_rank is None else int(strategy.merge_rank),
+        params=dict(strategy.merge_params or {}),
+    )
 
 
 def screen(hospitals: list[HospitalReply], norm_factor: float) -> tuple[list[HospitalReply], list[dict[str, Any]]]:
@@ -94,7 +99,12 @@ def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
     strategy = OneShotMerge(cfg, available_nodes=len(list(grid.get_node_ids())), sink=sink)
     # Empty initial arrays: every hospital builds the same seeded initial adapter itself.
     strategy.start(grid, ArrayRecord(), num_rounds=1, train_config=instructions(experiment_json))
-    merged = strategy.merge_result
+    versions = one_shot_versions(strategy.hospitals, strategy.weights, strategy.merge_result, cfg)
+    return StrategyOutcome(versions=versions, merge=str(cfg.strategy.merge), details={"rounds": 1})
+
+
+def one_shot_versions(hospitals: list[HospitalReply], weights: list[float], merged, cfg: DictConfig) -> list[ModelVersion]:
+    """Each hospital's own adapter (heads of other tasks from the merge) and the merged adapter."""
     merged_heads = {k: v for k, v in merged.state.items() if ".lora_" not in k}
     versions = [
         ModelVersion(
@@ -106,7 +116,7 @@ def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
             alpha=h.lora_alpha,
             details={"hospital": h.hospital_id, "task": h.task},
         )
-        for h in strategy.hospitals
+        for h in hospitals
     ]
     versions.append(
         ModelVersion(
@@ -117,7 +127,7 @@ def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
             alpha=merged.lora_alpha,
             details={
                 "method": str(cfg.strategy.merge),
-                "weights": {str(h.hospital_id): w for h, w in zip(strategy.hospitals, strategy.weights)},
+                "weights": {str(h.hospital_id): w for h, w in zip(hospitals, weights)},
                 "params": merged.params,
                 "exact": merged.exact,
                 "relative_error": merged.relative_error,
@@ -125,4 +135,4 @@ def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
             },
         )
     )
-    return StrategyOutcome(versions=versions, merge=str(cfg.strategy.merge), details={"rounds": 1})
+    return versions

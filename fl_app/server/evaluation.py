@@ -27,10 +27,13 @@ class HospitalScores:
 
 
 def evaluation_messages(versions: Sequence[ModelVersion], experiment_json: str, node_ids: Iterable[int]) -> list[Message]:
-    content = evaluation_content(
-        {v.name: (state_to_arrayrecord(v.state), {"r": v.r, "alpha": v.alpha}) for v in versions}, experiment_json
-    )
+    content = versions_content(versions, experiment_json)
     return [Message(content=content, dst_node_id=node, message_type="evaluate") for node in node_ids]
+
+
+def versions_content(versions: Sequence[ModelVersion], experiment_json: str) -> RecordDict:
+    """What every hospital receives to evaluate: all versions in one record dict."""
+    return evaluation_content({v.name: (state_to_arrayrecord(v.state), {"r": v.r, "alpha": v.alpha}) for v in versions}, experiment_json)
 
 
 def hospital_scores(content: RecordDict) -> HospitalScores:

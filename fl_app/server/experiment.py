@@ -72,6 +72,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
             communication=counting.traffic.summary(hospital_of_node, "train"),
             evaluation_traffic=counting.traffic.summary(hospital_of_node, "evaluate"),
             strategy_details=outcome.details,
+            timeline={"serverapp_started_at": results.started, **counting.traffic.timeline(hospital_of_node)},
         )
         results.finish("completed")
         log(INFO, "MedForge results: %s", results.path)

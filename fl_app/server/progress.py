@@ -8,19 +8,24 @@ have replied at most once every `LOG_EVERY_S` seconds, plus once when all are in
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO
 from typing import Any
 
 from flwr.app import Message
 from flwr.common import log
 
-POLL_S = 1.0
+POLL_S = 0.1  # as Flower's own in-memory Grid: a coarser poll adds up to POLL_S to every round
 LOG_EVERY_S = 10.0
 
 
-def send_and_receive_reporting(grid: Any, messages: Iterable[Message], *, timeout: float | None = None, what: str = "messages") -> list[Message]:
-    """Push `messages`, pull replies until all arrived (or `timeout` s passed), log progress as `what`."""
+def send_and_receive_reporting(
+    grid: Any, messages: Iterable[Message], *, timeout: float | None = None, what: str = "messages", on_reply: Callable[[Message], None] | None = None
+) -> list[Message]:
+    """Push `messages`, pull replies until all arrived (or `timeout` s passed), log progress as `what`.
+
+    `on_reply` sees each reply as it arrives (e.g. to note when).
+    """
     pending = set(grid.push_messages(list(messages)))
     total, started = len(pending), time.time()
     replies: list[Message] = []
@@ -28,6 +33,9 @@ def send_and_receive_reporting(grid: Any, messages: Iterable[Message], *, timeou
     while pending and (timeout is None or time.time() - started < timeout):
         arrived = list(grid.pull_messages(pending))
         replies.extend(arrived)
+        if on_reply is not None:
+            for reply in arrived:
+                on_reply(reply)
         pending -= {reply.metadata.reply_to_message_id for reply in arrived}
         now = time.time()
         if len(replies) > logged and (not pending or now - last_log >= LOG_EVERY_S):

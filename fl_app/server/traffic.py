@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,9 @@ class Transfer:
     round: int
     down: int = 0
     up: int = 0
+    sent_at: float = 0.0  # epoch seconds
+    replied_at: float | None = None
+    step_seconds: float | None = None  # the hospital's own time on it, as it reported
 
 
 @dataclass
@@ -46,6 +50,28 @@ class TrafficLog:
             "per_hospital": per_hospital,
         }
 
+    def timeline(self, hospital_of_node: dict[int, int]) -> dict[str, Any]:
+        """When messages left and replies came back (epoch s), and the hospitals' own seconds per phase:
+        what splits a run into start-up, hospital work and per-message overhead."""
+        replied = [t for t in self.transfers if t.replied_at is not None]
+        first = min(replied, key=lambda t: t.replied_at, default=None)
+        phases: dict[str, dict[str, float]] = {}
+        for t in self.transfers:
+            entry = phases.setdefault(t.phase, {"first_sent_at": t.sent_at, "last_reply_at": 0.0, "messages": 0, "step_seconds": 0.0})
+            entry["first_sent_at"] = min(entry["first_sent_at"], t.sent_at)
+            entry["last_reply_at"] = max(entry["last_reply_at"], t.replied_at or 0.0)
+            entry["messages"] += 1
+            entry["step_seconds"] += t.step_seconds or 0.0
+        return {
+            "first_sent_at": min((t.sent_at for t in self.transfers), default=None),
+            "first_reply_at": first.replied_at if first else None,
+            "first_reply_phase": first.phase if first else None,
+            "first_reply_hospital": hospital_of_node.get(first.node_id) if first else None,
+            "first_reply_step_seconds": first.step_seconds if first else None,
+            "last_reply_at": max((t.replied_at for t in replied), default=None),
+            "phases": phases,
+        }
+
 
 class CountingGrid:
     """A Grid proxy that logs the bytes of each message it sends and each reply it receives."""
@@ -65,14 +91,20 @@ class CountingGrid:
         for message in messages:
             config = message.content.config_records.get("config")
             server_round = int(config.get("server-round", 0)) if config is not None else 0
-            transfer = Transfer(message.metadata.dst_node_id, message.metadata.message_type, server_round)
+            transfer = Transfer(message.metadata.dst_node_id, message.metadata.message_type, server_round, sent_at=time.time())
             transfer.down = record_dict_bytes(message.content)
             by_node[transfer.node_id] = transfer
             self.traffic.transfers.append(transfer)
         what = f"{transfer.phase} round {transfer.round}" if transfer.round else transfer.phase
-        replies = send_and_receive_reporting(self._grid, messages, timeout=timeout, what=what)
-        for reply in replies:
+
+        def arrived(reply: Message) -> None:
             transfer = by_node.get(reply.metadata.src_node_id)
-            if transfer is not None and reply.has_content():
-                transfer.up = record_dict_bytes(reply.content)
-        return replies
+            if transfer is not None:
+                transfer.replied_at = time.time()
+                if reply.has_content():
+                    transfer.up = record_dict_bytes(reply.content)
+                    metrics = reply.content.metric_records.get("metrics")
+                    if metrics is not None and "step-seconds" in metrics:
+                        transfer.step_seconds = float(metrics["step-seconds"])
+
+        return send_and_receive_reporting(self._grid, messages, timeout=timeout, what=what, on_reply=arrived)

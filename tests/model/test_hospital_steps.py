@@ -19,11 +19,16 @@ def test_backbone_is_built_once_per_process_for_all_hospitals(tiny_experiment, m
     real_build = lora_module.build_backbone
     monkeypatch.setattr(lora_module, "build_backbone", lambda cfg: builds.append(1) or real_build(cfg))
     lora_module._cached_hospital_model.cache_clear()
-    experiment = json.loads(hospital_payload(tiny_experiment()))
+    experiment = json.loads(hospital_payload(tiny_experiment("data=multi_center")))
 
     hospitals = [Hospital(experiment, i, 3) for i in range(3)]
-    for hospital in hospitals:
-        hospital.train(None, server_round=1)
+    replies = [hospital.train(None, server_round=1) for hospital in hospitals]
+    versions = {f"hospital-{i}": {"r": 4, "alpha": 16} for i in range(3)}
+    content = RecordDict({CONFIG: ConfigRecord({"experiment": json.dumps(experiment), "versions": json.dumps(versions)})})
+    for i, reply in enumerate(replies):
+        content[version_key(f"hospital-{i}")] = reply["arrays"]
+    for i in (2, 0, 1):  # a worker's next messages: every hospital evaluates every version
+        Hospital(experiment, i, 3).evaluate(content)
 
     assert len(builds) == 1
     assert len({id(h.model) for h in hospitals}) == 1

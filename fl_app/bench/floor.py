@@ -1,0 +1,89 @@
+"""The physical floor of an experiment: the same hospital steps, merge and evaluation, one plain loop.
+
+No Flower, no Ray, no messages crossing processes: hospitals train one after another in this
+process through `Hospital` (the code a ClientApp runs), the server-side pieces run on the replies
+as `run_experiment_on_grid` would (screen, weights, merge or FedAvg average, save every version),
+and every hospital evaluates every version from one record dict. What a Flower run spends beyond
+this is framework overhead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from fl_app.config import hospital_payload
+from fl_app.hospital_steps import Hospital
+from fl_app.model.adapter import state_to_arrayrecord
+from fl_app.protocol import HospitalReply, decode_train_content
+from fl_app.server.evaluation import versions_content
+from fl_app.server.versions import save_version
+from strategies.fedavg import keywise_average
+from strategies.one_shot import hospital_weights, merge_hospitals, one_shot_versions, screen
+from strategies.outcome import ModelVersion
+
+
+@dataclass(frozen=True)
+class FloorRun:
+    """Seconds of the plain loop, split into its phases, and how many images it pushed through."""
+
+    seconds: float
+    train_seconds: float
+    evaluate_seconds: float
+    versions: int
+    images_trained: int
+    images_evaluated: int
+
+
+def train_all(experiment: dict, num_hospitals: int, server_round: int, start=None) -> list[HospitalReply]:
+    """Every hospital trains once, in turn (node id = hospital id)."""
+    return [decode_train_content(Hospital(experiment, i, num_hospitals).train(start, server_round), node_id=i) for i in range(num_hospitals)]
+
+
+def one_shot(cfg: DictConfig, experiment: dict) -> tuple[list[ModelVersion], int]:
+    """Versions and the training examples seen (one round)."""
+    replies = train_all(experiment, int(cfg.simulation.num_hospitals), 1)
+    hospitals, _ = screen(replies, float(cfg.strategy.screen.norm_factor))
+    weights = hospital_weights(hospitals, cfg.strategy)
+    versions = one_shot_versions(hospitals, weights, merge_hospitals(hospitals, weights, cfg.strategy), cfg)
+    return versions, sum(h.n_train for h in replies)
+
+
+def fedavg(cfg: DictConfig, experiment: dict) -> tuple[list[ModelVersion], int]:
+    """Versions (the global adapter after each round) and the training examples seen (all rounds)."""
+    versions, start, seen = [], None, 0
+    for server_round in range(1, int(cfg.strategy.rounds) + 1):
+        replies = train_all(experiment, int(cfg.simulation.num_hospitals), server_round, start)
+        state = keywise_average([h.state for h in replies], [h.n_train for h in replies])
+        start = state_to_arrayrecord(state)
+        seen += sum(h.n_train for h in replies)
+        versions.append(ModelVersion(f"fedavg-round-{server_round}", "fedavg", state, int(cfg.lora.r), float(cfg.lora.alpha), {"round": server_round}))
+    return versions, seen
+
+
+STRATEGY_LOOPS = {"one_shot": one_shot, "fedavg": fedavg}
+
+
+def run_floor(cfg: DictConfig, out_dir: Path) -> FloorRun:
+    """Run the experiment `cfg` as one plain loop; versions are saved under `out_dir`."""
+    experiment_json = hospital_payload(cfg)
+    experiment = json.loads(experiment_json)
+    n = int(cfg.simulation.num_hospitals)
+    started = time.perf_counter()
+    versions, examples = STRATEGY_LOOPS[str(cfg.strategy.name)](cfg, experiment)
+    for version in versions:
+        save_version(out_dir / "adapters" / version.name, cfg, version, {"version": version.name})
+    trained = time.perf_counter()
+    content = versions_content(versions, experiment_json)
+    images = 0
+    for i in range(n):
+        hospital = Hospital(experiment, i, n)
+        hospital.evaluate(content)
+        images += len(hospital.data.test) * len(versions)
+    done = time.perf_counter()
+    trained_images = examples * int(cfg.train.local_epochs)
+    return FloorRun(done - started, trained - started, done - trained, len(versions), trained_images, images)

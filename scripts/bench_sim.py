@@ -1,0 +1,160 @@
+"""Benchmark the Flower simulation (Ray backend) against the same work in one plain Python loop.
+
+For each N (hospitals) and strategy, in the same invocation: the plain loop (`fl_app.bench.floor`:
+the hospitals' own steps, merge and evaluation, no Flower, no Ray), then the real experiment
+through `run_simulation` (private SuperLink + `flwr run`), then the plain loop again; the floor
+is the faster of the two loops. The Flower run is split into fixed start-up (launch, Ray, the
+workers' imports, shutdown) and the rest; ratio = rest / floor. Memory is the peak of the summed
+PSS of every process of the run (Ray workers included), sampled each second; the loop's is this
+process's own PSS. Bytes are the adapters and versions the run sent (results.json).
+
+Fairness: a Ray worker with `--client-cpus C` runs torch with C threads (Ray sets
+OMP_NUM_THREADS), so the plain loop runs with C threads too, and `--ray-cpus` (Ray's CPU count)
+sets how many workers run at once. The default, C = 1 and Ray given 1 CPU, is one worker with one
+thread against one loop with one thread: the same compute on both sides, so the ratio is pure
+framework overhead. (One thread, not two: on a shared 2-core machine two-thread torch stalls on
+its thread barrier whenever the other core is busy, by 5-10x, which would measure the neighbours.)
+`--ray-cpus 0` lets Ray use every core (several workers against the one loop): reported, but then
+the ratio mixes overhead with parallel speed-up. The GPU check uses 0.25 GPU per hospital.
+
+    PYTHONPATH=. .venv/bin/python scripts/bench_sim.py --n 3 10                     # quick
+    PYTHONPATH=. .venv/bin/python scripts/bench_sim.py --n 3 10 30 100 --strategies one_shot fedavg --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from fl_app.bench.floor import FloorRun, run_floor  # noqa: E402
+from fl_app.bench.memory import PeakMemory  # noqa: E402
+from fl_app.bench.report import HEADER, Row, format_row, phase_profile, split_startup, summary  # noqa: E402
+from fl_app.config import compose_experiment  # noqa: E402
+from fl_app.data.worker_cache import clear_hospital_cache  # noqa: E402
+from fl_app.model.lora import _cached_hospital_model  # noqa: E402
+from fl_app.simulation import run_simulation  # noqa: E402
+from fl_app.training import pick_device  # noqa: E402
+
+
+def workload(args, n: int, strategy: str, data_root: Path) -> list[str]:
+    """Hydra overrides of one benchmark experiment: N hospitals of one task, small synthetic data."""
+    return [
+        f"model={args.model}",
+        "data=multi_center",
+        f"data.flags=[{args.flag}]",
+        "data.partition=iid",
+        f"data.max_train={args.max_train}",
+        f"data.max_eval={args.max_eval}",
+        f"data.root={data_root}",
+        f"train.local_epochs={args.epochs}",
+        f"strategy={strategy}",
+        f"strategy.rounds={1 if strategy == 'one_shot' else args.rounds}",
+        f"simulation.num_hospitals={n}",
+        f"simulation.client_cpus={args.client_cpus}",
+        f"simulation.client_gpus={args.client_gpus}",
+        f"simulation.ray_cpus={args.ray_cpus if args.ray_cpus else 'null'}",
+        "quiet=true",
+        *args.override,
+    ]
+
+
+def plain_loop(cfg, out_dir: Path) -> tuple[FloorRun, float]:
+    """One plain-loop run from a cold worker state (no cached hospital data or model)."""
+    clear_hospital_cache()
+    _cached_hospital_model.cache_clear()
+    with PeakMemory(include_root=True) as memory:
+        run = run_floor(cfg, out_dir)
+    return run, memory.peak_bytes / 2**20
+
+
+def bench(args, n: int, strategy: str, work: Path) -> Row:
+    cfg = compose_experiment(workload(args, n, strategy, work / "no-medmnist"))
+    first, floor_mb = plain_loop(cfg, work / f"floor-{strategy}-{n}-a")
+    run_dir = work / f"flower-{strategy}-{n}"
+    with PeakMemory(include_root=False) as memory:
+        launched = time.time()
+        run_simulation(cfg, run_dir, quiet=True)
+        ended = time.time()
+    second, floor_mb_2 = plain_loop(cfg, work / f"floor-{strategy}-{n}-b")
+    results = json.loads((run_dir / "results.json").read_text())
+    startup, rest = split_startup(launched, ended, results)
+    floor = min(first, second, key=lambda r: r.seconds)
+    print(
+        f"  [{strategy} N={n}] floor runs {first.seconds:.1f}/{second.seconds:.1f} s (train {floor.train_seconds:.1f}, evaluate {floor.evaluate_seconds:.1f}); "
+        f"{floor.images_trained} images trained, {floor.images_evaluated} evaluated ({floor.versions} versions); "
+        f"Flower wall {ended - launched:.1f} s; throughput floor {(floor.images_trained + floor.images_evaluated) / floor.seconds:.0f} img/s, "
+        f"Flower (rest) {(floor.images_trained + floor.images_evaluated) / rest:.0f} img/s",
+        flush=True,
+    )
+    print(f"  [{strategy} N={n}] start-up {startup:.1f} s, rest {rest:.1f} s; {phase_profile(results)}", flush=True)
+    communication, evaluation = results["communication"], results.get("evaluation_traffic", {})
+    return Row(
+        strategy=strategy,
+        n=n,
+        rounds=int(communication["rounds"]),
+        startup_s=startup,
+        rest_s=rest,
+        floor_s=floor.seconds,
+        flower_peak_mb=memory.peak_bytes / 2**20,
+        floor_peak_mb=max(floor_mb, floor_mb_2),
+        upload_bytes=int(communication["upload_bytes"]) + int(evaluation.get("upload_bytes", 0)),
+        download_bytes=int(communication["download_bytes"]) + int(evaluation.get("download_bytes", 0)),
+        load=os.getloadavg()[0],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[3, 10, 30, 100], help="numbers of hospitals")
+    parser.add_argument("--strategies", nargs="+", default=["one_shot", "fedavg"], choices=["one_shot", "fedavg"])
+    parser.add_argument("--rounds", type=int, default=3, help="FedAvg rounds")
+    parser.add_argument("--model", default="tiny_vit", help="conf/model preset (vit_base_random: ViT-B/16 sized)")
+    parser.add_argument("--flag", default="bloodmnist", help="the one task every hospital holds (synthetic stand-in)")
+    parser.add_argument("--max-train", type=int, default=64, help="training images per hospital")
+    parser.add_argument("--max-eval", type=int, default=32, help="test (and validation) images per hospital")
+    parser.add_argument("--epochs", type=int, default=1, help="local epochs")
+    parser.add_argument("--client-cpus", type=int, default=1, help="Ray CPUs per hospital = torch threads of a worker and of the loop")
+    parser.add_argument("--ray-cpus", type=int, default=1, help="CPUs Ray may use (0: all cores); 1 with --client-cpus 1 = one worker, as the one loop")
+    parser.add_argument("--client-gpus", type=float, default=0.0, help="GPU fraction per hospital (0.25: four hospitals per GPU)")
+    parser.add_argument("--override", nargs="*", default=[], help="more Hydra overrides for every run")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--work", type=Path, default=None, help="folder for runs (default: a temp folder)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.client_cpus)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-sim-"))
+    print(
+        f"bench_sim: model={args.model}, {args.flag} synthetic, {args.max_train} train / {args.max_eval} test images per hospital, "
+        f"{args.epochs} local epoch(s); client_cpus={args.client_cpus}, ray_cpus={args.ray_cpus or 'all'} (torch threads {torch.get_num_threads()} in the loop), "
+        f"client_gpus={args.client_gpus}, loop device {pick_device()}; {os.cpu_count()} cores; torch {torch.__version__}; runs in {work}"
+    )
+    print("start-up: launch + Ray + worker imports + shutdown; rest: the run less start-up; floor: plain loop (min of 2); "
+          "ratio = rest/floor; memory: peak summed PSS (Flower: all run processes incl. Ray; floor: this process); bytes: train + evaluate messages")
+    warm_up = compose_experiment(workload(args, 2, "one_shot", work / "no-medmnist"))
+    run_floor(warm_up, work / "warm-up")  # first calls of torch/PEFT/sklearn in this process: not the floor's cost
+    rows = []
+    for n in args.n:
+        for strategy in args.strategies:
+            rows.append(bench(args, n, strategy, work))
+            print(HEADER if len(rows) == 1 else "", format_row(rows[-1]), sep="\n" if len(rows) == 1 else "", flush=True)
+    print()
+    print(HEADER)
+    for row in rows:
+        print(format_row(row))
+    print(summary(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) | {"ratio": r.ratio, "total_s": r.total_s} for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""The benchmark's arithmetic: start-up split, ratio, memory slope and the one-line target check."""
+
+from __future__ import annotations
+
+import pytest
+
+from fl_app.bench.report import Row, format_row, phase_profile, slope, split_startup, summary
+
+
+def results(server_start: float, wall: float, first_reply: float, first_step: float) -> dict:
+    return {
+        "wall_seconds": wall,
+        "timeline": {
+            "serverapp_started_at": server_start,
+            "first_reply_at": first_reply,
+            "first_reply_step_seconds": first_step,
+            "phases": {"train": {"first_sent_at": server_start + 1, "last_reply_at": first_reply + 4, "messages": 3, "step_seconds": 5.0}},
+        },
+    }
+
+
+def row(strategy="one_shot", n=10, startup=12.0, rest=11.0, floor=10.0, peak=1000.0) -> Row:
+    return Row(strategy, n, 1, startup, rest, floor, peak, 500.0, 2_000_000, 1_000_000, 1.0)
+
+
+def test_start_up_is_launch_to_first_reply_less_its_step_plus_shutdown():
+    # launched at 100; ServerApp 108..130; first reply at 118 after a 2 s step; the CLI returned at 133
+    start, rest = split_startup(100.0, 133.0, results(108.0, 22.0, 118.0, 2.0))
+
+    assert start == pytest.approx((118 - 100 - 2) + (133 - 130))
+    assert start + rest == pytest.approx(33.0)
+
+
+def test_ratio_is_the_rest_over_the_floor_and_the_total_adds_up():
+    r = row(startup=12.0, rest=11.0, floor=10.0)
+
+    assert r.ratio == pytest.approx(1.1)
+    assert r.total_s == pytest.approx(23.0)
+    assert format_row(r).split()[:3] == ["one_shot", "10", "1"]
+
+
+def test_slope_is_the_least_squares_fit_and_needs_two_ns():
+    assert slope([3, 10, 30, 100], [1000 + 2 * n for n in (3, 10, 30, 100)]) == pytest.approx(2.0)
+    assert slope([10], [5.0]) is None
+
+
+def test_summary_checks_each_target_on_the_rows_that_count():
+    rows = [row(n=3, rest=30.0, peak=1006.0), row(n=10, rest=10.5, peak=1020.0), row(n=100, rest=12.0, peak=1200.0), row("fedavg", n=10, rest=10.2, startup=16.0)]
+
+    line = summary(rows)
+
+    assert "one_shot ratio@N>=10 max 1.20 (N=100) FAIL" in line  # N=3's 3.0 does not count
+    assert "fedavg ratio@N>=10 max 1.02 (N=10) PASS" in line
+    assert "one_shot memory slope +2.0 MB/hospital" in line
+    assert "start-up max 16.0 s FAIL" in line
+    assert "N=100 completed: yes" in line
+
+
+def test_phase_profile_names_each_phase_with_its_span_and_the_hospitals_own_time():
+    assert phase_profile(results(0.0, 10.0, 5.0, 1.0)) == "train: 3 messages, span 8.0 s, hospitals' own 5.0 s"

@@ -1,0 +1,59 @@
+"""Hospitals' CPU and GPU shares reach Flower's Ray backend; a hospital trains where Ray put it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fl_app.simulation import flwr_run_command
+from fl_app.training import pick_device
+from fl_app.validation import validate_experiment
+
+
+def test_client_resources_become_the_federation_config(tiny_experiment):
+    cfg = tiny_experiment("simulation.num_hospitals=8", "simulation.client_cpus=2", "simulation.client_gpus=0.25")
+
+    command = flwr_run_command(cfg, Path("/r/config.yaml"), Path("/r"))
+
+    federation = command[command.index("--federation-config") + 1]
+    assert federation == "num-supernodes=8 client-resources-num-cpus=2 client-resources-num-gpus=0.25"
+
+
+def test_ray_cpus_limits_the_local_ray_and_is_refused_on_a_cluster(tiny_experiment, monkeypatch):
+    cfg = tiny_experiment("simulation.ray_cpus=1")
+
+    command = flwr_run_command(cfg, Path("/r/config.yaml"), Path("/r"))
+
+    assert command[command.index("--federation-config") + 1].endswith(" init-args-num-cpus=1")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    with pytest.raises(ValueError, match="simulation.ray_cpus=1 sizes a local Ray"):
+        validate_experiment(cfg)
+
+
+def fake_ray(gpu_ids: list[str] | None):
+    """A stand-in for the `ray` module as a worker (gpu_ids given) or a driver (None) sees it."""
+    mode = 0 if gpu_ids is None else 1
+    context = SimpleNamespace(worker=SimpleNamespace(mode=mode), get_accelerator_ids=lambda: {"GPU": gpu_ids or []})
+    return SimpleNamespace(is_initialized=lambda: True, WORKER_MODE=1, get_runtime_context=lambda: context)
+
+
+@pytest.mark.parametrize(
+    ("gpu_ids", "device"),
+    [(["0"], "cuda"), ([], "cpu"), (None, "cuda")],
+    ids=["worker given a GPU", "worker given none", "not a Ray worker"],
+)
+def test_a_hospital_uses_a_gpu_only_where_ray_assigned_one(monkeypatch, gpu_ids, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "ray", fake_ray(gpu_ids))
+
+    assert pick_device().type == device
+
+
+def test_cpu_only_machines_train_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    assert pick_device().type == "cpu"
