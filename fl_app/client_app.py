@@ -1,18 +1,26 @@
-"""Flower ClientApp: a hospital. Thin: decode the message, call `hospital_steps`, reply."""
+"""Flower ClientApp: a hospital. Thin: decode the message, call `hospital_steps`, reply.
+
+The hospital's steps (torch, PEFT, transformers) are imported on the first message, not with
+this module: Flower's simulation loads the ClientApp once before it starts Ray, in the process
+that is importing the ServerApp; a light ClientApp lets Ray and its workers start meanwhile.
+"""
 
 from __future__ import annotations
 
+import importlib
 import time
+from types import ModuleType
 
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from fl_app.hospital_steps import experiment_of, hospital_for
-from fl_app.protocol import ARRAYS, METRICS
-
 app = ClientApp()
 
 ERROR_CODE_HOSPITAL = 1001
+
+
+def _steps() -> ModuleType:
+    return importlib.import_module("fl_app.hospital_steps")
 
 
 def _fail(msg: Message, context: Context, error: Exception) -> Message:
@@ -25,17 +33,18 @@ def _fail(msg: Message, context: Context, error: Exception) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune this hospital's adapter and send it back with its metrics."""
-    started = time.perf_counter()
     try:
-        experiment = experiment_of(msg.content)
-        hospital = hospital_for(experiment, context.node_config)
+        steps = _steps()
+        started = time.perf_counter()  # after the first message's imports: those are the worker's start-up
+        experiment = steps.experiment_of(msg.content)
+        hospital = steps.hospital_for(experiment, context.node_config)
         if hospital.id in experiment.get("fail_hospitals", []):
             raise RuntimeError("simulated failure (simulation.fail_hospitals)")
         server_round = int(msg.content["config"].get("server-round", 1))
-        start = msg.content[ARRAYS] if ARRAYS in msg.content else None
+        start = msg.content[steps.ARRAYS] if steps.ARRAYS in msg.content else None
         content = hospital.train(start, server_round)
         # The hospital's own work (data, training, validation): what a run's framework overhead is measured against.
-        content[METRICS]["step-seconds"] = time.perf_counter() - started
+        content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
         return Message(content, reply_to=msg)
     except Exception as error:  # reported to the server, which leaves this hospital out
         return _fail(msg, context, error)
@@ -44,11 +53,12 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate every model version in the message on this hospital's test split."""
-    started = time.perf_counter()
     try:
-        hospital = hospital_for(experiment_of(msg.content), context.node_config)
+        steps = _steps()
+        started = time.perf_counter()  # after the first message's imports: those are the worker's start-up
+        hospital = steps.hospital_for(steps.experiment_of(msg.content), context.node_config)
         content = hospital.evaluate(msg.content)
-        content[METRICS]["step-seconds"] = time.perf_counter() - started
+        content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
         return Message(content, reply_to=msg)
     except Exception as error:
         return _fail(msg, context, error)

@@ -1,22 +1,21 @@
 """Local training and evaluation of a hospital's adapter: plain PyTorch, no Flower.
 
-Metrics are MedMNIST's own definitions (`medmnist.evaluator.getACC/getAUC`).
+Metrics are MedMNIST's own definitions (`medmnist.evaluator.getACC`, and `getAUC`'s value).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from medmnist.evaluator import getACC, getAUC
-from sklearn.exceptions import UndefinedMetricWarning
+from medmnist.evaluator import getACC
 from torch import nn
 
 from fl_app.data import SplitArrays, TaskInfo
+from fl_app.pooled_auc import split_auc
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -123,12 +122,6 @@ def predict_scores(model: nn.Module, task: TaskInfo, split: SplitArrays, image_s
 
 
 def medmnist_metrics(task: TaskInfo, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """ACC and AUC as MedMNIST defines them; AUC is NaN when a split holds a single class."""
-    acc = float(getACC(labels, scores, task.task_type))
-    try:
-        with warnings.catch_warnings():  # one class only: the NaN says it, no warning per version per hospital
-            warnings.simplefilter("ignore", UndefinedMetricWarning)
-            auc = float(getAUC(labels, scores, task.task_type))
-    except ValueError:
-        auc = math.nan
-    return {"acc": acc, "auc": auc}
+    """ACC and AUC as MedMNIST defines them (getACC; getAUC's value via `split_auc`); AUC is NaN
+    when a split lacks a class."""
+    return {"acc": float(getACC(labels, scores, task.task_type)), "auc": split_auc(task, labels, scores)}

@@ -3,7 +3,7 @@
 For each N (hospitals) and strategy, in the same invocation: the plain loop (`fl_app.bench.floor`:
 the hospitals' own steps, merge and evaluation, no Flower, no Ray), then the real experiment
 through `run_simulation` (private SuperLink + `flwr run`), then the plain loop again; the floor
-is the faster of the two loops. The Flower run is split into fixed start-up (launch, Ray, the
+is the faster of the two loops (`--floor-repeats 1`: only the first). The Flower run is split into fixed start-up (launch, Ray, the
 workers' imports, shutdown) and the rest; ratio = rest / floor. Memory is the peak of the summed
 PSS of every process of the run (Ray workers included), sampled each second; the loop's is this
 process's own PSS. Bytes are the adapters and versions the run sent (results.json).
@@ -85,7 +85,7 @@ def bench(args, n: int, strategy: str, work: Path) -> Row:
         launched = time.time()
         run_simulation(cfg, run_dir, quiet=True)
         ended = time.time()
-    second, floor_mb_2 = plain_loop(cfg, work / f"floor-{strategy}-{n}-b")
+    second, floor_mb_2 = plain_loop(cfg, work / f"floor-{strategy}-{n}-b") if args.floor_repeats > 1 else (first, floor_mb)
     results = json.loads((run_dir / "results.json").read_text())
     startup, rest = split_startup(launched, ended, results)
     floor = min(first, second, key=lambda r: r.seconds)
@@ -121,23 +121,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny_vit", help="conf/model preset (vit_base_random: ViT-B/16 sized)")
     parser.add_argument("--flag", default="bloodmnist", help="the one task every hospital holds (synthetic stand-in)")
     parser.add_argument("--max-train", type=int, default=64, help="training images per hospital")
-    parser.add_argument("--max-eval", type=int, default=32, help="test (and validation) images per hospital")
+    parser.add_argument("--max-eval", type=int, default=16, help="test (and validation) images per hospital")
     parser.add_argument("--epochs", type=int, default=1, help="local epochs")
     parser.add_argument("--client-cpus", type=int, default=1, help="Ray CPUs per hospital = torch threads of a worker and of the loop")
     parser.add_argument("--ray-cpus", type=int, default=1, help="CPUs Ray may use (0: all cores); 1 with --client-cpus 1 = one worker, as the one loop")
     parser.add_argument("--client-gpus", type=float, default=0.0, help="GPU fraction per hospital (0.25: four hospitals per GPU)")
+    parser.add_argument("--floor-repeats", type=int, default=2, choices=[1, 2], help="plain loops per row (before and after the Flower run)")
     parser.add_argument("--override", nargs="*", default=[], help="more Hydra overrides for every run")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--work", type=Path, default=None, help="folder for runs (default: a temp folder)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.client_cpus)
+    os.environ["OMP_NUM_THREADS"] = str(args.client_cpus)  # the ServerApp's torch (merge) too, as Ray does for workers
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-sim-"))
     print(
         f"bench_sim: model={args.model}, {args.flag} synthetic, {args.max_train} train / {args.max_eval} test images per hospital, "
         f"{args.epochs} local epoch(s); client_cpus={args.client_cpus}, ray_cpus={args.ray_cpus or 'all'} (torch threads {torch.get_num_threads()} in the loop), "
         f"client_gpus={args.client_gpus}, loop device {pick_device()}; {os.cpu_count()} cores; torch {torch.__version__}; runs in {work}"
     )
-    print("start-up: launch + Ray + worker imports + shutdown; rest: the run less start-up; floor: plain loop (min of 2); "
+    print("start-up: launch + Ray + worker imports + shutdown; rest: the run less start-up; floor: plain loop (min of the runs before and after); "
           "ratio = rest/floor; memory: peak summed PSS (Flower: all run processes incl. Ray; floor: this process); bytes: train + evaluate messages")
     warm_up = compose_experiment(workload(args, 2, "one_shot", work / "no-medmnist"))
     run_floor(warm_up, work / "warm-up")  # first calls of torch/PEFT/sklearn in this process: not the floor's cost

@@ -7,7 +7,7 @@ import pytest
 from medmnist.evaluator import getAUC
 
 from fl_app.data import task_info
-from fl_app.pooled_auc import auc_from_histograms, score_histograms
+from fl_app.pooled_auc import auc_from_histograms, score_histograms, split_auc
 
 
 def _random_split(task, n, rng):
@@ -39,3 +39,20 @@ def test_undefined_when_a_class_is_missing():
     labels = np.ones((5, 1), dtype=np.int64)
 
     assert auc_from_histograms(score_histograms(task, labels, np.full((5, 2), 0.5))) is None
+
+
+@pytest.mark.parametrize("flag", ["breastmnist", "bloodmnist", "chestmnist"])
+def test_split_auc_is_medmnists_auc_ties_included(flag):
+    rng = np.random.default_rng(1)
+    task = task_info(flag)
+    labels, scores = _random_split(task, 200, rng)
+    scores = np.round(scores, 1)  # many ties
+
+    assert split_auc(task, labels, scores) == pytest.approx(getAUC(labels, scores, task.task_type), abs=1e-12)
+
+
+def test_split_auc_is_nan_where_medmnist_raises():
+    task = task_info("bloodmnist")
+    labels = np.zeros((6, 1), dtype=np.int64)  # seven of eight classes absent
+
+    assert np.isnan(split_auc(task, labels, np.full((6, 8), 1 / 8)))
