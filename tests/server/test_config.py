@@ -20,7 +20,7 @@ def test_default_experiment_composes_and_validates():
     assert "hydra" not in cfg
 
 
-@pytest.mark.parametrize("group", ["strategy=fedavg", "data=multi_center", "model=pretrained model.pretrained=/x", "experiment=quickstart"])
+@pytest.mark.parametrize("group", ["strategy=fedavg", "data=multi_center", "model=pretrained model.pretrained=/x", "model=vit_base_random", "experiment=quickstart"])
 def test_config_groups_compose(group):
     cfg = compose_experiment(group.split())
 
@@ -38,6 +38,8 @@ def test_config_groups_compose(group):
         ("strategy.merge=nope", r"strategy.merge='nope' is not valid"),
         ("strategy.min_hospitals=5", "strategy.min_hospitals=5"),
         ("simulation.client_cpus=0.5", "simulation.client_cpus=0.5"),
+        ("simulation.data_cache_size=-1", "simulation.data_cache_size=-1"),
+        ("simulation.ray_cpus=1 simulation.client_cpus=2", r"simulation.ray_cpus=1 must be null \(all cores\) or a whole number >= simulation.client_cpus=2"),
         pytest.param("simulation.client_gpus=0.25", "no CUDA GPU is visible", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
     ],
 )
@@ -68,4 +70,11 @@ def test_resolved_config_file_round_trips(tmp_path):
 def test_hospital_payload_holds_only_what_hospitals_need():
     payload = json.loads(hospital_payload(compose_experiment()))
 
-    assert set(payload) == {"seed", "data", "model", "lora", "train", "eval", "fail_hospitals"}
+    assert set(payload) == {"seed", "data", "model", "lora", "train", "eval", "fail_hospitals", "data_cache_size"}
+
+
+def test_the_vit_base_sized_preset_validates_offline():
+    cfg = compose_experiment(["model=vit_base_random"])
+
+    validate_experiment(cfg)  # on the meta device: no weights built
+    assert (cfg.model.preset.hidden_size, cfg.model.preset.num_hidden_layers, cfg.model.preset.patch_size, cfg.model.image_size) == (768, 12, 16, 224)
