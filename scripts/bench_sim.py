@@ -1,12 +1,13 @@
 """Benchmark the Flower simulation (Ray backend) against the same work in one plain Python loop.
 
 For each N (hospitals) and strategy, in the same invocation: the plain loop (`fl_app.bench.floor`:
-the hospitals' own steps, merge and evaluation, no Flower, no Ray), then the real experiment
+the hospitals' own steps, merge and evaluation, no Flower, no Ray; in a fresh process of its own
+session, like the run's SuperLink, after a warm-up), then the real experiment
 through `run_simulation` (private SuperLink + `flwr run`), then the plain loop again; the floor
 is the faster of the two loops (`--floor-repeats 1`: only the first). The Flower run is split into fixed start-up (launch, Ray, the
 workers' imports, shutdown) and the rest; ratio = rest / floor. Memory is the peak of the summed
 PSS of every process of the run (Ray workers included), sampled each second; the loop's is this
-process's own PSS. Bytes are the adapters and versions the run sent (results.json).
+loop process's own PSS. Bytes are the adapters and versions the run sent (results.json).
 
 Fairness: a Ray worker with `--client-cpus C` runs torch with C threads (Ray sets
 OMP_NUM_THREADS), so the plain loop runs with C threads too, and `--ray-cpus` (Ray's CPU count)
@@ -26,22 +27,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
+import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from fl_app.bench.floor import FloorRun, run_floor  # noqa: E402
+from fl_app.bench.floor import FloorRun  # noqa: E402
 from fl_app.bench.memory import PeakMemory  # noqa: E402
 from fl_app.bench.report import HEADER, Row, format_row, phase_profile, split_startup, summary  # noqa: E402
-from fl_app.config import compose_experiment  # noqa: E402
-from fl_app.data.worker_cache import clear_hospital_cache  # noqa: E402
-from fl_app.model.lora import _cached_hospital_model  # noqa: E402
+from fl_app.config import compose_experiment, save_experiment  # noqa: E402
 from fl_app.simulation import run_simulation  # noqa: E402
 from fl_app.training import pick_device  # noqa: E402
 
@@ -69,12 +71,16 @@ def workload(args, n: int, strategy: str, data_root: Path) -> list[str]:
 
 
 def plain_loop(cfg, out_dir: Path) -> tuple[FloorRun, float]:
-    """One plain-loop run from a cold worker state (no cached hospital data or model)."""
-    clear_hospital_cache()
-    _cached_hospital_model.cache_clear()
-    with PeakMemory(include_root=True) as memory:
-        run = run_floor(cfg, out_dir)
-    return run, memory.peak_bytes / 2**20
+    """One plain-loop run in a fresh process of its own session (as the SuperLink's), after a warm-up."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = save_experiment(cfg, out_dir / "config.yaml")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen([sys.executable, "-m", "fl_app.bench.floor", str(config), str(out_dir)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    with PeakMemory(include_root=True, root=psutil.Process(child.pid)) as memory:
+        stdout, _ = child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"the plain loop failed (exit {child.returncode}) for {config}")
+    return FloorRun(**json.loads(stdout.strip().splitlines()[-1])[0]), memory.peak_bytes / 2**20
 
 
 def bench(args, n: int, strategy: str, work: Path) -> Row:
@@ -141,8 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("start-up: launch + Ray + worker imports + shutdown; rest: the run less start-up; floor: plain loop (min of the runs before and after); "
           "ratio = rest/floor; memory: peak summed PSS (Flower: all run processes incl. Ray; floor: this process); bytes: train + evaluate messages")
-    warm_up = compose_experiment(workload(args, 2, "one_shot", work / "no-medmnist"))
-    run_floor(warm_up, work / "warm-up")  # first calls of torch/PEFT/sklearn in this process: not the floor's cost
     rows = []
     for n in args.n:
         for strategy in args.strategies:

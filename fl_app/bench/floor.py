@@ -87,3 +87,37 @@ def run_floor(cfg: DictConfig, out_dir: Path) -> FloorRun:
     done = time.perf_counter()
     trained_images = examples * int(cfg.train.local_epochs)
     return FloorRun(done - started, trained - started, done - trained, len(versions), trained_images, images)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fl_app.bench.floor CONFIG OUT [REPEATS]`: warm up, run the floor, print its runs as JSON.
+
+    Run as its own process (in its own session, as the SuperLink of a Flower run is), so that the
+    loop and the simulation meet the same scheduler and their memory is measured alike.
+    """
+    import sys
+    from dataclasses import asdict
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from fl_app.data.worker_cache import clear_hospital_cache
+    from fl_app.model.lora import _cached_hospital_model
+
+    config, out, *rest = argv if argv is not None else sys.argv[1:]
+    repeats = int(rest[0]) if rest else 1
+    cfg = OmegaConf.load(config)
+    torch.set_num_threads(int(cfg.simulation.client_cpus))
+    warm_up = OmegaConf.merge(cfg, {"simulation": {"num_hospitals": 2}})
+    run_floor(warm_up, Path(out) / "warm-up")  # first calls of torch/PEFT in this process: not the floor's cost
+    runs = []
+    for repeat in range(repeats):
+        clear_hospital_cache()  # cold, as a fresh Ray worker
+        _cached_hospital_model.cache_clear()
+        runs.append(asdict(run_floor(cfg, Path(out) / f"run-{repeat}")))
+    print(json.dumps(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -76,7 +76,10 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        processes = run_processes(self.root, self.include_root)
+        try:
+            processes = run_processes(self.root, self.include_root)
+        except psutil.Error:  # the root has ended (and been reaped)
+            return
         total = total_pss(processes)
         if total > self.peak_bytes:
             self.peak_bytes, self.peak_processes = total, len(processes)
