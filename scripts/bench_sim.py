@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from fl_app.bench.floor import FloorRun  # noqa: E402
 from fl_app.bench.memory import PeakMemory  # noqa: E402
-from fl_app.bench.report import HEADER, Row, format_row, phase_profile, split_startup, summary  # noqa: E402
+from fl_app.bench.report import HEADER, Row, format_row, phase_profile, split_startup, startup_parts, summary  # noqa: E402
 from fl_app.config import compose_experiment, save_experiment  # noqa: E402
 from fl_app.simulation import run_simulation  # noqa: E402
 from fl_app.training import pick_device  # noqa: E402
@@ -102,7 +102,7 @@ def bench(args, n: int, strategy: str, work: Path) -> Row:
         f"Flower (rest) {(floor.images_trained + floor.images_evaluated) / rest:.0f} img/s",
         flush=True,
     )
-    print(f"  [{strategy} N={n}] start-up {startup:.1f} s, rest {rest:.1f} s; {phase_profile(results)}", flush=True)
+    print(f"  [{strategy} N={n}] start-up {startup:.1f} s ({startup_parts(launched, ended, results)}), rest {rest:.1f} s; {phase_profile(results)}", flush=True)
     communication, evaluation = results["communication"], results.get("evaluation_traffic", {})
     return Row(
         strategy=strategy,

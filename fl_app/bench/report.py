@@ -33,6 +33,15 @@ def split_startup(launched_at: float, ended_at: float, results: Mapping[str, Any
     return startup, (ended_at - launched_at) - startup
 
 
+def startup_parts(launched_at: float, ended_at: float, results: Mapping[str, Any]) -> str:
+    """Start-up in its three parts: launch to ServerApp, ServerApp to the first reply (Ray, worker imports), shutdown."""
+    timeline = results["timeline"]
+    server_start = float(timeline["serverapp_started_at"])
+    to_reply = float(timeline["first_reply_at"]) - server_start - first_reply_step_seconds(results)
+    shutdown = max(ended_at - server_start - float(results["wall_seconds"]), 0.0)
+    return f"launch to ServerApp {server_start - launched_at:.1f} s, ServerApp to first reply {to_reply:.1f} s, shutdown {shutdown:.1f} s"
+
+
 def first_reply_step_seconds(results: Mapping[str, Any]) -> float:
     """The `step-seconds` the first hospital to reply reported (0 if unknown)."""
     return float(results["timeline"].get("first_reply_step_seconds") or 0.0)

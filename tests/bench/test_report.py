@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fl_app.bench.report import Row, format_row, phase_profile, slope, split_startup, summary
+from fl_app.bench.report import Row, format_row, phase_profile, slope, split_startup, startup_parts, summary
 
 
 def results(server_start: float, wall: float, first_reply: float, first_step: float) -> dict:
@@ -29,6 +29,7 @@ def test_start_up_is_launch_to_first_reply_less_its_step_plus_shutdown():
 
     assert start == pytest.approx((118 - 100 - 2) + (133 - 130))
     assert start + rest == pytest.approx(33.0)
+    assert startup_parts(100.0, 133.0, results(108.0, 22.0, 118.0, 2.0)) == "launch to ServerApp 8.0 s, ServerApp to first reply 8.0 s, shutdown 3.0 s"
 
 
 def test_ratio_is_the_rest_over_the_floor_and_the_total_adds_up():
