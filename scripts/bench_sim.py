@@ -86,7 +86,7 @@ def plain_loop(cfg, out_dir: Path) -> tuple[FloorRun, float]:
 def bench(args, n: int, strategy: str, work: Path) -> Row:
     cfg = compose_experiment(workload(args, n, strategy, work / "no-medmnist"))
     first, floor_mb = plain_loop(cfg, work / f"floor-{strategy}-{n}-a")
-    run_dir = work / f"flower-{strategy}-{n}"
+    run_dir = work / f"flower-{strategy}-{n}-{time.strftime('%H%M%S')}"  # a fresh folder even when --work is reused
     with PeakMemory(include_root=False) as memory:
         launched = time.time()
         run_simulation(cfg, run_dir, quiet=True)
