@@ -19,7 +19,7 @@ from fl_app.data.worker_cache import DEFAULT_DATA_CACHE, cached_hospital_data
 from fl_app.model.adapter import arrayrecord_to_state, state_to_arrayrecord
 from fl_app.model.backbone import backbone_image_size
 from fl_app.model.lora import HospitalModel, hospital_model
-from fl_app.pooled_auc import score_histograms
+from fl_app.pooled_auc import score_histograms, sparse_histograms
 from fl_app.protocol import ARRAYS, CONFIG, HOSPITAL, METRICS, VERSION_PREFIX, hospital_record, read_experiment
 from fl_app.training import TrainSettings, medmnist_metrics, pick_device, predict_scores, train_adapter
 
@@ -92,7 +92,9 @@ class Hospital:
                 if not math.isnan(value):
                     metrics[f"{version}/{metric}"] = value
             # Lets the server compute the AUC of all hospitals' test splits together.
-            metrics[f"{version}/auc-hist"] = score_histograms(self.data.task, self.data.test.labels, scores).ravel().tolist()
+            histograms = score_histograms(self.data.task, self.data.test.labels, scores)
+            metrics[f"{version}/auc-bins"], metrics[f"{version}/auc-counts"] = sparse_histograms(histograms)
+            metrics[f"{version}/auc-size"] = histograms.size
         return RecordDict({METRICS: MetricRecord(metrics), HOSPITAL: self.record()})
 
     def _scores(self, split) -> np.ndarray:

@@ -54,6 +54,21 @@ def score_histograms(task: TaskInfo, labels: np.ndarray, scores: np.ndarray, bin
     return hist
 
 
+def sparse_histograms(hist: np.ndarray) -> tuple[list[int], list[int]]:
+    """(flat index, count) of the non-zero bins: a small test split fills a few of the 2·bins per
+    column, so a reply carries a few hundred integers per version instead of thousands of floats."""
+    flat = np.asarray(hist).ravel()
+    index = np.flatnonzero(flat)
+    return index.tolist(), flat[index].tolist()
+
+
+def dense_histograms(index: list[int], counts: list[int], size: int) -> np.ndarray:
+    """The flat histogram array back from `sparse_histograms`."""
+    flat = np.zeros(int(size), dtype=np.int64)
+    flat[np.asarray(index, dtype=np.int64)] = np.asarray(counts, dtype=np.int64)
+    return flat
+
+
 def auc_from_histograms(hist: np.ndarray) -> float | None:
     """Mean over columns of P(score_pos > score_neg) + ½·P(tie); None if a column lacks a class."""
     aucs = []

@@ -7,11 +7,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from flwr.app import Message, RecordDict
 
 from fl_app.model.adapter import state_to_arrayrecord
-from fl_app.pooled_auc import AUC_BINS, auc_from_histograms
+from fl_app.pooled_auc import AUC_BINS, auc_from_histograms, dense_histograms
 from fl_app.protocol import HOSPITAL, METRICS, evaluation_content, failure_summary
 from strategies.outcome import ModelVersion
 
@@ -37,9 +36,18 @@ def versions_content(versions: Sequence[ModelVersion], experiment_json: str) -> 
 
 
 def hospital_scores(content: RecordDict) -> HospitalScores:
-    """Decode one hospital's evaluate reply content (what `Hospital.evaluate` returns)."""
+    """Decode one hospital's evaluate reply content (what `Hospital.evaluate` returns).
+
+    Each version's sparse score histograms (`auc-bins`, `auc-counts`, `auc-size`) become one dense
+    array under `<version>/auc-hist`.
+    """
     info = content[HOSPITAL]
-    metrics = {k: (np.asarray(v) if isinstance(v, list) else float(v)) for k, v in content[METRICS].items()}
+    raw = content[METRICS]
+    metrics: dict[str, Any] = {k: float(v) for k, v in raw.items() if not isinstance(v, list) and not k.endswith("/auc-size")}
+    for key in raw:
+        if key.endswith("/auc-size"):
+            version = key[: -len("/auc-size")]
+            metrics[f"{version}/auc-hist"] = dense_histograms(raw[f"{version}/auc-bins"], raw[f"{version}/auc-counts"], int(raw[key]))
     return HospitalScores(int(info["hospital-id"]), str(info["task"]), int(info["n-test"]), metrics)
 
 

@@ -12,6 +12,7 @@ import fl_app.model.lora as lora_module
 from fl_app.config import hospital_payload
 from fl_app.hospital_steps import Hospital
 from fl_app.protocol import CONFIG, version_key
+from fl_app.server.evaluation import hospital_scores
 
 
 def test_backbone_is_built_once_per_process_for_all_hospitals(tiny_experiment, monkeypatch):
@@ -43,7 +44,9 @@ def test_training_then_evaluating_real_breastmnist(breast_root, tiny_experiment)
     content = RecordDict({CONFIG: ConfigRecord({"experiment": json.dumps(experiment), "versions": json.dumps({"mine": {"r": 4, "alpha": 16}})})})
     content[version_key("mine")] = reply["arrays"]
     scores = hospital.evaluate(content)
+    decoded = hospital_scores(scores)
 
+    assert decoded.metrics["mine/auc-hist"].sum() == len(hospital.data.test)  # binary: one column, every sample once
     assert hospital.data.data_source == "medmnist"
     assert reply["metrics"]["num-examples"] == len(hospital.data.train) > 100
     assert 0.0 <= scores["metrics"]["mine/acc"] <= 1.0

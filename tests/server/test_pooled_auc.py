@@ -7,7 +7,7 @@ import pytest
 from medmnist.evaluator import getAUC
 
 from fl_app.data import task_info
-from fl_app.pooled_auc import auc_from_histograms, score_histograms, split_auc
+from fl_app.pooled_auc import auc_from_histograms, dense_histograms, score_histograms, sparse_histograms, split_auc
 
 
 def _random_split(task, n, rng):
@@ -56,3 +56,15 @@ def test_split_auc_is_nan_where_medmnist_raises():
     labels = np.zeros((6, 1), dtype=np.int64)  # seven of eight classes absent
 
     assert np.isnan(split_auc(task, labels, np.full((6, 8), 1 / 8)))
+
+
+def test_sparse_histograms_round_trip_and_stay_small():
+    rng = np.random.default_rng(2)
+    task = task_info("bloodmnist")
+    labels, scores = _random_split(task, 16, rng)
+    hist = score_histograms(task, labels, scores)
+
+    index, counts = sparse_histograms(hist)
+
+    assert np.array_equal(dense_histograms(index, counts, hist.size), hist.ravel())
+    assert len(index) <= 16 * 8  # at most one bin per sample and column, of 2 * 1000 * 8
