@@ -5,7 +5,9 @@ the hospitals' own steps, merge and evaluation, no Flower, no Ray; in a fresh pr
 session, like the run's SuperLink, after a warm-up), then the real experiment
 through `run_simulation` (private SuperLink + `flwr run`), then the plain loop again; the floor
 is the faster of the two loops (`--floor-repeats 1`: only the first). The Flower run is split into fixed start-up (launch, Ray, the
-workers' imports, shutdown) and the rest; ratio = rest / floor. Memory is the peak of the summed
+workers' imports, shutdown) and the rest; ratio = rest / floor. The in-run ratio compares, inside
+the Flower run, the time its messages took with the hospitals' own time on them (`step-seconds`):
+the same overhead, free of how two separate processes fare on a busy shared machine. Memory is the peak of the summed
 PSS of every process of the run (Ray workers included), sampled each second; the loop's is this
 loop process's own PSS. Bytes are the adapters and versions the run sent (results.json).
 
@@ -42,7 +44,7 @@ import torch  # noqa: E402
 
 from fl_app.bench.floor import FloorRun  # noqa: E402
 from fl_app.bench.memory import PeakMemory  # noqa: E402
-from fl_app.bench.report import HEADER, Row, format_row, phase_profile, split_startup, startup_parts, summary  # noqa: E402
+from fl_app.bench.report import HEADER, Row, format_row, inrun_ratio, phase_profile, split_startup, startup_parts, summary  # noqa: E402
 from fl_app.config import compose_experiment, save_experiment  # noqa: E402
 from fl_app.simulation import run_simulation  # noqa: E402
 from fl_app.training import pick_device  # noqa: E402
@@ -116,6 +118,7 @@ def bench(args, n: int, strategy: str, work: Path) -> Row:
         upload_bytes=int(communication["upload_bytes"]) + int(evaluation.get("upload_bytes", 0)),
         download_bytes=int(communication["download_bytes"]) + int(evaluation.get("download_bytes", 0)),
         load=os.getloadavg()[0],
+        inrun_ratio=inrun_ratio(results),
     )
 
 
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         f"client_gpus={args.client_gpus}, loop device {pick_device()}; {os.cpu_count()} cores; torch {torch.__version__}; runs in {work}"
     )
     print("start-up: launch + Ray + worker imports + shutdown; rest: the run less start-up; floor: plain loop (min of the runs before and after); "
-          "ratio = rest/floor; memory: peak summed PSS (Flower: all run processes incl. Ray; floor: this process); bytes: train + evaluate messages")
+          "ratio = rest/floor; in-run: Flower's message time over the hospitals' own time within the run; memory: peak summed PSS (Flower: all run processes incl. Ray; floor: this process); bytes: train + evaluate messages")
     rows = []
     for n in args.n:
         for strategy in args.strategies:

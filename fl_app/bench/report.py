@@ -42,6 +42,21 @@ def startup_parts(launched_at: float, ended_at: float, results: Mapping[str, Any
     return f"launch to ServerApp {server_start - launched_at:.1f} s, ServerApp to first reply {to_reply:.1f} s, shutdown {shutdown:.1f} s"
 
 
+def inrun_ratio(results: Mapping[str, Any]) -> float:
+    """Flower's time on the hospitals' messages over the hospitals' own time on them, inside one run.
+
+    Sum of the phases' spans (first message sent to last reply; the first worker's start-up taken
+    out) over the `step-seconds` the hospitals reported: the per-message overhead measured on the
+    same processes at the same moment, so it does not depend on how two processes share a busy
+    machine (which the ratio to the separate plain loop does).
+    """
+    timeline = results["timeline"]
+    phases = timeline["phases"].values()
+    warm_up = float(timeline["first_reply_at"]) - float(timeline["first_sent_at"]) - first_reply_step_seconds(results)
+    spans = sum(p["last_reply_at"] - p["first_sent_at"] for p in phases) - warm_up
+    return spans / sum(p["step_seconds"] for p in phases)
+
+
 def first_reply_step_seconds(results: Mapping[str, Any]) -> float:
     """The `step-seconds` the first hospital to reply reported (0 if unknown)."""
     return float(results["timeline"].get("first_reply_step_seconds") or 0.0)
@@ -72,6 +87,7 @@ class Row:
     upload_bytes: int
     download_bytes: int
     load: float  # 1-minute load average when the row finished
+    inrun_ratio: float | None = None  # see `inrun_ratio`
 
     @property
     def total_s(self) -> float:
@@ -93,15 +109,19 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 HEADER = (
     f"{'strategy':<9} {'N':>4} {'R':>2} {'start-up s':>10} {'rest s':>8} {'floor s':>8} {'ratio':>6} "
-    f"{'peak MB':>8} {'floor MB':>8} {'up MB':>7} {'down MB':>8} {'load':>5}"
+    f"{'in-run':>6} {'peak MB':>8} {'floor MB':>8} {'up MB':>7} {'down MB':>8} {'load':>5}"
 )
 
 
 def format_row(r: Row) -> str:
     return (
-        f"{r.strategy:<9} {r.n:>4} {r.rounds:>2} {r.startup_s:>10.1f} {r.rest_s:>8.1f} {r.floor_s:>8.1f} {r.ratio:>6.2f} "
+        f"{r.strategy:<9} {r.n:>4} {r.rounds:>2} {r.startup_s:>10.1f} {r.rest_s:>8.1f} {r.floor_s:>8.1f} {r.ratio:>6.2f} {fmt(r.inrun_ratio, '6.2f')} "
         f"{r.flower_peak_mb:>8.0f} {r.floor_peak_mb:>8.0f} {r.upload_bytes / 1e6:>7.2f} {r.download_bytes / 1e6:>8.2f} {r.load:>5.2f}"
     )
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-".rjust(int(spec.split(".")[0])) if value is None else format(value, spec)
 
 
 def _check(ok: bool) -> str:
@@ -117,6 +137,10 @@ def summary(rows: Sequence[Row]) -> str:
         if large:
             worst = max(large, key=lambda r: r.ratio)
             parts.append(f"{strategy} ratio@N>={RATIO_FROM_N} max {worst.ratio:.2f} (N={worst.n}) {_check(worst.ratio <= RATIO_TARGET)} <={RATIO_TARGET:.2f}")
+            inrun = [r for r in large if r.inrun_ratio is not None]
+            if inrun:
+                most = max(inrun, key=lambda r: r.inrun_ratio)
+                parts.append(f"{strategy} in-run ratio@N>={RATIO_FROM_N} max {most.inrun_ratio:.2f} (N={most.n}) {_check(most.inrun_ratio <= RATIO_TARGET)}")
         memory = slope([r.n for r in mine], [r.flower_peak_mb for r in mine])
         if memory is not None:
             parts.append(f"{strategy} memory slope {memory:+.1f} MB/hospital")
