@@ -39,6 +39,9 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
         FLWR_DISABLE_UPDATE_CHECK="1",
         RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
         RAY_USAGE_STATS_ENABLED="0",
+        # Ray runs workers at niceness 15, so a hospital's training yields the CPU to every other
+        # process of the run (ServerApp, SuperLink, raylet) and of the machine: run them at 0.
+        RAY_worker_niceness="0",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
     return env

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fl_app.simulation import flwr_run_command
+from fl_app.simulation import flower_env, flwr_run_command
 from fl_app.training import pick_device
 from fl_app.validation import validate_experiment
 
@@ -57,3 +57,7 @@ def test_cpu_only_machines_train_on_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
     assert pick_device().type == "cpu"
+
+
+def test_hospital_workers_run_at_normal_priority(tmp_path):
+    assert flower_env(tmp_path)["RAY_worker_niceness"] == "0"  # Ray's default, 15, starves them on a busy machine
