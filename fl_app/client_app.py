@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from fl_app.hospital_steps import experiment_of, hospital_for
+from fl_app.hospital_steps import experiment_of, hospital_for, hospital_id_of
 from fl_app.protocol import ARRAYS
 
 app = ClientApp()
@@ -15,8 +15,7 @@ ERROR_CODE_HOSPITAL = 1001
 
 def _fail(msg: Message, context: Context, error: Exception) -> Message:
     """Reply with an error that names the hospital, so the server can report who failed."""
-    hospital_id = context.node_config.get("partition-id", "?")
-    reason = f"hospital-id={hospital_id}: {type(error).__name__}: {error}"
+    reason = f"hospital-id={hospital_id_of(context.node_config)}: {type(error).__name__}: {error}"
     return Message(Error(code=ERROR_CODE_HOSPITAL, reason=reason), reply_to=msg)
 
 

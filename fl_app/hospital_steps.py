@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fl_app.data import HospitalData, load_hospital, task_info
+from fl_app.data import HospitalData, experiment_tasks, load_hospital, load_site, site_config
 from fl_app.model.adapter import arrayrecord_to_state, state_to_arrayrecord
 from fl_app.model.backbone import backbone_image_size
 from fl_app.model.lora import HospitalModel, hospital_model
@@ -25,7 +25,7 @@ from fl_app.training import TrainSettings, medmnist_metrics, pick_device, predic
 
 def task_outputs(experiment: Mapping[str, Any]) -> dict[str, int]:
     """Every task of the experiment and its number of outputs: the heads every process builds."""
-    return {flag: task_info(flag).n_outputs for flag in experiment["data"]["flags"]}
+    return {name: task.n_outputs for name, task in experiment_tasks(experiment["data"]).items()}
 
 
 def hospital_seed(seed: int, hospital_id: int, server_round: int) -> int:
@@ -36,10 +36,10 @@ def hospital_seed(seed: int, hospital_id: int, server_round: int) -> int:
 class Hospital:
     """One hospital's data and the process-wide model it trains on."""
 
-    def __init__(self, experiment: Mapping[str, Any], hospital_id: int, num_hospitals: int) -> None:
+    def __init__(self, experiment: Mapping[str, Any], data: HospitalData) -> None:
         self.experiment = experiment
-        self.id = hospital_id
-        self.data: HospitalData = load_hospital(experiment["data"], hospital_id, num_hospitals, int(experiment["seed"]))
+        self.id = data.hospital_id
+        self.data = data
         self.model: HospitalModel = hospital_model(experiment["model"], task_outputs(experiment))
         self.device = pick_device()
         self.model.backbone.to(self.device)
@@ -100,14 +100,23 @@ class Hospital:
         return medmnist_metrics(self.data.task, split.labels, self._scores(split))
 
 
+def simulated_hospital(experiment: Mapping[str, Any], hospital_id: int, num_hospitals: int) -> Hospital:
+    """Hospital `hospital_id` of a simulation: its share of its task (fl_app.data.load_hospital)."""
+    return Hospital(experiment, load_hospital(experiment["data"], hospital_id, num_hospitals, int(experiment["seed"])))
+
+
 def hospital_for(experiment: Mapping[str, Any], node_config: Mapping[str, Any]) -> Hospital:
-    """The hospital this node plays: in simulation its `partition-id` among `num-partitions`."""
-    if "partition-id" not in node_config:
-        raise ValueError(
-            "node_config has no 'partition-id': start the SuperNode with "
-            "--node-config \"partition-id=<i> num-partitions=<n>\"."
-        )
-    return Hospital(experiment, int(node_config["partition-id"]), int(node_config["num-partitions"]))
+    """The hospital this node plays: a site's own data (`data-path`), or a simulated `partition-id`."""
+    site = site_config(node_config)
+    if site is None:
+        return simulated_hospital(experiment, int(node_config["partition-id"]), int(node_config["num-partitions"]))
+    image_size = backbone_image_size(hospital_model(experiment["model"], task_outputs(experiment)).backbone)
+    return Hospital(experiment, load_site(experiment["data"], site, image_size, int(experiment["seed"])))
+
+
+def hospital_id_of(node_config: Mapping[str, Any]) -> Any:
+    """The hospital id a node config names (`hospital-id` at a site, `partition-id` in simulation), or "?"."""
+    return node_config.get("hospital-id", node_config.get("partition-id", "?"))
 
 
 def experiment_of(content: RecordDict) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from flwr.common import log
 from omegaconf import DictConfig, OmegaConf
 
 from fl_app.config import hospital_payload, save_experiment
-from fl_app.data import synthetic_stand_ins
+from fl_app.data import experiment_tasks, synthetic_stand_ins
 from fl_app.server.evaluation import decode_scores, evaluation_messages, mean_over_tasks, per_hospital_metrics, per_task_metrics
 from fl_app.server.results import RunResults
 from fl_app.server.traffic import CountingGrid
@@ -46,7 +46,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
             "seed": int(cfg.seed),
             "scenario": str(cfg.data.scenario),
             "data_source": None,
-            "tasks": list(cfg.data.flags),
+            "tasks": list(experiment_tasks(cfg.data)),
             "config": OmegaConf.to_container(cfg, resolve=True),
         },
     )
@@ -58,7 +58,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         experiment_json = hospital_payload(cfg)
         if stand_ins := synthetic_stand_ins(cfg.data):
             log(WARNING, "Data: no MedMNIST file for %s under %s: hospitals use SYNTHETIC MedMNIST-format data (data_source in results.json).", ", ".join(stand_ins), cfg.data.root)
-        log(INFO, "MedForge: strategy=%s, %d hospitals, tasks %s", cfg.strategy.name, len(nodes), list(cfg.data.flags))
+        log(INFO, "MedForge: strategy=%s, %d hospitals, tasks %s", cfg.strategy.name, len(nodes), list(experiment_tasks(cfg.data)))
         outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, results)
         hospital_of_node = {h.node_id: h.hospital_id for h in results.hospitals.values()}
         results.set(communication=counting.traffic.summary(hospital_of_node, "train"))
