@@ -1,6 +1,6 @@
 """A hospital at a real site: its SuperNode's `--node-config` names the hospital and its data.
 
-    flower-supernode ... --node-config "hospital-id=0 task=breastmnist data-path=/data/breast.npz"
+    flower-supernode ... --node-config 'hospital-id=0 task="breastmnist" data-path="/data/breast.npz"'
 
 - `hospital-id`: this hospital's number in results (unique in the federation).
 - `task`: the task of the data, one of the experiment's tasks (a MedMNIST flag, or a task declared
@@ -28,7 +28,7 @@ from fl_app.data.site_files import SiteDataError, read_image_folder, read_npz_sp
 
 SITE_KEYS: tuple[str, ...] = ("hospital-id", "task", "data-path")
 SIMULATION_KEYS: tuple[str, ...] = ("partition-id", "num-partitions")
-EXAMPLE = '--node-config "hospital-id=0 task=breastmnist data-path=/data/breastmnist.npz"'
+EXAMPLE = """--node-config 'hospital-id=0 task="breastmnist" data-path="/data/breastmnist.npz"'"""
 
 
 @dataclass(frozen=True)

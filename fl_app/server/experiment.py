@@ -60,7 +60,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
             log(WARNING, "Data: no MedMNIST file for %s under %s: hospitals use SYNTHETIC MedMNIST-format data (data_source in results.json).", ", ".join(stand_ins), cfg.data.root)
         log(INFO, "MedForge: strategy=%s, %d hospitals, tasks %s", cfg.strategy.name, len(nodes), list(experiment_tasks(cfg.data)))
         outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, results)
-        hospital_of_node = {h.node_id: h.hospital_id for h in results.hospitals.values()}
+        hospital_of_node = hospitals_by_node(results)
         results.set(communication=counting.traffic.summary(hospital_of_node, "train"))
         _save_versions(results, cfg, outcome.versions)
         log(INFO, "Evaluating %d model versions at %d hospitals (one message each)", len(outcome.versions), len(nodes))
@@ -79,6 +79,12 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         results.finish("failed", error=f"{type(error).__name__}: {error}")
         raise
     return results
+
+
+def hospitals_by_node(results: RunResults) -> dict[int, int]:
+    """Node id -> hospital id, for the traffic figures: hospitals that delivered and those that named themselves failing."""
+    failed = {f["node_id"]: f["hospital_id"] for f in results.data["failures"] if f.get("hospital_id") is not None}
+    return {**failed, **{h.node_id: h.hospital_id for h in results.hospitals.values()}}
 
 
 def _save_versions(results: RunResults, cfg: DictConfig, versions: list[ModelVersion]) -> None:

@@ -2,7 +2,7 @@
 # Start one hospital's SuperNode: TLS to the SuperLink, this hospital's private key, its local data.
 #
 #   scripts/deploy/start_supernode.sh --superlink HOST:PORT --ca CA.pem --key PRIVATE_KEY \
-#       --node-config "hospital-id=0 task=breastmnist data-path=/data/breastmnist.npz" [--port PORT]
+#       --node-config 'hospital-id=0 task="breastmnist" data-path="/data/breastmnist.npz"' [--port PORT]
 #
 #   --superlink HOST:PORT  the SuperLink's address as written in its certificate (keys.py superlink --host)
 #   --ca FILE              the federation's CA certificate (ca.pem): verifies the SuperLink
