@@ -14,6 +14,9 @@
 # the run sets results-dir. App dependencies are never installed at run time: the SuperLink's
 # Python environment must already hold MedForge's dependencies (scripts/install.sh).
 set -euo pipefail
+# Flower from the checkout's .venv (scripts/install.sh) when there is one, else from PATH.
+venv_bin="$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin"
+[[ -x "$venv_bin/flower-superlink" ]] && PATH="$venv_bin:$PATH"
 keys=deploy-keys host=0.0.0.0 port=9093 database=""
 while [[ $# -gt 0 ]]; do
   case "$1" in

@@ -14,6 +14,9 @@
 #
 # Nothing listens for the outside world: the SuperNode dials out to the SuperLink over HTTPS.
 set -euo pipefail
+# Flower from the checkout's .venv (scripts/install.sh) when there is one, else from PATH.
+venv_bin="$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin"
+[[ -x "$venv_bin/flower-superlink" ]] && PATH="$venv_bin:$PATH"
 superlink="" ca="" key="" node_config="" port=9094 max_wait=600
 while [[ $# -gt 0 ]]; do
   case "$1" in
