@@ -60,7 +60,7 @@ class LoopbackFederation:
         port = str(free_port())
         if ca:
             command = [DEPLOY / "start_supernode.sh", "--superlink", f"127.0.0.1:{self.port}", "--ca", self.keys / "ca.pem", "--key", self.keys / hospital,
-                       "--node-config", node_config, "--port", port, "--max-wait-time", str(max_wait)]
+                       "--node-config", node_config, "--port", port, "--max-wait-time", str(max_wait), "--threads", "1"]
         else:
             command = ["flower-supernode", "--superlink", f"127.0.0.1:{self.port}", "--auth-supernode-private-key", self.keys / hospital,
                        "--node-config", node_config, "--port", port, "--max-wait-time", str(max_wait)]
