@@ -72,7 +72,7 @@ def _flags(data_cfg: Mapping[str, Any]) -> list[str]:
 
 def experiment_tasks(data_cfg: Mapping[str, Any]) -> dict[str, TaskInfo]:
     """Every task of the experiment, one head each: data.flags, or data.tasks with data=site."""
-    if data_cfg["scenario"] != "site":
+    if data_cfg.get("scenario") != "site":
         return {flag: task_info(flag) for flag in _flags(data_cfg)}
     tasks = data_cfg.get("tasks")
     if not isinstance(tasks, Mapping) or not tasks:
