@@ -30,7 +30,7 @@ class DistillSettings:
     ipc: int = 10  # synthetic images per class
     iterations: int = 100
     lr: float = 0.05  # Adam on the pixels, in [0, 1] units
-    batch_real: int = 64  # real images per class per step
+    batch_real: int = 32  # real images per class per step
     init: Literal["noise", "real"] = "noise"
     augment: bool = True
 

@@ -13,9 +13,8 @@ from omegaconf import DictConfig
 from fl_app.model.adapter import save_adapter
 from fl_app.model.backbone import build_backbone
 from fl_app.model.lora import linear_module_names, lora_config
+from fl_app.model.mixture import MIXTURE_FILE
 from strategies.outcome import ModelVersion
-
-MIXTURE_FILE = "mixture.json"
 
 
 def save_version(path: Path, cfg: DictConfig, version: ModelVersion, details: dict[str, Any]) -> Path:
