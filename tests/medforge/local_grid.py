@@ -13,9 +13,10 @@ from fl_app.protocol import ARRAYS
 
 
 class LocalGrid:
-    def __init__(self, num_hospitals: int, reply_order: list[int] | None = None) -> None:
+    def __init__(self, num_hospitals: int, reply_order: list[int] | None = None, failing: tuple[int, ...] = ()) -> None:
         self.num_hospitals = num_hospitals
         self.reply_order = reply_order or list(range(num_hospitals))
+        self.failing = set(failing)
         self._queued: dict[str, object] = {}
 
     def get_node_ids(self) -> list[int]:
@@ -37,6 +38,10 @@ class LocalGrid:
         return [self._reply(mid, self._queued.pop(mid), hospital_id)]
 
     def _reply(self, mid: str, message, hospital_id: int) -> SimpleNamespace:
+        metadata = SimpleNamespace(src_node_id=100 + hospital_id, reply_to_message_id=mid, message_type=message.metadata.message_type)
+        if hospital_id in self.failing:
+            error = SimpleNamespace(reason=f"hospital-id={hospital_id}: RuntimeError: disk full")
+            return SimpleNamespace(error=error, metadata=metadata, has_error=lambda: True, has_content=lambda: False)
         experiment = experiment_of(message.content)
         hospital = Hospital(experiment, hospital_id, self.num_hospitals)
         if message.metadata.message_type == "train":
@@ -44,5 +49,4 @@ class LocalGrid:
             content = hospital.train(start, 1, calibration_request(message.content))
         else:
             content = hospital.evaluate(message.content)
-        metadata = SimpleNamespace(src_node_id=100 + hospital_id, reply_to_message_id=mid, message_type=message.metadata.message_type)
         return SimpleNamespace(content=content, metadata=metadata, has_error=lambda: False, has_content=lambda: True)
