@@ -25,6 +25,7 @@ from strategies.medforge.branches import FusionBranch, MixtureBranch, lora_only,
 from strategies.medforge.scoring import CalibrationScorer
 from strategies.medforge.settings import search_settings
 from strategies.merging import merge_adapters, merge_weights
+from strategies.one_shot import screen
 from strategies.outcome import ModelVersion, StrategyOutcome
 from strategies.replies import RoundSink, collect_replies, require_enough
 
@@ -94,6 +95,10 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
             log(WARNING, "Hospital %s failed and is left out: %s", failed[0]["hospital_id"], failed[0]["error"])
             continue
         hospital = hospitals[0]
+        _, rejections = screen([*delivered, hospital], float(strategy.screen.norm_factor))
+        if rejected := [r for r in rejections if r["hospital_id"] == hospital.hospital_id]:
+            failures += rejected  # screened against the adapters merged so far; logged by `screen`
+            continue
         scorer.add(hospital.hospital_id, calibration_set)
         delivered.append(hospital)
         calibration[str(hospital.hospital_id)] = calibration_summary(hospital, calibration_set)

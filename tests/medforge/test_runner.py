@@ -69,6 +69,7 @@ def test_the_search_never_scores_worse_than_its_start(configured):
     searched = [v["search"] for v in results["versions"] if v.get("search")]
     assert len(searched) == 6  # v2, v3 of each method + the two one-shot merges
     assert all(s["objective"] <= s["start_objective"] for s in searched)
+    assert any(s["objective"] < s["start_objective"] for s in searched)  # and it finds better than uniform 0.5
 
 
 def test_a_mixture_of_one_adapter_scores_like_that_adapter(configured):
@@ -133,3 +134,25 @@ def test_arrival_order_follows_the_replies_and_a_failed_hospital_is_left_out(tmp
 def test_bad_medforge_settings_fail_before_flower_starts(override, message):
     with pytest.raises(ValueError, match=message):
         validate_experiment(compose_experiment([*FAST, override]))
+
+
+def test_an_arriving_adapter_with_nan_is_screened_out(tmp_path_factory, flower_identity, monkeypatch):
+    from fl_app.hospital_steps import Hospital
+
+    train = Hospital.train
+
+    def poisoned_train(self, start, server_round, calibration=None):
+        reply = train(self, start, server_round, calibration)
+        if self.id == 1:
+            arrays = reply["arrays"]
+            key = next(k for k in arrays if ".lora_B." in k)
+            values = arrays[key].numpy().copy()
+            values[0, 0] = float("nan")
+            from flwr.app import Array
+            arrays[key] = Array(values)
+        return reply
+
+    monkeypatch.setattr(Hospital, "train", poisoned_train)
+    results, _ = run(tmp_path_factory, LocalGrid(3), "strategy.one_shot=false", "strategy.methods=[fusion]", "strategy.baselines=[]")
+    assert results["strategy_details"]["order"] == [0, 2]
+    assert results["failures"][0]["hospital_id"] == 1 and results["failures"][0]["phase"] == "screen"
