@@ -6,7 +6,7 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fl_app.hospital_steps import experiment_of, hospital_for, hospital_id_of
-from fl_app.protocol import ARRAYS
+from fl_app.protocol import ARRAYS, calibration_request
 
 app = ClientApp()
 
@@ -29,7 +29,7 @@ def train(msg: Message, context: Context) -> Message:
             raise RuntimeError("simulated failure (simulation.fail_hospitals)")
         server_round = int(msg.content["config"].get("server-round", 1))
         start = msg.content[ARRAYS] if ARRAYS in msg.content else None
-        return Message(hospital.train(start, server_round), reply_to=msg)
+        return Message(hospital.train(start, server_round, calibration_request(msg.content)), reply_to=msg)
     except Exception as error:  # reported to the server, which leaves this hospital out
         return _fail(msg, context, error)
 

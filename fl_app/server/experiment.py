@@ -12,10 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from fl_app.config import hospital_payload, save_experiment
 from fl_app.data import experiment_tasks, synthetic_stand_ins
-from fl_app.server.evaluation import decode_scores, evaluation_messages, mean_over_tasks, per_hospital_metrics, per_task_metrics
+from fl_app.server.evaluation import decode_scores, evaluation_messages, inference_cost, mean_over_tasks, per_hospital_metrics, per_task_metrics
 from fl_app.server.results import RunResults
 from fl_app.server.traffic import CountingGrid
-from fl_app.server.versions import save_version
+from fl_app.server.versions import save_mixture, save_version
 from strategies import get_strategy
 from strategies.outcome import ModelVersion
 
@@ -42,7 +42,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         results_dir,
         {
             "strategy": str(cfg.strategy.name),
-            "merge": str(cfg.strategy.merge) if cfg.strategy.name == "one_shot" else None,
+            "merge": str(cfg.strategy.merge) if cfg.strategy.name == "one_shot" else ("medforge" if cfg.strategy.name == "medforge" else None),
             "seed": int(cfg.seed),
             "scenario": str(cfg.data.scenario),
             "data_source": None,
@@ -89,10 +89,18 @@ def hospitals_by_node(results: RunResults) -> dict[int, int]:
 
 def _save_versions(results: RunResults, cfg: DictConfig, versions: list[ModelVersion]) -> None:
     """Every version as a PEFT adapter folder, and its entry in results.json."""
+    by_name = {version.name: version for version in versions}
     for version in versions:
         path = Path("adapters") / version.name
-        save_version(results.folder / path, cfg, version, {"version": version.name, "kind": version.kind, **version.details})
-        results.data["versions"].append({"name": version.name, "kind": version.kind, "adapter": str(path), "r": version.r, "lora_alpha": version.alpha, **version.details})
+        details = {"version": version.name, "kind": version.kind, **version.details}
+        if version.mixture is not None:
+            save_mixture(results.folder / path, cfg, version, by_name, details)
+        else:
+            save_version(results.folder / path, cfg, version, details)
+        entry = {"name": version.name, "kind": version.kind, "adapter": str(path), "r": version.r, "lora_alpha": version.alpha, **version.details}
+        if version.mixture is not None:
+            entry["mixture"] = version.mixture
+        results.data["versions"].append(entry)
     results.write()
 
 
@@ -104,5 +112,6 @@ def _record_metrics(results: RunResults, scores) -> None:
             mean_acc=mean_over_tasks(per_task, "acc"),
             mean_auc=mean_over_tasks(per_task, "auc"),
             per_hospital=per_hospital_metrics(scores, entry["name"]),
+            inference=inference_cost(scores, entry["name"]),
         )
     results.write()
