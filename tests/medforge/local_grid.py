@@ -8,7 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from fl_app.client_app import calibration_request
-from fl_app.hospital_steps import Hospital, experiment_of
+from fl_app.hospital_steps import experiment_of, simulated_hospital
 from fl_app.protocol import ARRAYS
 
 
@@ -43,7 +43,7 @@ class LocalGrid:
             error = SimpleNamespace(reason=f"hospital-id={hospital_id}: RuntimeError: disk full")
             return SimpleNamespace(error=error, metadata=metadata, has_error=lambda: True, has_content=lambda: False)
         experiment = experiment_of(message.content)
-        hospital = Hospital(experiment, hospital_id, self.num_hospitals)
+        hospital = simulated_hospital(experiment, hospital_id, self.num_hospitals)
         if message.metadata.message_type == "train":
             start = message.content[ARRAYS] if ARRAYS in message.content else None
             content = hospital.train(start, 1, calibration_request(message.content))

@@ -12,7 +12,7 @@ from fl_app.calibration import DistillSettings, calibration_records, decode_cali
 from fl_app.calibration.augment import augment, sample_augment
 from fl_app.config import hospital_payload
 from fl_app.data import SplitArrays, task_info
-from fl_app.hospital_steps import Hospital
+from fl_app.hospital_steps import simulated_hospital
 from flwr.app import RecordDict
 
 FAST = DistillSettings(ipc=4, iterations=30, lr=0.01, batch_real=32)
@@ -24,7 +24,7 @@ def breast_hospital(request):
     from fl_app.config import compose_experiment
 
     cfg = compose_experiment([*TINY, "data.root=/nonexistent/medforge-test", "data.flags=[breastmnist,bloodmnist]", "simulation.num_hospitals=2"])
-    hospital = Hospital(json.loads(hospital_payload(cfg)), 1, 2)  # bloodmnist: 8 classes, RGB
+    hospital = simulated_hospital(json.loads(hospital_payload(cfg)), 1, 2)  # bloodmnist: 8 classes, RGB
     hospital.model.use_adapter(hospital.experiment["lora"])
     return hospital
 
