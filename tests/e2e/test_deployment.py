@@ -119,3 +119,16 @@ def test_supernode_without_the_ca_certificate_cannot_connect(federation):
 
     assert code != 0
     assert "CERTIFICATE_VERIFY_FAILED" in federation.log("supernode-hospital-3.log")
+
+
+def test_medforge_progressive_completes_with_an_image_folder_task(federation, one_shot_run):
+    results_dir = federation.root / "medforge"
+    small = ["strategy=medforge", "strategy.methods=[fusion]", "strategy.baselines=[]", "strategy.search.budget=4",
+             "strategy.calibration.ipc=2", "strategy.calibration.iterations=3"]
+
+    done = federation.flwr_run(run_config(results_dir, *small))
+
+    results = read_results(results_dir)
+    assert results is not None and results["status"] == "completed", done.stdout[-3000:]
+    assert {h["task"] for h in results["hospitals"]} == {"breastmnist", "pneumoniamnist", "chest"}
+    assert any(v["kind"] != "hospital" for v in results["versions"]) and results["failures"] == []
