@@ -14,8 +14,6 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from fl_app.training import task_scores
-from fl_app.data import task_info
 from strategies.medforge.mixture import mixture_probabilities
 
 MIXTURE_FILE = "mixture.json"
@@ -34,7 +32,8 @@ class MixtureClassifier(nn.Module):
         probabilities = []
         for name in self.coefficients:
             self.peft.set_adapter(name)
-            probabilities.append(task_scores(task_info(task), self.peft(pixel_values=pixel_values, task=task)))
+            # single-label tasks only (MedForge refuses multi-label ones): softmax, whatever the task's name
+            probabilities.append(torch.softmax(self.peft(pixel_values=pixel_values, task=task), dim=-1))
         return mixture_probabilities(probabilities, list(self.coefficients.values()))
 
 
