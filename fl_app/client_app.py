@@ -23,10 +23,13 @@ def _steps() -> ModuleType:
     return importlib.import_module("fl_app.hospital_steps")
 
 
+def _protocol() -> ModuleType:
+    return importlib.import_module("fl_app.protocol")
+
+
 def _fail(msg: Message, context: Context, error: Exception) -> Message:
     """Reply with an error that names the hospital, so the server can report who failed."""
-    hospital_id = context.node_config.get("partition-id", "?")
-    reason = f"hospital-id={hospital_id}: {type(error).__name__}: {error}"
+    reason = f"hospital-id={_steps().hospital_id_of(context.node_config)}: {type(error).__name__}: {error}"
     return Message(Error(code=ERROR_CODE_HOSPITAL, reason=reason), reply_to=msg)
 
 
@@ -42,7 +45,7 @@ def train(msg: Message, context: Context) -> Message:
             raise RuntimeError("simulated failure (simulation.fail_hospitals)")
         server_round = int(msg.content["config"].get("server-round", 1))
         start = msg.content[steps.ARRAYS] if steps.ARRAYS in msg.content else None
-        content = hospital.train(start, server_round)
+        content = hospital.train(start, server_round, _protocol().calibration_request(msg.content))
         # The hospital's own work (data, training, validation): what a run's framework overhead is measured against.
         content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
         return Message(content, reply_to=msg)

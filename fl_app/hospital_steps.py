@@ -5,28 +5,33 @@ No Flower here beyond the record types, so these steps run in tests without a si
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import time
 import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fl_app.data import HospitalData, task_info
+from fl_app.calibration import CalibrationSet, DistillSettings, calibration_records, distill_calibration_set
+from fl_app.data import HospitalData, experiment_tasks, load_site, site_config
 from fl_app.data.worker_cache import DEFAULT_DATA_CACHE, cached_hospital_data
 from fl_app.model.adapter import arrayrecord_to_state, state_to_arrayrecord
-from fl_app.model.backbone import backbone_image_size
+from fl_app.model.backbone import backbone_image_size, pooled_features
 from fl_app.model.lora import HospitalModel, hospital_model
 from fl_app.pooled_auc import score_histograms, sparse_histograms
 from fl_app.protocol import ARRAYS, CONFIG, HOSPITAL, METRICS, VERSION_PREFIX, hospital_record, read_experiment
-from fl_app.training import TrainSettings, medmnist_metrics, pick_device, predict_scores, train_adapter
+from strategies.medforge.mixture import mixture_probabilities
+from fl_app.training import TrainSettings, medmnist_metrics, model_pixels, pick_device, predict_scores, train_adapter
 
 
 def task_outputs(experiment: Mapping[str, Any]) -> dict[str, int]:
     """Every task of the experiment and its number of outputs: the heads every process builds."""
-    return {flag: task_info(flag).n_outputs for flag in experiment["data"]["flags"]}
+    return {name: task.n_outputs for name, task in experiment_tasks(experiment["data"]).items()}
 
 
 def hospital_seed(seed: int, hospital_id: int, server_round: int) -> int:
@@ -37,12 +42,10 @@ def hospital_seed(seed: int, hospital_id: int, server_round: int) -> int:
 class Hospital:
     """One hospital's data and the process-wide model it trains on."""
 
-    def __init__(self, experiment: Mapping[str, Any], hospital_id: int, num_hospitals: int) -> None:
+    def __init__(self, experiment: Mapping[str, Any], data: HospitalData) -> None:
         self.experiment = experiment
-        self.id = hospital_id
-        self.data: HospitalData = cached_hospital_data(
-            experiment["data"], hospital_id, num_hospitals, int(experiment["seed"]), int(experiment.get("data_cache_size", DEFAULT_DATA_CACHE))
-        )
+        self.id = data.hospital_id
+        self.data = data
         self.model: HospitalModel = hospital_model(experiment["model"], task_outputs(experiment))
         self.device = pick_device()
         self.model.backbone.to(self.device)
@@ -59,8 +62,12 @@ class Hospital:
             self.data.data_source, int(lora["r"]), float(lora["alpha"]),
         )
 
-    def train(self, start: ArrayRecord | None, server_round: int) -> RecordDict:
-        """Fine-tune from `start` (or a fresh adapter seeded by the experiment seed); reply content."""
+    def train(self, start: ArrayRecord | None, server_round: int, calibration: Mapping[str, Any] | None = None) -> RecordDict:
+        """Fine-tune from `start` (or a fresh adapter seeded by the experiment seed); reply content.
+
+        With `calibration` settings (sent only by merge methods that need one) the reply also
+        carries a distilled calibration set.
+        """
         lora, train = self.experiment["lora"], self.experiment["train"]
         name = self.model.use_adapter(lora)
         self.model.reset_adapter(name, seed=int(self.experiment["seed"]))
@@ -77,17 +84,49 @@ class Hospital:
         # Same keys from every hospital (Flower's FedAvg requires it): NaN when AUC is undefined.
         metrics = {"num-examples": len(self.data.train), "train-loss": loss, "val-acc": val["acc"], "val-auc": val["auc"]}
         state = self.model.adapter_state(name, [self.task])
-        return RecordDict({ARRAYS: state_to_arrayrecord(state), METRICS: MetricRecord(metrics), HOSPITAL: self.record()})
+        reply = RecordDict({ARRAYS: state_to_arrayrecord(state), METRICS: MetricRecord(metrics), HOSPITAL: self.record()})
+        if calibration:
+            for key, record in calibration_records(self.calibration_set(DistillSettings(**calibration))).items():
+                reply[key] = record
+        return reply
+
+    def calibration_set(self, settings: DistillSettings) -> CalibrationSet:
+        """Distil the training split under the frozen backbone (LoRA switched off), seeded per hospital."""
+        peft = self.model.peft
+
+        def embed(unit):
+            return pooled_features(peft.base_model.model.backbone, model_pixels(unit.to(self.device), self.image_size)).cpu()
+
+        with peft.disable_adapter():
+            return distill_calibration_set(embed, self.data.task, self.data.train, settings, hospital_seed(int(self.experiment["seed"]), self.id, -1))
 
     def evaluate(self, content: RecordDict) -> RecordDict:
-        """Test ACC/AUC of every version in the message on this hospital's test split."""
+        """Test ACC/AUC of every version in the message on this hospital's test split.
+
+        Versions without a head for this hospital's task are skipped (a progressive version
+        before that task arrived). A mixture version mixes the scores of its components, each
+        run with the mixture's heads: one forward pass per component (timed, and reused when a
+        component and its head are unchanged between versions).
+        """
         versions = json.loads(str(content[CONFIG]["versions"]))
+        states = {name: arrayrecord_to_state(content[VERSION_PREFIX + name]) for name in versions}
         metrics: dict[str, float] = {"num-examples": len(self.data.test)}
+        cache: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
         for version, meta in versions.items():
-            name = self.model.use_adapter(self.experiment["lora"], rank=int(meta["r"]), alpha=float(meta["alpha"]))
-            self.model.load_adapter_state(name, arrayrecord_to_state(content[VERSION_PREFIX + version]), self.task)
-            self.model.peft.to(self.device)
-            scores = self._scores(self.data.test)
+            if self.task not in meta.get("tasks", [self.task]):
+                continue
+            if "mixture" in meta:
+                parts = []
+                for component, coefficient in meta["mixture"].items():
+                    lora = {k: v for k, v in states[component].items() if ".lora_" in k}
+                    parts.append((coefficient, *self._cached_scores(cache, component, {**lora, **states[version]}, versions[component])))
+                scores = mixture_probabilities([torch.from_numpy(p) for _, p, _ in parts], [c for c, _, _ in parts]).numpy()
+                seconds, passes = sum(t for _, _, t in parts), len(parts)
+            else:
+                scores, seconds = self._cached_scores(cache, version, states[version], meta)
+                passes = 1
+            metrics[f"{version}/seconds"] = seconds
+            metrics[f"{version}/forward-passes"] = passes
             for metric, value in medmnist_metrics(self.data.task, self.data.test.labels, scores).items():
                 if not math.isnan(value):
                     metrics[f"{version}/{metric}"] = value
@@ -97,6 +136,19 @@ class Hospital:
             metrics[f"{version}/auc-size"] = histograms.size
         return RecordDict({METRICS: MetricRecord(metrics), HOSPITAL: self.record()})
 
+    def _cached_scores(self, cache, name: str, state: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> tuple[np.ndarray, float]:
+        """Test scores of `state` and the seconds its forward pass took; computed once per (LoRA, head)."""
+        head = b"".join(t.numpy().tobytes() for k, t in sorted(state.items()) if f"heads.{self.task}." in k)
+        key = (name, hashlib.sha1(head).hexdigest())
+        if key not in cache:
+            started = time.perf_counter()
+            adapter = self.model.use_adapter(self.experiment["lora"], rank=int(meta["r"]), alpha=float(meta["alpha"]))
+            self.model.load_adapter_state(adapter, state, self.task)
+            self.model.peft.to(self.device)
+            scores = self._scores(self.data.test)
+            cache[key] = (scores, time.perf_counter() - started)
+        return cache[key]
+
     def _scores(self, split) -> np.ndarray:
         batch = int(self.experiment["eval"]["batch_size"])
         return predict_scores(self.model.peft, self.data.task, split, self.image_size, batch, self.device)
@@ -105,14 +157,25 @@ class Hospital:
         return medmnist_metrics(self.data.task, split.labels, self._scores(split))
 
 
+def simulated_hospital(experiment: Mapping[str, Any], hospital_id: int, num_hospitals: int) -> Hospital:
+    """Hospital `hospital_id` of a simulation: its share of its task (fl_app.data.load_hospital),
+    from this worker's bounded cache (`simulation.data_cache_size` hospitals)."""
+    capacity = int(experiment.get("data_cache_size", DEFAULT_DATA_CACHE))
+    return Hospital(experiment, cached_hospital_data(experiment["data"], hospital_id, num_hospitals, int(experiment["seed"]), capacity))
+
+
 def hospital_for(experiment: Mapping[str, Any], node_config: Mapping[str, Any]) -> Hospital:
-    """The hospital this node plays: in simulation its `partition-id` among `num-partitions`."""
-    if "partition-id" not in node_config:
-        raise ValueError(
-            "node_config has no 'partition-id': start the SuperNode with "
-            "--node-config \"partition-id=<i> num-partitions=<n>\"."
-        )
-    return Hospital(experiment, int(node_config["partition-id"]), int(node_config["num-partitions"]))
+    """The hospital this node plays: a site's own data (`data-path`), or a simulated `partition-id`."""
+    site = site_config(node_config)
+    if site is None:
+        return simulated_hospital(experiment, int(node_config["partition-id"]), int(node_config["num-partitions"]))
+    image_size = backbone_image_size(hospital_model(experiment["model"], task_outputs(experiment)).backbone)
+    return Hospital(experiment, load_site(experiment["data"], site, image_size, int(experiment["seed"])))
+
+
+def hospital_id_of(node_config: Mapping[str, Any]) -> Any:
+    """The hospital id a node config names (`hospital-id` at a site, `partition-id` in simulation), or "?"."""
+    return node_config.get("hospital-id", node_config.get("partition-id", "?"))
 
 
 def experiment_of(content: RecordDict) -> dict[str, Any]:

@@ -31,6 +31,14 @@ def instructions(experiment_json: str, **extra: Any) -> ConfigRecord:
     return ConfigRecord({"experiment": experiment_json, **extra})
 
 
+def calibration_request(content: RecordDict) -> dict[str, Any] | None:
+    """The calibration-set settings a train message asks for (JSON under config `calibration`), if any."""
+    config = content[CONFIG] if CONFIG in content else None
+    if config is None or "calibration" not in config:
+        return None
+    return json.loads(str(config["calibration"]))
+
+
 def read_experiment(config: ConfigRecord) -> dict[str, Any]:
     """The experiment dict sent in `instructions`."""
     return json.loads(str(config["experiment"]))

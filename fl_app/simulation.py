@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -85,20 +86,21 @@ def local_superlink(log_path: Path, startup_timeout: float = 60.0) -> Iterator[d
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_until_healthy(process, port, startup_timeout, log_path)
+        wait_until_healthy(process, f"http://127.0.0.1:{port}/health", startup_timeout, log_path)
         yield env
     finally:
         stop_process_group(process)
         shutil.rmtree(flwr_home, ignore_errors=True)
 
 
-def _wait_until_healthy(process: subprocess.Popen, port: int, timeout: float, log_path: Path) -> None:
+def wait_until_healthy(process: subprocess.Popen, health_url: str, timeout: float, log_path: Path, verify: ssl.SSLContext | bool = True) -> None:
+    """Return once the SuperLink answers `health_url`; raise if it exits or `timeout` passes."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"flower-superlink exited with code {process.returncode}; see {log_path}.")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).is_success:
+            if httpx.get(health_url, timeout=1.0, verify=verify).is_success:
                 return
         except httpx.HTTPError:
             pass

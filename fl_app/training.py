@@ -44,13 +44,23 @@ def ray_assigned_gpus() -> list[str] | None:
     return list(context.get_accelerator_ids().get("GPU", []))
 
 
-def to_pixels(images: np.ndarray, image_size: int) -> torch.Tensor:
-    """uint8 (N,H,W) or (N,H,W,3) -> float (N,3,S,S) in [-1, 1], resized to the backbone's input."""
+def unit_images(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N,H,W) or (N,H,W,3) -> float (N,C,H,W) in [0, 1], C = 1 or 3: the space calibration images live in."""
     pixels = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-    pixels = pixels.unsqueeze(1).expand(-1, 3, -1, -1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
+    return pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
+
+
+def model_pixels(unit: torch.Tensor, image_size: int) -> torch.Tensor:
+    """float (N,C,H,W) in [0, 1] -> (N,3,S,S) in [-1, 1] at the backbone's input size; differentiable."""
+    pixels = unit.expand(-1, 3, -1, -1) if unit.shape[1] == 1 else unit
     if pixels.shape[-1] != image_size or pixels.shape[-2] != image_size:
         pixels = nn.functional.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return (pixels - 0.5) / 0.5
+
+
+def to_pixels(images: np.ndarray, image_size: int) -> torch.Tensor:
+    """uint8 (N,H,W) or (N,H,W,3) -> float (N,3,S,S) in [-1, 1], resized to the backbone's input."""
+    return model_pixels(unit_images(images), image_size)
 
 
 def task_loss(task: TaskInfo, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

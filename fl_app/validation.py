@@ -7,11 +7,12 @@ import os
 import torch
 from omegaconf import DictConfig
 
-from fl_app.data import validate_data_config
+from fl_app.data import experiment_tasks, validate_data_config
 from fl_app.model.backbone import build_backbone
 from fl_app.model.lora import resolve_lora_targets
 from fl_app.training import OPTIMIZERS
 from strategies import STRATEGIES
+from strategies.medforge.settings import validate_medforge
 from strategies.merging import MERGE_METHODS, get_merge_method
 
 WEIGHTINGS = ("uniform", "num_examples", "explicit")
@@ -77,6 +78,8 @@ def validate_experiment(cfg: DictConfig) -> None:
             strategy.merge_rank is None or int(strategy.merge_rank) >= 1,
             f"strategy.merge_rank={strategy.merge_rank} must be null (lossless) or a positive integer.",
         )
+    if strategy.name == "medforge":
+        validate_medforge(strategy, list(experiment_tasks(cfg.data).values()), int(cfg.seed))
     _require(int(lora.r) >= 1, f"lora.r={lora.r} is not valid; the LoRA rank must be a positive integer.")
     _require(float(lora.alpha) > 0, f"lora.alpha={lora.alpha} must be > 0.")
     _require(0 <= float(lora.dropout) < 1, f"lora.dropout={lora.dropout} must be in [0, 1).")

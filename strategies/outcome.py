@@ -13,11 +13,18 @@ class ModelVersion:
     """One evaluated model: LoRA + heads, its LoRA shape, and where it came from."""
 
     name: str
-    kind: str  # hospital | merged | fedavg
+    kind: str  # hospital | merged | fedavg | progressive
     state: dict[str, torch.Tensor] = field(repr=False)
     r: int
     alpha: float
     details: dict[str, Any] = field(default_factory=dict)
+    # MedForge-Mixture: {version name of a component: coefficient}; `state` then holds only heads
+    mixture: dict[str, float] | None = None
+
+    @property
+    def tasks(self) -> list[str]:
+        """Tasks whose head this version carries (the tasks it can be scored on)."""
+        return sorted({k.split("heads.")[-1].split(".")[0] for k in self.state if "heads." in k})
 
 
 @dataclass

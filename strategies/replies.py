@@ -31,8 +31,22 @@ def collect_replies(replies: Iterable[Message], server_round: int) -> tuple[list
             hospitals.append(decode_train_reply(message))
         except (KeyError, ValueError) as error:
             failures.append({"node_id": message.metadata.src_node_id, "hospital_id": None, "round": server_round, "phase": "train", "error": str(error)})
-    hospitals.sort(key=lambda h: h.hospital_id)
-    return hospitals, failures
+    hospitals.sort(key=lambda h: (h.hospital_id, h.node_id))
+    return _first_of_each_hospital(hospitals, failures, server_round)
+
+
+def _first_of_each_hospital(hospitals: list[HospitalReply], failures: list[dict[str, Any]], server_round: int) -> tuple[list[HospitalReply], list[dict[str, Any]]]:
+    """Two nodes claiming one hospital id (a site's node config copied) would overwrite each other: keep one, report the other."""
+    kept: dict[int, HospitalReply] = {}
+    for hospital in hospitals:
+        first = kept.setdefault(hospital.hospital_id, hospital)
+        if first is not hospital:
+            error = (
+                f"hospital-id={hospital.hospital_id} is claimed by nodes {first.node_id} and {hospital.node_id}; "
+                "give each SuperNode its own hospital-id in --node-config"
+            )
+            failures.append({"node_id": hospital.node_id, "hospital_id": hospital.hospital_id, "round": server_round, "phase": "train", "error": error})
+    return list(kept.values()), failures
 
 
 def require_enough(hospitals: list[HospitalReply], failures: list[dict[str, Any]], minimum: int, server_round: int) -> None:

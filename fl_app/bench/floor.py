@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from fl_app.config import hospital_payload
-from fl_app.hospital_steps import Hospital
+from fl_app.hospital_steps import simulated_hospital
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import HospitalReply, decode_train_content
 from fl_app.server.evaluation import versions_content
@@ -41,7 +41,7 @@ class FloorRun:
 
 def train_all(experiment: dict, num_hospitals: int, server_round: int, start=None) -> list[HospitalReply]:
     """Every hospital trains once, in turn (node id = hospital id)."""
-    return [decode_train_content(Hospital(experiment, i, num_hospitals).train(start, server_round), node_id=i) for i in range(num_hospitals)]
+    return [decode_train_content(simulated_hospital(experiment, i, num_hospitals).train(start, server_round), node_id=i) for i in range(num_hospitals)]
 
 
 def one_shot(cfg: DictConfig, experiment: dict) -> tuple[list[ModelVersion], int]:
@@ -81,7 +81,7 @@ def run_floor(cfg: DictConfig, out_dir: Path) -> FloorRun:
     content = versions_content(versions, experiment_json)
     images = 0
     for i in range(n):
-        hospital = Hospital(experiment, i, n)
+        hospital = simulated_hospital(experiment, i, n)
         hospital.evaluate(content)
         images += len(hospital.data.test) * len(versions)
     done = time.perf_counter()

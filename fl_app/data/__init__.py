@@ -1,4 +1,4 @@
-"""MedForge data layer: MedMNIST tasks, synthetic stand-ins, hospital partitions (no Flower here)."""
+"""MedForge data layer: MedMNIST tasks, synthetic stand-ins, hospital partitions, site data (no Flower here)."""
 
 from fl_app.data.arrays import SPLITS, SplitArrays
 from fl_app.data.hospital import (
@@ -6,6 +6,7 @@ from fl_app.data.hospital import (
     SCENARIOS,
     HospitalData,
     clear_task_cache,
+    experiment_tasks,
     hospital_tasks,
     load_hospital,
     synthetic_stand_ins,
@@ -19,6 +20,8 @@ from fl_app.data.partition import (
     partition_splits,
     split_by_proportions,
 )
+from fl_app.data.site import SITE_KEYS, SiteConfig, load_site, site_config
+from fl_app.data.site_files import SiteDataError, read_image_folder, read_npz_splits
 from fl_app.data.synthetic import (
     apply_site_shift,
     synthetic_images,
@@ -26,14 +29,17 @@ from fl_app.data.synthetic import (
     synthetic_task,
     write_npz,
 )
-from fl_app.data.tasks import SIZES, TWO_D_FLAGS, TaskInfo, task_info
+from fl_app.data.tasks import SIZES, TWO_D_FLAGS, TaskInfo, declared_task, folder_task, task_info
 
 __all__ = [
     "DATA_KEYS",
     "SCENARIOS",
     "SCHEMES",
+    "SITE_KEYS",
     "SIZES",
     "SPLITS",
+    "SiteConfig",
+    "SiteDataError",
     "TWO_D_FLAGS",
     "HospitalData",
     "MedMNISTUnavailable",
@@ -42,12 +48,19 @@ __all__ = [
     "apply_site_shift",
     "class_proportions",
     "clear_task_cache",
+    "declared_task",
+    "experiment_tasks",
+    "folder_task",
     "hospital_tasks",
     "load_hospital",
+    "load_site",
     "load_medmnist_split",
     "load_medmnist_task",
     "partition_indices",
     "partition_splits",
+    "read_image_folder",
+    "read_npz_splits",
+    "site_config",
     "split_by_proportions", "synthetic_stand_ins",
     "synthetic_images",
     "synthetic_labels",

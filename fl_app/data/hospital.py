@@ -1,4 +1,6 @@
-"""What one hospital trains and evaluates on; the entry point the Flower client calls.
+"""What one simulated hospital trains and evaluates on, and the experiment's tasks.
+
+(A hospital at a real site reads its own files instead: `fl_app.data.site`.)
 
 Hospitals that share a task split its train/val/test among themselves. Every process computes the
 same partition from (seed, flag), so hospitals loaded in different workers never overlap.
@@ -20,11 +22,13 @@ from fl_app.data.medmnist_files import MedMNISTUnavailable, expand_root, load_me
 from fl_app.data.partition import SCHEMES, partition_splits
 from fl_app.data.seeding import derive_seed
 from fl_app.data.synthetic import apply_site_shift, synthetic_images, synthetic_labels
-from fl_app.data.tasks import SIZES, TWO_D_FLAGS, TaskInfo, n_samples, npz_name, task_info
+from fl_app.data.tasks import SIZES, TWO_D_FLAGS, TaskInfo, declared_task, n_samples, npz_name, task_info
 
 logger = logging.getLogger("medforge")
 
-SCENARIOS: tuple[str, ...] = ("multi_task", "multi_center")
+SCENARIOS: tuple[str, ...] = ("multi_task", "multi_center", "site")
+#: `data=site` (deployment): each SuperNode names its own data; the experiment declares the tasks.
+SITE_DATA_KEYS: tuple[str, ...] = ("scenario", "tasks", "max_train", "max_eval")
 DATA_KEYS: tuple[str, ...] = (
     "scenario",
     "flags",
@@ -41,7 +45,7 @@ DATA_KEYS: tuple[str, ...] = (
 #: The synthetic stand-in is one fixed dataset, like a file on disk: the run seed varies partitions only.
 SYNTHETIC_SEED = 0
 
-DataSource = Literal["medmnist", "synthetic"]
+DataSource = Literal["medmnist", "synthetic", "images"]
 
 
 @dataclass
@@ -66,9 +70,27 @@ def _flags(data_cfg: Mapping[str, Any]) -> list[str]:
     return [str(f) for f in flags]
 
 
+def experiment_tasks(data_cfg: Mapping[str, Any]) -> dict[str, TaskInfo]:
+    """Every task of the experiment, one head each: data.flags, or data.tasks with data=site."""
+    if data_cfg.get("scenario") != "site":
+        return {flag: task_info(flag) for flag in _flags(data_cfg)}
+    tasks = data_cfg.get("tasks")
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise ValueError(
+            f"data.tasks must map each task name to its spec, e.g. {{breastmnist: {{}}, chest: {{classes: [normal, pneumonia]}}}}; got {tasks!r}"
+        )
+    return {str(name): declared_task(str(name), spec) for name, spec in tasks.items()}
+
+
 def hospital_tasks(data_cfg: Mapping[str, Any], num_hospitals: int) -> list[str]:
     """Flag of every hospital: round-robin over data.flags (multi_task) or the one flag (multi_center)."""
-    scenario, flags = data_cfg["scenario"], _flags(data_cfg)
+    scenario = data_cfg["scenario"]
+    if scenario == "site":
+        raise ValueError(
+            "data.scenario=site: each hospital's data lies at its site (node config data-path); "
+            "simulated hospitals (partition-id) need data=multi_task or data=multi_center"
+        )
+    flags = _flags(data_cfg)
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown data.scenario {scenario!r}; valid scenarios: {', '.join(SCENARIOS)}")
     if not flags:
@@ -82,11 +104,24 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def _validate_caps(data_cfg: Mapping[str, Any]) -> None:
+    for key in ("max_train", "max_eval"):
+        cap = data_cfg[key]
+        if cap is not None and (not _is_int(cap) or cap < 1):
+            raise ValueError(f"data.{key} must be null (no cap) or an integer >= 1, got {cap!r}")
+
+
 def validate_data_config(data_cfg: Mapping[str, Any], num_hospitals: int) -> None:
     """Fail fast, before any simulation starts, with the key, the value and the valid choices."""
-    missing = [key for key in DATA_KEYS if key not in data_cfg]
+    site = data_cfg.get("scenario") == "site"
+    required = SITE_DATA_KEYS if site else DATA_KEYS
+    missing = [key for key in required if key not in data_cfg]
     if missing:
-        raise ValueError(f"data config lacks keys {missing}; required keys: {', '.join(DATA_KEYS)}")
+        raise ValueError(f"data config lacks keys {missing}; required keys: {', '.join(required)}")
+    if site:  # the hospitals' data lies at the sites: only the task declarations and caps to check
+        experiment_tasks(data_cfg)
+        _validate_caps(data_cfg)
+        return
     if not _is_int(num_hospitals) or num_hospitals < 1:
         raise ValueError(f"num_hospitals must be an integer >= 1, got {num_hospitals!r}")
     flags = _flags(data_cfg)
@@ -105,10 +140,7 @@ def validate_data_config(data_cfg: Mapping[str, Any], num_hospitals: int) -> Non
     min_size = data_cfg["min_samples_per_hospital"]
     if not _is_int(min_size) or min_size < 0:
         raise ValueError(f"data.min_samples_per_hospital must be an integer >= 0, got {min_size!r}")
-    for key in ("max_train", "max_eval"):
-        cap = data_cfg[key]
-        if cap is not None and (not _is_int(cap) or cap < 1):
-            raise ValueError(f"data.{key} must be null (no cap) or an integer >= 1, got {cap!r}")
+    _validate_caps(data_cfg)
     for key in ("download", "synthetic_fallback"):
         if not isinstance(data_cfg[key], bool):
             raise ValueError(f"data.{key} must be true or false, got {data_cfg[key]!r}")
@@ -176,7 +208,7 @@ def _task_source(flag: str, size: int, root: str, download: bool, fallback: bool
 
 def synthetic_stand_ins(data_cfg: Mapping[str, Any]) -> list[str]:
     """Flags whose MedMNIST file is absent under data.root (so hospitals will use synthetic data)."""
-    if data_cfg["download"] or not data_cfg["synthetic_fallback"]:
+    if data_cfg["scenario"] == "site" or data_cfg["download"] or not data_cfg["synthetic_fallback"]:
         return []
     root = os.path.expanduser(str(data_cfg["root"]))
     size = int(data_cfg["size"])
@@ -186,6 +218,18 @@ def synthetic_stand_ins(data_cfg: Mapping[str, Any]) -> list[str]:
 def clear_task_cache() -> None:
     """Forget loaded tasks (tests; or after new files were put under the data root)."""
     _task_source.cache_clear()
+
+
+def split_cap(data_cfg: Mapping[str, Any], split: str) -> int | None:
+    """The experiment's cap on a hospital's `split` (data.max_train / data.max_eval; None = all)."""
+    return data_cfg["max_train"] if split == "train" else data_cfg["max_eval"]
+
+
+def capped(idx: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    """`idx` itself, or a seeded sorted subsample of `cap` of them when there are more."""
+    if cap is None or len(idx) <= cap:
+        return idx
+    return np.sort(np.random.default_rng(seed).choice(idx, size=int(cap), replace=False))
 
 
 def load_hospital(data_cfg: Mapping[str, Any], hospital_id: int, num_hospitals: int, seed: int) -> HospitalData:
@@ -214,11 +258,7 @@ def load_hospital(data_cfg: Mapping[str, Any], hospital_id: int, num_hospitals: 
     splits = {}
     for split in SPLITS:
         idx = parts[split][peers.index(hospital_id)]
-        # cap: seeded subsample of this hospital's own partition
-        cap = data_cfg["max_train"] if split == "train" else data_cfg["max_eval"]
-        if cap is not None and len(idx) > cap:
-            rng = np.random.default_rng(derive_seed(seed, flag, hospital_id, split, "cap"))
-            idx = np.sort(rng.choice(idx, size=int(cap), replace=False))
+        idx = capped(idx, split_cap(data_cfg, split), derive_seed(seed, flag, hospital_id, split, "cap"))
         arrays = source.take(split, idx)
         # site: synthetic hospitals get their own acquisition look; real images stay as recorded
         if source.data_source == "synthetic":

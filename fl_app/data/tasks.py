@@ -1,8 +1,12 @@
-"""What a MedMNIST 2D task is (outputs, channels, label names), read from `medmnist.INFO`."""
+"""What a task is (outputs, channels, label names): a MedMNIST 2D flag, read from `medmnist.INFO`,
+or a site's own image-folder task declared in the experiment (`data=site`)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from medmnist import INFO
 
@@ -55,3 +59,44 @@ def n_samples(flag: str, split: str) -> int:
 def npz_name(flag: str, size: int) -> str:
     """File name MedMNIST uses: `{flag}.npz` for 28 px, `{flag}_{size}.npz` otherwise."""
     return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
+# site tasks (deployment) ----------------------------------------------------------------------
+
+#: A task name becomes a head's module name and a key prefix in adapters: no dots or spaces.
+TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def folder_task(name: str, classes: Sequence[str]) -> TaskInfo:
+    """A site's own image-classification task: one label per image, classes in sorted order.
+
+    The order is the label index, the same as the sorted class-subfolder names of an image folder.
+    """
+    if not TASK_NAME.match(str(name)):
+        raise ValueError(f"task name {name!r} must start with a letter and hold only letters, digits, '_' or '-'")
+    names = sorted(str(c) for c in classes)
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"task {name!r} needs at least two distinct classes, got {list(classes)!r}")
+    task_type = "binary-class" if len(names) == 2 else "multi-class"
+    return TaskInfo(name=str(name), task_type=task_type, n_outputs=len(names), n_channels=3, label_names=tuple(names))
+
+
+def declared_task(name: str, spec: Mapping[str, Any] | None) -> TaskInfo:
+    """One entry of `data.tasks`: a MedMNIST flag (no spec) or a site task with its `classes`."""
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - {"classes"})
+    if unknown:
+        raise ValueError(f"data.tasks.{name} has unknown keys {unknown}; the only key is 'classes' (a list of class names)")
+    if "classes" not in spec:
+        if name not in TWO_D_FLAGS:
+            raise ValueError(
+                f"data.tasks.{name} is not a MedMNIST flag, so it needs its classes: "
+                f"data.tasks.{name}.classes=[<class folder names>]; MedMNIST flags: {', '.join(TWO_D_FLAGS)}"
+            )
+        return task_info(name)
+    if name in TWO_D_FLAGS:
+        raise ValueError(f"data.tasks.{name} is a MedMNIST flag: its classes come from medmnist.INFO; remove 'classes'")
+    classes = spec["classes"]
+    if isinstance(classes, str) or not isinstance(classes, Sequence):
+        raise ValueError(f"data.tasks.{name}.classes must be a list of class names, got {classes!r}")
+    return folder_task(name, classes)

@@ -122,12 +122,17 @@ class HospitalModel:
             if is_lora_key(key) or any(marker in key for marker in keep_heads)
         }
 
-    def load_adapter_state(self, name: str, state: Mapping[str, torch.Tensor], task: str) -> None:
-        """Load LoRA + the head of `task` strictly: missing, extra or misshapen tensors raise."""
+    def load_adapter_state(self, name: str, state: Mapping[str, torch.Tensor], tasks: str | Sequence[str]) -> None:
+        """Load LoRA + the heads of `tasks` strictly: missing, extra or misshapen tensors raise."""
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         expected = get_peft_model_state_dict(self.peft, adapter_name=name)
-        wanted = {k for k in expected if is_lora_key(k) or f"heads.{task}." in k}
-        offered = {k for k in state if is_lora_key(k) or f"heads.{task}." in k}
-        check_same_keys(wanted, offered, what=f"adapter for task {task!r}")
+
+        def wanted_key(key: str) -> bool:
+            return is_lora_key(key) or any(f"heads.{task}." in key for task in tasks)
+
+        wanted = {k for k in expected if wanted_key(k)}
+        offered = {k for k in state if wanted_key(k)}
+        check_same_keys(wanted, offered, what=f"adapter for task(s) {tasks}")
         for key in wanted:
             if tuple(state[key].shape) != tuple(expected[key].shape):
                 raise ValueError(

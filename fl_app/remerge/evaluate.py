@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from fl_app.config import hospital_payload
-from fl_app.hospital_steps import Hospital
+from fl_app.hospital_steps import Hospital, simulated_hospital
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import evaluation_content
 from fl_app.server.evaluation import HospitalScores, hospital_scores
@@ -42,7 +42,7 @@ def evaluate_at_hospitals(
     num_hospitals = int(experiment.simulation.num_hospitals)
     scores = []
     for i, hospital_id in enumerate(hospital_ids, start=1):
-        hospital = Hospital(experiment_dict, hospital_id, num_hospitals)
+        hospital = simulated_hospital(experiment_dict, hospital_id, num_hospitals)
         _check_same_data(hospital, recorded.get(hospital_id), str(experiment.data.root))
         logger.info("Evaluating %d version(s) at hospital %d (%d/%d): %s, %d test images", len(versions), hospital_id, i, len(hospital_ids), hospital.task, len(hospital.data.test))
         scores.append(hospital_scores(hospital.evaluate(content)))

@@ -55,15 +55,14 @@ def progressive_curves(runs: Sequence[Run], comparison: Comparison) -> list[Curv
     """One curve per progressive row: mean accuracy of each version (v1, v2, ...) in order; empty when none."""
     samples: dict[str, dict[str, list[tuple[float | None, float | None]]]] = {}
     for run, settings in zip(runs, comparison.settings):
-        versions = [v for v in run.results.get("versions", []) if v.get("kind") == "progressive"]
-        if not versions:
-            continue
-        method = versions[-1].get("method") or run.results.get("merge") or ""
-        label = f"progressive {method}".strip() + (f" [{settings}]" if settings else "")
         communication = run.results.get("communication") or {}
-        for version in versions:
+        for version in (v for v in run.results.get("versions", []) if v.get("kind") == "progressive"):
+            method = version.get("method") or run.results.get("merge") or ""
+            label = f"progressive {method}".strip() + (f" [{settings}]" if settings else "")
             through = int(version["round"]) if "round" in version else None
-            samples.setdefault(label, {}).setdefault(str(version["name"]), []).append((_total_through(communication, through), version.get("mean_acc")))
+            # a MedForge version's mean_acc is over the tasks merged so far; the step names the x position
+            step = f"v{version['step']}" if "step" in version else str(version["name"])
+            samples.setdefault(label, {}).setdefault(step, []).append((_total_through(communication, through), version.get("mean_acc")))
     return _curves(samples)
 
 

@@ -95,7 +95,7 @@ def plot_accuracy_vs_bytes(comparison: Comparison, fedavg: Sequence[Curve], path
     else:
         ax.set_xlim(left=0, right=max(all_bytes, default=1.0) / scale * 1.15)
     ax.set_xlabel(f"total bytes sent during training, upload + download, all hospitals ({unit})")
-    ax.set_ylabel("mean test accuracy over tasks (0 to 1)")
+    ax.set_ylabel("mean test accuracy over the tasks\nmerged so far (0 to 1)")
     ax.set_title("Accuracy against communication\n(mean over seeds, whiskers: ± std)")
     ax.grid(alpha=0.3)
     _legend_below(ax, len(fedavg) + len(points) + 1)
@@ -111,7 +111,7 @@ def plot_progressive(curves: Sequence[Curve], path: Path) -> Path:
     steps = max((c.points for c in curves), key=len, default=[])
     ax.set_xticks(range(len(steps)), [p.step for p in steps])
     ax.set_xlabel("model version (each one merges the adapters that have arrived so far)")
-    ax.set_ylabel("mean test accuracy over tasks (0 to 1)")
+    ax.set_ylabel("mean test accuracy over the tasks\nmerged so far (0 to 1)")
     ax.set_title("Progressive merging: accuracy of each version\n(mean over seeds, whiskers: ± std)")
     ax.grid(alpha=0.3)
     _legend_below(ax, len(curves))

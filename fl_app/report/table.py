@@ -193,11 +193,14 @@ def entries_of_run(results: Mapping[str, Any], folder: str, settings: str = "") 
             last = max(group, key=lambda v: int(v.get("round", 0)))
             rounds = int(last.get("round", communication.get("rounds", 0)))
             entries.append(entry(fedavg_label(rounds, settings), kind, _version_values(last) | traffic_values(communication, rounds, wall)))
-        elif kind == "progressive":
-            last = group[-1]
-            label = f"progressive {last.get('method') or results.get('merge') or ''} (final: {last['name']})".replace("  ", " ")
-            through = int(last["round"]) if "round" in last else None
-            entries.append(entry(_with_settings(label, settings), kind, _version_values(last) | traffic_values(communication, through, wall)))
+        elif kind == "progressive":  # the last version of each method's main branch
+            by_method: dict[str, Mapping[str, Any]] = {}
+            for v in group:
+                by_method[str(v.get("method") or results.get("merge") or "")] = v
+            for method, last in by_method.items():
+                label = f"progressive {method} (final: {last['name']})".replace("  ", " ")
+                through = int(last["round"]) if "round" in last else None
+                entries.append(entry(_with_settings(label, settings), kind, _version_values(last) | traffic_values(communication, through, wall)))
         elif kind == "hospital":
             no_traffic = {"upload_bytes": None, "download_bytes": None, "total_bytes": None, "rounds": None, "wall_seconds": None}
             entries.append(entry(_with_settings(HOSPITAL_REFERENCE, settings), kind, own_adapter_values(group) | no_traffic))

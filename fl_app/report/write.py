@@ -122,7 +122,7 @@ def _summary(runs: Sequence[Run], out_dir: Path) -> str:
     strategies = Counter(str(run.results.get("strategy")) for run in runs)
     seeds = sorted({run.results.get("seed") for run in runs}, key=str)
     text = f"{len(runs)} run{'s' if len(runs) != 1 else ''} ({', '.join(f'{n} {s}' for s, n in strategies.items())}), seeds {', '.join(map(str, seeds))}."
-    synthetic = sum(1 for run in runs if run.results.get("data_source") != "medmnist")
+    synthetic = sum(1 for run in runs if run.results.get("data_source") in ("synthetic", "mixed", None))
     if synthetic:
         text += (
             f"\n\n> **{synthetic} of {len(runs)} runs used synthetic stand-ins** (`data_source` is not `medmnist`): "

@@ -32,7 +32,27 @@ def evaluation_messages(versions: Sequence[ModelVersion], experiment_json: str, 
 
 def versions_content(versions: Sequence[ModelVersion], experiment_json: str) -> RecordDict:
     """What every hospital receives to evaluate: all versions in one record dict."""
-    return evaluation_content({v.name: (state_to_arrayrecord(v.state), {"r": v.r, "alpha": v.alpha}) for v in versions}, experiment_json)
+    return evaluation_content({v.name: (state_to_arrayrecord(v.state), version_meta(v)) for v in versions}, experiment_json)
+
+
+def version_meta(version: ModelVersion) -> dict[str, Any]:
+    """What a hospital needs besides the tensors: LoRA shape, tasks it can score, mixture components."""
+    meta: dict[str, Any] = {"r": version.r, "alpha": version.alpha, "tasks": version.tasks}
+    if version.mixture is not None:
+        meta["mixture"] = version.mixture
+    return meta
+
+
+def inference_cost(scores: Sequence[HospitalScores], version: str) -> dict[str, float] | None:
+    """Forward passes per image and measured seconds per test image of a version, over the hospitals."""
+    rows = [s for s in scores if f"{version}/seconds" in s.metrics]
+    images = sum(s.n_test for s in rows)
+    if not images:
+        return None
+    return {
+        "forward_passes_per_image": max(s.metrics[f"{version}/forward-passes"] for s in rows),
+        "seconds_per_image": sum(s.metrics[f"{version}/seconds"] for s in rows) / images,
+    }
 
 
 def hospital_scores(content: RecordDict) -> HospitalScores:

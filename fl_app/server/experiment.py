@@ -11,11 +11,11 @@ from flwr.common import log
 from omegaconf import DictConfig, OmegaConf
 
 from fl_app.config import hospital_payload, save_experiment
-from fl_app.data import synthetic_stand_ins
-from fl_app.server.evaluation import decode_scores, evaluation_messages, mean_over_tasks, per_hospital_metrics, per_task_metrics
+from fl_app.data import experiment_tasks, synthetic_stand_ins
+from fl_app.server.evaluation import decode_scores, evaluation_messages, inference_cost, mean_over_tasks, per_hospital_metrics, per_task_metrics
 from fl_app.server.results import RunResults
 from fl_app.server.traffic import CountingGrid
-from fl_app.server.versions import save_version
+from fl_app.server.versions import save_mixture, save_version
 from strategies import get_strategy
 from strategies.outcome import ModelVersion
 
@@ -42,11 +42,11 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         results_dir,
         {
             "strategy": str(cfg.strategy.name),
-            "merge": str(cfg.strategy.merge) if cfg.strategy.name == "one_shot" else None,
+            "merge": str(cfg.strategy.merge) if cfg.strategy.name == "one_shot" else ("medforge" if cfg.strategy.name == "medforge" else None),
             "seed": int(cfg.seed),
             "scenario": str(cfg.data.scenario),
             "data_source": None,
-            "tasks": list(cfg.data.flags),
+            "tasks": list(experiment_tasks(cfg.data)),
             "config": OmegaConf.to_container(cfg, resolve=True),
         },
     )
@@ -58,9 +58,9 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         experiment_json = hospital_payload(cfg)
         if stand_ins := synthetic_stand_ins(cfg.data):
             log(WARNING, "Data: no MedMNIST file for %s under %s: hospitals use SYNTHETIC MedMNIST-format data (data_source in results.json).", ", ".join(stand_ins), cfg.data.root)
-        log(INFO, "MedForge: strategy=%s, %d hospitals, tasks %s", cfg.strategy.name, len(nodes), list(cfg.data.flags))
+        log(INFO, "MedForge: strategy=%s, %d hospitals, tasks %s", cfg.strategy.name, len(nodes), list(experiment_tasks(cfg.data)))
         outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, results)
-        hospital_of_node = {h.node_id: h.hospital_id for h in results.hospitals.values()}
+        hospital_of_node = hospitals_by_node(results)
         results.set(communication=counting.traffic.summary(hospital_of_node, "train"))
         _save_versions(results, cfg, outcome.versions)
         log(INFO, "Evaluating %d model versions at %d hospitals (one message each)", len(outcome.versions), len(nodes))
@@ -82,12 +82,26 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
     return results
 
 
+def hospitals_by_node(results: RunResults) -> dict[int, int]:
+    """Node id -> hospital id, for the traffic figures: hospitals that delivered and those that named themselves failing."""
+    failed = {f["node_id"]: f["hospital_id"] for f in results.data["failures"] if f.get("hospital_id") is not None}
+    return {**failed, **{h.node_id: h.hospital_id for h in results.hospitals.values()}}
+
+
 def _save_versions(results: RunResults, cfg: DictConfig, versions: list[ModelVersion]) -> None:
     """Every version as a PEFT adapter folder, and its entry in results.json."""
+    by_name = {version.name: version for version in versions}
     for version in versions:
         path = Path("adapters") / version.name
-        save_version(results.folder / path, cfg, version, {"version": version.name, "kind": version.kind, **version.details})
-        results.data["versions"].append({"name": version.name, "kind": version.kind, "adapter": str(path), "r": version.r, "lora_alpha": version.alpha, **version.details})
+        details = {"version": version.name, "kind": version.kind, **version.details}
+        if version.mixture is not None:
+            save_mixture(results.folder / path, cfg, version, by_name, details)
+        else:
+            save_version(results.folder / path, cfg, version, details)
+        entry = {"name": version.name, "kind": version.kind, "adapter": str(path), "r": version.r, "lora_alpha": version.alpha, **version.details}
+        if version.mixture is not None:
+            entry["mixture"] = version.mixture
+        results.data["versions"].append(entry)
     results.write()
 
 
@@ -99,5 +113,6 @@ def _record_metrics(results: RunResults, scores) -> None:
             mean_acc=mean_over_tasks(per_task, "acc"),
             mean_auc=mean_over_tasks(per_task, "auc"),
             per_hospital=per_hospital_metrics(scores, entry["name"]),
+            inference=inference_cost(scores, entry["name"]),
         )
     results.write()

@@ -8,7 +8,7 @@ have replied at most once every `LOG_EVERY_S` seconds, plus once when all are in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 from logging import INFO
 from typing import Any
 
@@ -19,29 +19,26 @@ POLL_S = 0.1  # as Flower's own in-memory Grid: a coarser poll adds up to POLL_S
 LOG_EVERY_S = 10.0
 
 
-def send_and_receive_reporting(
-    grid: Any, messages: Iterable[Message], *, timeout: float | None = None, what: str = "messages", on_reply: Callable[[Message], None] | None = None
-) -> list[Message]:
-    """Push `messages`, pull replies until all arrived (or `timeout` s passed), log progress as `what`.
+def send_and_receive_reporting(grid: Any, messages: Iterable[Message], *, timeout: float | None = None, what: str = "messages") -> list[Message]:
+    """Push `messages`, pull replies until all arrived (or `timeout` s passed), log progress as `what`."""
+    return list(replies_as_they_arrive(grid, messages, timeout=timeout, what=what))
 
-    `on_reply` sees each reply as it arrives (e.g. to note when).
-    """
+
+def replies_as_they_arrive(grid: Any, messages: Iterable[Message], *, timeout: float | None = None, what: str = "messages") -> Iterator[Message]:
+    """Push `messages`, then yield each reply as soon as it is pulled (asynchronous arrival)."""
     pending = set(grid.push_messages(list(messages)))
     total, started = len(pending), time.time()
-    replies: list[Message] = []
-    logged, last_log = 0, started
+    received = failed = logged = 0
+    last_log = started
     while pending and (timeout is None or time.time() - started < timeout):
         arrived = list(grid.pull_messages(pending))
-        replies.extend(arrived)
-        if on_reply is not None:
-            for reply in arrived:
-                on_reply(reply)
         pending -= {reply.metadata.reply_to_message_id for reply in arrived}
+        received += len(arrived)
+        failed += sum(1 for reply in arrived if reply.has_error())
         now = time.time()
-        if len(replies) > logged and (not pending or now - last_log >= LOG_EVERY_S):
-            failed = sum(1 for reply in replies if reply.has_error())
-            log(INFO, "%s: %d/%d hospitals replied%s (%.0f s)", what, len(replies), total, f", {failed} with an error" if failed else "", now - started)
-            logged, last_log = len(replies), now
+        if received > logged and (not pending or now - last_log >= LOG_EVERY_S):
+            log(INFO, "%s: %d/%d hospitals replied%s (%.0f s)", what, received, total, f", {failed} with an error" if failed else "", now - started)
+            logged, last_log = received, now
+        yield from arrived
         if pending:
             time.sleep(POLL_S)
-    return replies

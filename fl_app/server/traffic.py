@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import Message
 
 from fl_app.model.adapter import record_dict_bytes
-from fl_app.server.progress import send_and_receive_reporting
+from fl_app.server.progress import replies_as_they_arrive
 
 
 @dataclass
@@ -84,9 +84,13 @@ class CountingGrid:
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return list(self.replies_as_they_arrive(messages, timeout=timeout))
+
+    def replies_as_they_arrive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterator[Message]:
+        """Send `messages`; yield each reply as it arrives, its bytes counted."""
         messages = list(messages)
         if not messages:
-            return []
+            return
         by_node: dict[int, Transfer] = {}
         for message in messages:
             config = message.content.config_records.get("config")
@@ -96,8 +100,7 @@ class CountingGrid:
             by_node[transfer.node_id] = transfer
             self.traffic.transfers.append(transfer)
         what = f"{transfer.phase} round {transfer.round}" if transfer.round else transfer.phase
-
-        def arrived(reply: Message) -> None:
+        for reply in replies_as_they_arrive(self._grid, messages, timeout=timeout, what=what):
             transfer = by_node.get(reply.metadata.src_node_id)
             if transfer is not None:
                 transfer.replied_at = time.time()
@@ -106,5 +109,4 @@ class CountingGrid:
                     metrics = reply.content.metric_records.get("metrics")
                     if metrics is not None and "step-seconds" in metrics:
                         transfer.step_seconds = float(metrics["step-seconds"])
-
-        return send_and_receive_reporting(self._grid, messages, timeout=timeout, what=what, on_reply=arrived)
+            yield reply

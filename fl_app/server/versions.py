@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from omegaconf import DictConfig
 from fl_app.model.adapter import save_adapter
 from fl_app.model.backbone import build_backbone
 from fl_app.model.lora import linear_module_names, lora_config
+from fl_app.model.mixture import MIXTURE_FILE
 from strategies.outcome import ModelVersion
 
 
@@ -18,7 +21,21 @@ def save_version(path: Path, cfg: DictConfig, version: ModelVersion, details: di
     """Write `version` (LoRA + the heads it carries) to `path` with its own rank and alpha."""
     with torch.device("meta"):  # module names only: no weights, no memory
         available = linear_module_names(build_backbone(cfg.model))
-    tasks = sorted({k.split("heads.")[-1].split(".")[0] for k in version.state if "heads." in k})
+    tasks = version.tasks
     config = lora_config(available, cfg.lora, tasks, rank=version.r, alpha=version.alpha)
     config.lora_dropout = 0.0
     return save_adapter(path, version.state, config, extra=details)
+
+
+def save_mixture(path: Path, cfg: DictConfig, version: ModelVersion, by_name: Mapping[str, ModelVersion], details: dict[str, Any]) -> Path:
+    """A MedForge-Mixture version: one PEFT adapter per component (its LoRA + the mixture's heads)
+    under `components/<name>/`, and `mixture.json` with the coefficients. `fl_app.model.mixture`
+    loads it back with PEFT."""
+    components = {}
+    for name, coefficient in version.mixture.items():
+        lora = {k: v for k, v in by_name[name].state.items() if ".lora_" in k}
+        component = ModelVersion(name, "component", {**lora, **version.state}, by_name[name].r, by_name[name].alpha)
+        save_version(path / "components" / name, cfg, component, {"component_of": version.name})
+        components[name] = {"adapter": f"components/{name}", "coefficient": coefficient}
+    (path / MIXTURE_FILE).write_text(json.dumps({"components": components, "tasks": version.tasks, **details}, indent=2, sort_keys=True))
+    return path

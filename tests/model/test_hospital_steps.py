@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 import fl_app.model.lora as lora_module
 from fl_app.config import hospital_payload
-from fl_app.hospital_steps import Hospital
+from fl_app.hospital_steps import simulated_hospital
 from fl_app.protocol import CONFIG, version_key
 from fl_app.server.evaluation import hospital_scores
 
@@ -22,14 +22,14 @@ def test_backbone_is_built_once_per_process_for_all_hospitals(tiny_experiment, m
     lora_module._cached_hospital_model.cache_clear()
     experiment = json.loads(hospital_payload(tiny_experiment("data=multi_center")))
 
-    hospitals = [Hospital(experiment, i, 3) for i in range(3)]
+    hospitals = [simulated_hospital(experiment, i, 3) for i in range(3)]
     replies = [hospital.train(None, server_round=1) for hospital in hospitals]
     versions = {f"hospital-{i}": {"r": 4, "alpha": 16} for i in range(3)}
     content = RecordDict({CONFIG: ConfigRecord({"experiment": json.dumps(experiment), "versions": json.dumps(versions)})})
     for i, reply in enumerate(replies):
         content[version_key(f"hospital-{i}")] = reply["arrays"]
     for i in (2, 0, 1):  # a worker's next messages: every hospital evaluates every version
-        Hospital(experiment, i, 3).evaluate(content)
+        simulated_hospital(experiment, i, 3).evaluate(content)
 
     assert len(builds) == 1
     assert len({id(h.model) for h in hospitals}) == 1
@@ -38,7 +38,7 @@ def test_backbone_is_built_once_per_process_for_all_hospitals(tiny_experiment, m
 def test_training_then_evaluating_real_breastmnist(breast_root, tiny_experiment):
     cfg = tiny_experiment("data=multi_center", f"data.root={breast_root}", "data.max_train=null", "data.max_eval=null")
     experiment = json.loads(hospital_payload(cfg))
-    hospital = Hospital(experiment, 0, 3)
+    hospital = simulated_hospital(experiment, 0, 3)
 
     reply = hospital.train(None, server_round=1)
     content = RecordDict({CONFIG: ConfigRecord({"experiment": json.dumps(experiment), "versions": json.dumps({"mine": {"r": 4, "alpha": 16}})})})
@@ -55,10 +55,10 @@ def test_training_then_evaluating_real_breastmnist(breast_root, tiny_experiment)
 
 def test_training_is_reproducible_whatever_the_process_did_before(tiny_experiment):
     experiment = json.loads(hospital_payload(tiny_experiment("lora.dropout=0.3")))
-    hospital = Hospital(experiment, 1, 3)
+    hospital = simulated_hospital(experiment, 1, 3)
 
     first = hospital.train(None, server_round=1)["arrays"].to_torch_state_dict()
-    Hospital(experiment, 2, 3).train(None, server_round=1)  # another hospital in between moves the RNG
+    simulated_hospital(experiment, 2, 3).train(None, server_round=1)  # another hospital in between moves the RNG
     second = hospital.train(None, server_round=1)["arrays"].to_torch_state_dict()
 
     assert all(torch.equal(first[k], second[k]) for k in first)

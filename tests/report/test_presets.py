@@ -37,6 +37,7 @@ def test_medforge_multitask_is_five_tasks_one_per_hospital():
 
     assert list(cfg.data.flags) == ["breastmnist", "pneumoniamnist", "dermamnist", "bloodmnist", "pathmnist"]
     assert cfg.simulation.num_hospitals == 5 and cfg.data.scenario == "multi_task"
+    assert cfg.strategy.name == "medforge" and cfg.lora.r == 16 and cfg.lora.alpha == 16
 
 
 def test_multicenter_dirichlet_splits_one_dataset_over_eight_hospitals():

@@ -15,7 +15,7 @@ COMMANDS = [line.strip() for block in re.findall(r"```bash\n(.*?)```", README, r
 
 
 def test_every_script_the_readme_runs_exists():
-    scripts = {m for c in COMMANDS for m in re.findall(r"scripts/(\w+\.(?:py|sh))", c)}
+    scripts = {m for c in COMMANDS for m in re.findall(r"scripts/([\w/]+\.(?:py|sh))", c)}
 
     assert scripts >= {"run.py", "compare.py", "remerge.py", "install.sh"}
     assert all((REPO / "scripts" / s).is_file() for s in scripts)

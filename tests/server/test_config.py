@@ -30,7 +30,7 @@ def test_config_groups_compose(group):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("strategy.name=fedprox", r"strategy='fedprox' is not valid; choose one of \['fedavg', 'one_shot'\]"),
+        ("strategy.name=fedprox", r"strategy='fedprox' is not valid; choose one of \['fedavg', 'medforge', 'one_shot'\]"),
         ("data.flags=[nosuchmnist]", "nosuchmnist"),
         ("lora.target_modules=[attention_nope]", r"lora.target_modules entry 'attention_nope'.*q_proj"),
         ("lora.r=0", "lora.r=0"),

@@ -112,3 +112,16 @@ def test_method_parameters_from_config_reach_the_merge():
     merge.aggregate_train(1, [reply(0, adapter(0)), reply(1, adapter(1)), reply(2, adapter(2))])
 
     assert merge.merge_result.params["density"] == 0.5
+
+
+def test_two_nodes_claiming_one_hospital_id_are_not_both_merged():
+    one_shot, sink = strategy()
+    twin = reply(1, adapter(2))
+    twin.metadata.src_node_id = 999
+
+    one_shot.aggregate_train(1, [reply(0, adapter(1)), reply(1, adapter(3)), twin])
+
+    _, failures = sink.rounds[0]
+    assert [h.hospital_id for h in one_shot.hospitals] == [0, 1]
+    assert [(f["hospital_id"], f["node_id"]) for f in failures] == [(1, 999)]
+    assert "give each SuperNode its own hospital-id" in failures[0]["error"]

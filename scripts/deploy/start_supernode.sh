@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Start one hospital's SuperNode: TLS to the SuperLink, this hospital's private key, its local data.
+#
+#   scripts/deploy/start_supernode.sh --superlink HOST:PORT --ca CA.pem --key PRIVATE_KEY \
+#       --node-config 'hospital-id=0 task="breastmnist" data-path="/data/breastmnist.npz"' [--port PORT]
+#
+#   --superlink HOST:PORT  the SuperLink's address as written in its certificate (keys.py superlink --host)
+#   --ca FILE              the federation's CA certificate (ca.pem): verifies the SuperLink
+#   --key FILE             this hospital's private key (keys.py hospital NAME); its .pub must be registered
+#   --node-config STR      this site's data, see README "Deployment" (hospital-id, task, data-path)
+#   --port PORT            local port of the SuperNode's own ClientApp API on 127.0.0.1; default 9094
+#                          (give each SuperNode on one machine its own)
+#   --max-wait-time S      give up after S seconds without reaching the SuperLink; default 600
+#   --threads N            CPU threads of this hospital's training (OMP_NUM_THREADS); default: all cores.
+#                          Where several SuperNodes share a machine (a rehearsal), give each 1: busy
+#                          torch threads competing for cores made one training 20x slower here.
+#
+# Nothing listens for the outside world: the SuperNode dials out to the SuperLink over HTTPS.
+set -euo pipefail
+# Flower from the checkout's .venv (scripts/install.sh) when there is one, else from PATH.
+venv_bin="$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin"
+[[ -x "$venv_bin/flower-superlink" ]] && PATH="$venv_bin:$PATH"
+superlink="" ca="" key="" node_config="" port=9094 max_wait=600 threads=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --superlink) superlink="$2"; shift 2 ;;
+    --ca) ca="$2"; shift 2 ;;
+    --key) key="$2"; shift 2 ;;
+    --node-config) node_config="$2"; shift 2 ;;
+    --port) port="$2"; shift 2 ;;
+    --max-wait-time) max_wait="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "start_supernode.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+for name in superlink ca key node_config; do
+  [[ -n "${!name}" ]] || { echo "start_supernode.sh: --${name//_/-} is required (see --help)" >&2; exit 2; }
+done
+for file in "$ca" "$key"; do
+  [[ -f "$file" ]] || { echo "start_supernode.sh: $file not found (keys.py makes it; see README, Deployment)" >&2; exit 2; }
+done
+[[ -z "$threads" ]] || export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
+export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1
+exec flower-supernode --superlink "$superlink" --root-certificates "$ca" --auth-supernode-private-key "$key" \
+  --node-config "$node_config" --isolation subprocess --host 127.0.0.1 --port "$port" --max-wait-time "$max_wait"

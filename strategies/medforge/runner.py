@@ -1,0 +1,136 @@
+"""MedForge on a Flower Grid: hospitals train once and commit adapter + calibration set; the main
+branch merges each arrival (asynchronous progressive merging), then everyone at once (one-shot).
+
+Arrival order: `arrival` merges replies in the order they are pulled from the Grid (push/pull,
+no waiting for the slowest hospital); `configured` follows `strategy.arrival_order`; `random` is a
+permutation seeded by the experiment seed. Data-free merges of the same adapters (`baselines`)
+are added so one run compares MedForge with them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Sequence
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import Message, RecordDict
+from flwr.common import log
+from omegaconf import DictConfig, OmegaConf
+
+from fl_app.calibration import CalibrationSet, decode_calibration
+from fl_app.protocol import CONFIG, HOSPITAL, HospitalReply, instructions
+from strategies.medforge.branches import FusionBranch, MixtureBranch, lora_only, task_heads
+from strategies.medforge.scoring import CalibrationScorer
+from strategies.medforge.settings import search_settings
+from strategies.merging import merge_adapters, merge_weights
+from strategies.one_shot import screen
+from strategies.outcome import ModelVersion, StrategyOutcome
+from strategies.replies import RoundSink, collect_replies, require_enough
+
+def train_messages(experiment_json: str, strategy: DictConfig, nodes: Sequence[int]) -> list[Message]:
+    """One train message per node asking for an adapter and a calibration set."""
+    calibration = json.dumps(OmegaConf.to_container(strategy.calibration, resolve=True))
+    content = RecordDict({CONFIG: instructions(experiment_json, **{"server-round": 1, "calibration": calibration})})
+    return [Message(content=content, dst_node_id=node, message_type="train") for node in nodes]
+
+
+def arrival_order(hospital_ids: Sequence[int], strategy: DictConfig, seed: int) -> list[int]:
+    """The order in which delivered hospitals are merged (for `configured` and `random`)."""
+    if strategy.order == "random":
+        order = sorted(hospital_ids)
+        random.Random(seed).shuffle(order)
+        return order
+    configured = [int(h) for h in strategy.arrival_order or []]
+    missing = sorted(set(hospital_ids) - set(configured))
+    if missing:
+        log(WARNING, "strategy.arrival_order %s does not list hospital(s) %s; they arrive last, by id.", configured, missing)
+    return [h for h in configured if h in hospital_ids] + missing
+
+
+def ordered_replies(grid: Any, messages: list[Message], strategy: DictConfig, seed: int) -> Iterator[Message]:
+    """Replies in merge order: as pulled (`arrival`), or all collected then ordered; errors first."""
+    if strategy.order == "arrival":
+        yield from grid.replies_as_they_arrive(messages)
+        return
+    replies = grid.send_and_receive(messages)
+    failed = [r for r in replies if r.has_error() or HOSPITAL not in r.content]
+    good = {int(r.content[HOSPITAL]["hospital-id"]): r for r in replies if r not in failed}
+    yield from failed
+    yield from (good[h] for h in arrival_order(list(good), strategy, seed))
+
+
+def calibration_summary(hospital: HospitalReply, calibration: CalibrationSet) -> dict[str, Any]:
+    return {
+        "task": calibration.task,
+        "images": len(calibration.labels),
+        "init": calibration.init,
+        "privacy_risk": calibration.privacy_risk,
+        "matching_loss_before": calibration.loss_before,
+        "matching_loss_after": calibration.loss_after,
+        "seconds": calibration.seconds,
+    }
+
+
+def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink) -> StrategyOutcome:
+    """Train once, merge progressively and at once; versions: hospitals, v1..vN per method, one-shot, baselines."""
+    strategy, seed = cfg.strategy, int(cfg.seed)
+    scorer = CalibrationScorer(json.loads(experiment_json))
+    search = search_settings(strategy, seed)
+    branches = {"fusion": FusionBranch(scorer, search, str(strategy.level), str(strategy.form)), "mixture": MixtureBranch(scorer, search)}
+    branches = {name: branches[name] for name in strategy.methods}
+    delivered: list[HospitalReply] = []
+    failures: list[dict[str, Any]] = []
+    progressive: dict[str, list[ModelVersion]] = {name: [] for name in branches}
+    calibration: dict[str, Any] = {}
+    messages = train_messages(experiment_json, strategy, list(grid.get_node_ids()))
+    for reply in ordered_replies(grid, messages, strategy, seed):
+        hospitals, failed = collect_replies([reply], 1)
+        calibration_set = decode_calibration(reply.content) if hospitals else None
+        if hospitals and calibration_set is None:
+            failed = [{"node_id": reply.metadata.src_node_id, "hospital_id": hospitals[0].hospital_id, "round": 1, "phase": "train", "error": "the reply carries no calibration set"}]
+        if failed:
+            failures += failed
+            log(WARNING, "Hospital %s failed and is left out: %s", failed[0]["hospital_id"], failed[0]["error"])
+            continue
+        hospital = hospitals[0]
+        _, rejections = screen([*delivered, hospital], float(strategy.screen.norm_factor))
+        if rejected := [r for r in rejections if r["hospital_id"] == hospital.hospital_id]:
+            failures += rejected  # screened against the adapters merged so far; logged by `screen`
+            continue
+        scorer.add(hospital.hospital_id, calibration_set)
+        delivered.append(hospital)
+        calibration[str(hospital.hospital_id)] = calibration_summary(hospital, calibration_set)
+        if strategy.progressive:
+            for name, branch in branches.items():
+                progressive[name].append(branch.arrive(hospital, len(delivered)))
+            log(INFO, "Main branch v%d: hospital %d (%s) merged", len(delivered), hospital.hospital_id, hospital.task)
+    sink.record_round(1, sorted(delivered, key=lambda h: h.hospital_id), failures)
+    require_enough(delivered, failures, int(strategy.min_hospitals), 1)
+    by_id = sorted(delivered, key=lambda h: h.hospital_id)
+    heads = task_heads(by_id)
+    versions = [
+        ModelVersion(f"hospital-{h.hospital_id}", "hospital", {**lora_only(h.state), **heads}, h.lora_r, h.lora_alpha, {"hospital": h.hospital_id, "task": h.task})
+        for h in by_id
+    ]
+    for name in branches:
+        versions += progressive[name]
+    if strategy.one_shot:
+        versions += [branch.merge_all(by_id) for branch in branches.values()]
+    versions += baseline_versions(by_id, list(strategy.baselines or []))
+    if any(c["privacy_risk"] for c in calibration.values()):
+        log(WARNING, "Calibration sets were initialised from REAL images (strategy.calibration.init=real): they may contain recognisable patient images.")
+    details = {"rounds": 1, "order": [h.hospital_id for h in delivered], "order_mode": str(strategy.order), "calibration": calibration}
+    return StrategyOutcome(versions=versions, merge="medforge", details=details)
+
+
+def baseline_versions(hospitals: Sequence[HospitalReply], methods: Sequence[str]) -> list[ModelVersion]:
+    """Data-free merges of the same adapters (uniform weights), for comparison in the same run."""
+    versions = []
+    weights = merge_weights([h.n_train for h in hospitals], "uniform")
+    for method in methods:
+        merged = merge_adapters([h.state for h in hospitals], [h.lora_scale for h in hospitals], weights, [h.task for h in hospitals], method=method)
+        details = {"method": method, "label": method, "weights": {str(h.hospital_id): w for h, w in zip(hospitals, weights)}, "params": merged.params, "exact": merged.exact, "rank": merged.rank}
+        versions.append(ModelVersion(method, "merged", merged.state, merged.rank, merged.lora_alpha, details))
+    return versions

@@ -1,0 +1,92 @@
+"""A federation on loopback with TLS and SuperNode authentication, started the way the README's
+Deployment section says (scripts/deploy/), with every process owned by the test and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fl_app.simulation import flower_env, free_port, stop_process_group, wait_until_healthy
+from tests.conftest import REPO
+
+DEPLOY = REPO / "scripts" / "deploy"
+CONNECTION = "medforge-tls"
+
+
+class LoopbackFederation:
+    """Keys, one SuperLink and any number of SuperNodes under `root`; `close()` stops them all."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.keys = root / "keys"
+        self.port = free_port()
+        self.env = {**flower_env(root / "flwr-home"), "PYTHONPATH": str(REPO)}
+        self.processes: list[subprocess.Popen] = []
+
+    def run(self, *command: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([str(c) for c in command], env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+    def make_keys(self, hospitals: list[str]) -> None:
+        """CA, SuperLink certificate for 127.0.0.1, one key pair per hospital (scripts/deploy/keys.py)."""
+        for args in (["ca"], ["superlink", "--host", "127.0.0.1"], ["hospital", *hospitals]):
+            done = self.run(sys.executable, DEPLOY / "keys.py", "--out", self.keys, *args)
+            assert done.returncode == 0, done.stderr
+
+    def start(self, command: list[str | Path], log_name: str) -> subprocess.Popen:
+        """A process in its own session (so its children stop with it), logging to root/<log_name>."""
+        with open(self.root / log_name, "wb") as log:
+            process = subprocess.Popen([str(c) for c in command], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def start_superlink(self) -> None:
+        process = self.start([DEPLOY / "start_superlink.sh", "--keys", self.keys, "--host", "127.0.0.1", "--port", str(self.port), "--database", ":flwr-in-memory:"], "superlink.log")
+        tls = ssl.create_default_context(cafile=str(self.keys / "ca.pem"))
+        wait_until_healthy(process, f"https://127.0.0.1:{self.port}/health", 60, self.root / "superlink.log", verify=tls)
+        done = self.run(DEPLOY / "add_connection.sh", CONNECTION, f"127.0.0.1:{self.port}", self.keys / "ca.pem")
+        assert done.returncode == 0, done.stderr
+
+    def register(self, hospital: str) -> None:
+        done = self.run("flwr", "supernode", "register", self.keys / f"{hospital}.pub", CONNECTION)
+        assert done.returncode == 0 and "registered successfully" in done.stdout, done.stdout + done.stderr
+
+    def start_supernode(self, hospital: str, node_config: str, ca: bool = True, max_wait: int = 60) -> subprocess.Popen:
+        """A hospital's SuperNode via start_supernode.sh, or, with ca=False, flower-supernode without the CA."""
+        port = str(free_port())
+        if ca:
+            command = [DEPLOY / "start_supernode.sh", "--superlink", f"127.0.0.1:{self.port}", "--ca", self.keys / "ca.pem", "--key", self.keys / hospital,
+                       "--node-config", node_config, "--port", port, "--max-wait-time", str(max_wait), "--threads", "1"]
+        else:
+            command = ["flower-supernode", "--superlink", f"127.0.0.1:{self.port}", "--auth-supernode-private-key", self.keys / hospital,
+                       "--node-config", node_config, "--port", port, "--max-wait-time", str(max_wait)]
+        return self.start(command, f"supernode-{hospital}.log")
+
+    def online_nodes(self) -> int:
+        done = self.run("flwr", "supernode", "list", CONNECTION, "--format", "json")
+        listing = json.loads(done.stdout[done.stdout.index("{"):])
+        return sum(node["status"] == "online" for node in listing["nodes"])
+
+    def wait_online(self, count: int, timeout: float = 60) -> None:
+        """Until exactly `count` SuperNodes are online (polls the Control API; bounded by `timeout`)."""
+        deadline = time.time() + timeout
+        while (online := self.online_nodes()) != count:
+            assert time.time() < deadline, f"{online} SuperNodes online after {timeout:.0f} s, expected {count}; logs in {self.root}"
+            time.sleep(1.0)
+
+    def flwr_run(self, run_config: str, timeout: float = 400) -> subprocess.CompletedProcess:
+        return self.run("flwr", "run", REPO, CONNECTION, "--stream", "--run-config", run_config, timeout=timeout)
+
+    def log(self, name: str) -> str:
+        return (self.root / name).read_text(errors="replace")
+
+    def stop(self, process: subprocess.Popen) -> None:
+        stop_process_group(process)
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop_process_group(process)

@@ -1,0 +1,134 @@
+"""A real deployment on loopback: SuperLink with TLS and SuperNode authentication, one SuperNode
+per hospital reading its own data (two .npz files and one image folder), `flwr run` against it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from fl_app.data.demo_sites import write_demo_image_folder, write_demo_npz
+from fl_app.server.results import read_results
+from tests.conftest import TINY
+from tests.e2e.federation import LoopbackFederation
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")]
+
+SITES = {  # hospital key name -> (hospital id, task, data file or folder under the test's data folder)
+    "hospital-0": (0, "breastmnist", "breastmnist.npz"),
+    "hospital-1": (1, "pneumoniamnist", "pneumoniamnist.npz"),
+    "hospital-2": (2, "chest", "chest"),
+}
+CHEST_CLASSES = ["normal", "pneumonia"]
+
+
+def node_config(hospital_id: int, task: str, path) -> str:
+    return f'hospital-id={hospital_id} task="{task}" data-path="{path}"'
+
+
+def run_config(results_dir, *extra: str) -> str:
+    overrides = [*TINY, "train.local_epochs=1", f"+data.tasks.chest.classes=[{','.join(CHEST_CLASSES)}]", "strategy.min_hospitals=3", *extra]
+    return f"data='site' results-dir='{results_dir}' overrides='{' '.join(overrides)}'"
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """Keys for 5 hospitals (4 registered), the SuperLink and the 3 hospitals' SuperNodes, all online."""
+    root = tmp_path_factory.mktemp("deployment")
+    data = root / "sites"
+    write_demo_npz(data / "breastmnist.npz", "breastmnist", n_train=64, n_eval=32)
+    write_demo_npz(data / "pneumoniamnist.npz", "pneumoniamnist", n_train=64, n_eval=32)
+    write_demo_image_folder(data / "chest", CHEST_CLASSES, n_images=60)
+    fed = LoopbackFederation(root)
+    try:
+        fed.make_keys([*SITES, "hospital-3", "unregistered"])
+        fed.start_superlink()
+        for name, (hospital_id, task, path) in SITES.items():
+            fed.register(name)
+            fed.start_supernode(name, node_config(hospital_id, task, data / path))
+        fed.register("hospital-3")
+        fed.wait_online(3)
+        yield fed
+    finally:
+        fed.close()
+
+
+@pytest.fixture(scope="module")
+def one_shot_run(federation):
+    """One-shot merge with a 4th hospital whose data path is missing (it fails; the run goes on)."""
+    broken = federation.start_supernode("hospital-3", node_config(3, "breastmnist", federation.root / "no-such-file.npz"))
+    try:
+        federation.wait_online(4)
+        results_dir = federation.root / "one-shot"
+        done = federation.flwr_run(run_config(results_dir, "strategy=one_shot"))
+    finally:
+        federation.stop(broken)
+    federation.wait_online(3)
+    return read_results(results_dir), done
+
+
+def test_one_shot_merge_completes_over_tls_with_site_data(one_shot_run):
+    results, done = one_shot_run
+
+    assert results is not None and results["status"] == "completed", done.stdout[-3000:]
+    assert results["scenario"] == "site" and results["data_source"] == "mixed"
+    assert [(h["id"], h["task"], h["data_source"]) for h in results["hospitals"]] == [
+        (0, "breastmnist", "medmnist"), (1, "pneumoniamnist", "medmnist"), (2, "chest", "images")
+    ]
+    assert [v["name"] for v in results["versions"]] == ["hospital-0", "hospital-1", "hospital-2", "merged"]
+    assert set(results["versions"][-1]["per_task"]) == {"breastmnist", "pneumoniamnist", "chest"}
+    per_hospital = results["communication"]["per_hospital"]
+    assert all(per_hospital[h]["upload_bytes"] > 1000 for h in ("0", "1", "2"))
+    assert per_hospital["3"]["upload_bytes"] < 1000  # the failing hospital sent its error, no adapter
+
+
+def test_missing_data_path_is_reported_by_the_run(one_shot_run):
+    results, _ = one_shot_run
+
+    failures = [f for f in results["failures"] if f["hospital_id"] == 3]
+
+    assert {f["phase"] for f in failures} == {"train", "evaluate"}
+    assert all("no-such-file.npz does not exist at this site" in f["error"] for f in failures)
+
+
+def test_fedavg_two_rounds_completes(federation, one_shot_run):
+    results_dir = federation.root / "fedavg"
+
+    done = federation.flwr_run(run_config(results_dir, "strategy=fedavg", "strategy.rounds=2"))
+
+    results = read_results(results_dir)
+    assert results is not None and results["status"] == "completed", done.stdout[-3000:]
+    assert [v["name"] for v in results["versions"]] == ["fedavg-round-1", "fedavg-round-2"]
+    assert results["communication"]["rounds"] == 2 and results["failures"] == []
+
+
+def test_unregistered_key_is_refused(federation):
+    node = federation.start_supernode("unregistered", node_config(9, "breastmnist", "/nowhere.npz"), max_wait=15)
+
+    code = node.wait(timeout=90)
+
+    assert code != 0
+    assert "Failed to activate SuperNode" in federation.log("supernode-unregistered.log")
+
+
+def test_supernode_without_the_ca_certificate_cannot_connect(federation):
+    node = federation.start_supernode("hospital-3", node_config(3, "breastmnist", "/nowhere.npz"), ca=False, max_wait=15)
+
+    code = node.wait(timeout=90)
+
+    assert code != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in federation.log("supernode-hospital-3.log")
+
+
+def test_medforge_progressive_completes_with_an_image_folder_task(federation, one_shot_run):
+    results_dir = federation.root / "medforge"
+    small = ["strategy=medforge", "strategy.methods=[fusion]", "strategy.baselines=[]", "strategy.search.budget=4",
+             "strategy.calibration.ipc=2", "strategy.calibration.iterations=3"]
+
+    done = federation.flwr_run(run_config(results_dir, *small))
+
+    results = read_results(results_dir)
+    assert results is not None and results["status"] == "completed", done.stdout[-3000:]
+    assert {h["task"] for h in results["hospitals"]} == {"breastmnist", "pneumoniamnist", "chest"}
+    assert any(v["kind"] != "hospital" for v in results["versions"]) and results["failures"] == []
