@@ -61,7 +61,7 @@ def ordered_replies(grid: Any, messages: list[Message], strategy: DictConfig, se
     yield from (good[h] for h in arrival_order(list(good), strategy, seed))
 
 
-def calibration_summary(hospital: HospitalReply, calibration: CalibrationSet) -> dict[str, Any]:
+def calibration_summary(calibration: CalibrationSet) -> dict[str, Any]:
     return {
         "task": calibration.task,
         "images": len(calibration.labels),
@@ -101,7 +101,7 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
             continue
         scorer.add(hospital.hospital_id, calibration_set)
         delivered.append(hospital)
-        calibration[str(hospital.hospital_id)] = calibration_summary(hospital, calibration_set)
+        calibration[str(hospital.hospital_id)] = calibration_summary(calibration_set)
         if strategy.progressive:
             for name, branch in branches.items():
                 progressive[name].append(branch.arrive(hospital, len(delivered)))

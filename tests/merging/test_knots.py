@@ -5,19 +5,7 @@ import torch
 
 from strategies.merging.knots import knots, shared_basis
 from strategies.merging.lowrank import LoraFactors, task_arithmetic
-
-
-def random_adapter(d_out, d_in, r, scale, seed) -> LoraFactors:
-    g = torch.Generator().manual_seed(seed)
-    return LoraFactors(
-        A=torch.randn(r, d_in, generator=g, dtype=torch.float64),
-        B=torch.randn(d_out, r, generator=g, dtype=torch.float64),
-        scale=scale,
-    )
-
-
-def rel(x, y) -> float:
-    return (torch.linalg.norm(x.double() - y.double()) / torch.linalg.norm(y.double())).item()
+from tests.merging.factories import random_adapter, rel
 
 
 MIXED = [(2, 2.0, 0), (3, 0.5, 1), (5, 1.0, 2)]

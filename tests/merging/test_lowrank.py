@@ -19,23 +19,13 @@ from strategies.merging.lowrank import (
     task_arithmetic,
     truncation_error,
 )
+from tests.merging.factories import random_adapter, rel
 
 SMALL = settings(max_examples=25, deadline=None)
 
 
-def random_adapter(d_out: int, d_in: int, r: int, scale: float, seed: int, dtype=torch.float64) -> LoraFactors:
-    g = torch.Generator().manual_seed(seed)
-    return LoraFactors(
-        A=torch.randn(r, d_in, generator=g, dtype=dtype), B=torch.randn(d_out, r, generator=g, dtype=dtype), scale=scale
-    )
-
-
 def naive_sum(adapters, weights, scale=1.0) -> torch.Tensor:
     return scale * sum(w * a.scale * (a.B.double() @ a.A.double()) for a, w in zip(adapters, weights))
-
-
-def rel(x: torch.Tensor, y: torch.Tensor) -> float:
-    return (torch.linalg.norm(x.double() - y.double()) / torch.linalg.norm(y.double())).item()
 
 
 def orthonormal(n: int, k: int, seed: int) -> torch.Tensor:

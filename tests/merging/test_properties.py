@@ -6,22 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strategies.merging import MERGE_METHODS, get_merge_method
-from strategies.merging.lowrank import LoraFactors
+from tests.merging.factories import random_adapter
 
 SMALL = settings(max_examples=12, deadline=None)
 ALL = sorted(MERGE_METHODS)
 # DARE draws its masks in hospital order, so permuting hospitals permutes the masks
 DETERMINISTIC = [name for name in ALL if "dare" not in name]
 SAME_RANK_ONLY = {"fedit", "linear"}
-
-
-def random_adapter(d_out, d_in, r, scale, seed) -> LoraFactors:
-    g = torch.Generator().manual_seed(seed)
-    return LoraFactors(
-        A=torch.randn(r, d_in, generator=g, dtype=torch.float64),
-        B=torch.randn(d_out, r, generator=g, dtype=torch.float64),
-        scale=scale,
-    )
 
 
 def merge(name, adapters, weights, scale=1.0, rank=None, **params):
@@ -37,6 +28,13 @@ def naive_sum(adapters, weights, scale=1.0):
 
 def close(x, y, tol=1e-8):
     torch.testing.assert_close(x, y, rtol=tol, atol=tol * max(1.0, torch.linalg.norm(y).item()))
+
+
+def hospital_adapters(name, specs, first_seed):
+    """(5 x 6) adapters of the given (rank, scale) specs; one rank (the first) for methods that need it."""
+    if name in SAME_RANK_ONLY:
+        specs = [(specs[0][0], s) for _, s in specs]
+    return [random_adapter(5, 6, r, s, seed=first_seed + i) for i, (r, s) in enumerate(specs)]
 
 
 adapter_specs = st.lists(st.tuples(st.integers(1, 4), st.floats(0.25, 4.0)), min_size=1, max_size=4)
@@ -62,9 +60,7 @@ def test_one_adapter_merges_to_itself(name, d_out, d_in, r, s, seed):
 @pytest.mark.parametrize("name", ALL)
 def test_negating_the_weights_negates_the_merge(name, specs, data):
     # Prepare: weight -1 on one adapter, or all weights negated
-    if name in SAME_RANK_ONLY:
-        specs = [(specs[0][0], s) for _, s in specs]
-    adapters = [random_adapter(5, 6, r, s, seed=i) for i, (r, s) in enumerate(specs)]
+    adapters = hospital_adapters(name, specs, first_seed=0)
     weights = data.draw(st.lists(st.floats(0.1, 2.0), min_size=len(specs), max_size=len(specs)))
 
     # Execute
@@ -80,9 +76,7 @@ def test_negating_the_weights_negates_the_merge(name, specs, data):
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_the_order_of_hospitals_does_not_matter(name, specs, data):
     # Prepare
-    if name in SAME_RANK_ONLY:
-        specs = [(specs[0][0], s) for _, s in specs]
-    adapters = [random_adapter(5, 6, r, s, seed=10 + i) for i, (r, s) in enumerate(specs)]
+    adapters = hospital_adapters(name, specs, first_seed=10)
     weights = data.draw(st.lists(st.floats(-2.0, 2.0).filter(lambda w: abs(w) > 0.05), min_size=len(specs), max_size=len(specs)))
     order = data.draw(st.permutations(range(len(specs))))
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from strategies.merging.lowrank import LoraFactors, task_arithmetic
+from strategies.merging.lowrank import task_arithmetic
 from strategies.merging.sparsify import (
     PIPELINES,
     combine,
@@ -13,17 +13,7 @@ from strategies.merging.sparsify import (
     random_prune,
     sparse_task_arithmetic,
 )
-
-
-def random_adapter(d_out, d_in, r, scale, seed, dtype=torch.float64) -> LoraFactors:
-    g = torch.Generator().manual_seed(seed)
-    return LoraFactors(
-        A=torch.randn(r, d_in, generator=g, dtype=dtype), B=torch.randn(d_out, r, generator=g, dtype=dtype), scale=scale
-    )
-
-
-def rel(x, y) -> float:
-    return (torch.linalg.norm(x.double() - y.double()) / torch.linalg.norm(y.double())).item()
+from tests.merging.factories import random_adapter, rel
 
 
 # pieces
