@@ -23,9 +23,9 @@ from fl_app.data.worker_cache import DEFAULT_DATA_CACHE, cached_hospital_data
 from fl_app.model.adapter import arrayrecord_to_state, state_to_arrayrecord
 from fl_app.model.backbone import backbone_image_size, pooled_features
 from fl_app.model.lora import HospitalModel, hospital_model
+from fl_app.model.mixture import mixture_probabilities
 from fl_app.pooled_auc import score_histograms, sparse_histograms
 from fl_app.protocol import ARRAYS, CONFIG, HOSPITAL, METRICS, VERSION_PREFIX, hospital_record, read_experiment
-from strategies.medforge.mixture import mixture_probabilities
 from fl_app.training import TrainSettings, medmnist_metrics, model_pixels, pick_device, predict_scores, train_adapter
 
 

@@ -3,21 +3,28 @@
 - `one_shot` (strategies/one_shot.py): one round, one merge (merge math in strategies/merging/).
 - `fedavg`   (strategies/fedavg.py): Flower's FedAvg over the adapters, the baseline.
 - `medforge` (strategies/medforge/): MedForge-Fusion and -Mixture, progressive and one-shot.
+
+Runners are imported when asked for by name, so `import strategies.merging` (pure torch math)
+loads neither Flower's strategies nor nevergrad.
 """
 
-from strategies.fedavg import run_fedavg
-from strategies.medforge import run_medforge
-from strategies.one_shot import run_one_shot
+from __future__ import annotations
 
-STRATEGIES = {
-    "one_shot": run_one_shot,
-    "fedavg": run_fedavg,
-    "medforge": run_medforge,
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+# strategy name -> "module:runner"
+STRATEGIES: dict[str, str] = {
+    "one_shot": "strategies.one_shot:run_one_shot",
+    "fedavg": "strategies.fedavg:run_fedavg",
+    "medforge": "strategies.medforge.runner:run_medforge",
 }
 
 
-def get_strategy(name: str):
-    """The runner of strategy `name`, or a ValueError listing the choices."""
+def get_strategy(name: str) -> Callable[..., Any]:
+    """The runner of strategy `name` (imported now), or a ValueError listing the choices."""
     if name not in STRATEGIES:
         raise ValueError(f"strategy={name!r} is not valid; choose one of {sorted(STRATEGIES)}.")
-    return STRATEGIES[name]
+    module, _, runner = STRATEGIES[name].partition(":")
+    return getattr(importlib.import_module(module), runner)

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from fl_app.model.mixture import mixture_loss, mixture_scores
 from fl_app.protocol import HospitalReply
 from strategies.medforge.fusion import FusionForm, FusionLevel, coefficients_per_module, fuse, n_coefficients
-from strategies.medforge.mixture import mixture_loss, mixture_scores
 from strategies.medforge.scoring import CalibrationScorer
 from strategies.medforge.search import SearchResult, SearchSettings, search_coefficients
 from strategies.merging import LoraFactors, average_tensors, split_heads, split_lora_modules

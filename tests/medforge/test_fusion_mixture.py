@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from strategies.medforge.fusion import coefficients_per_module, fuse
-from strategies.medforge.mixture import mixture_loss, mixture_probabilities, mixture_scores
+from fl_app.model.mixture import mixture_loss, mixture_probabilities, mixture_scores
 from strategies.medforge.search import SearchSettings, search_coefficients
 from strategies.merging import LoraFactors, split_lora_modules
 
