@@ -14,8 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from strategies.merging.lowrank import LoraFactors, ModuleMerge, average_tensors
+from strategies.merging.lowrank import LoraFactors, ModuleMerge
+from strategies.merging.registry import MERGE_METHODS, get_merge_method
 from strategies.merging.sparsify import as_generator
+from strategies.merging.weights import average_tensors
 
 LORA_A_SUFFIX = ".lora_A.weight"
 LORA_B_SUFFIX = ".lora_B.weight"
@@ -223,8 +225,6 @@ def _resolve_method(
     method: str | ModuleMerge, params: Mapping[str, Any] | None
 ) -> tuple[ModuleMerge, str, dict[str, Any], bool]:
     """The function to call per module, its name, its keyword arguments, and whether it is exact."""
-    from strategies.merging import MERGE_METHODS, get_merge_method  # lazy: the registry imports this module
-
     if isinstance(method, str):
         registered = get_merge_method(method)
     else:  # a registered function passed directly is that method; any other function is trusted as exact

@@ -12,7 +12,8 @@ from strategies.merging.adapters import (
     split_heads,
     split_lora_modules,
 )
-from strategies.merging.lowrank import LoraFactors, merge_weights, task_arithmetic
+from strategies.merging.lowrank import LoraFactors, task_arithmetic
+from strategies.merging.weights import merge_weights
 
 TASKS = ("breastmnist", "pneumonia", "dermamnist")
 TARGETS = ("q_proj", "v_proj")

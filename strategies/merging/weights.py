@@ -1,0 +1,69 @@
+"""Merge weights: one weight per hospital (uniform, by training examples, or given), and the
+weighted average of tensors that are averaged rather than merged (classification heads)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+WeightScheme = Literal["uniform", "num_examples"]
+WEIGHT_SCHEMES: tuple[str, ...] = get_args(WeightScheme)
+
+
+def merge_weights(num_examples: Sequence[int], scheme: WeightScheme) -> list[float]:
+    """Per-hospital merge weights summing to 1: equal, or proportional to local training examples."""
+    if scheme not in WEIGHT_SCHEMES:
+        raise ValueError(f"unknown weight scheme {scheme!r}; choose one of {list(WEIGHT_SCHEMES)}")
+    if len(num_examples) == 0:
+        raise ValueError("merge_weights needs at least one hospital, got an empty list")
+    for i, n in enumerate(num_examples):
+        if n < 0:
+            raise ValueError(f"hospital {i} reports num_examples={n}; counts must be >= 0")
+    if scheme == "uniform":
+        return [1.0 / len(num_examples)] * len(num_examples)
+    total = sum(num_examples)
+    if total <= 0:
+        raise ValueError(
+            f"scheme 'num_examples' needs a positive total, got {total} from {list(num_examples)}; "
+            f"use scheme 'uniform' or report the hospitals' example counts"
+        )
+    return [n / total for n in num_examples]
+
+
+def explicit_weights(hospital_ids: Sequence[int], weights: Mapping[int | str, float]) -> list[float]:
+    """Per-hospital merge weights given by hospital id (config keys may be strings); not renormalised."""
+    by_id = {str(k): v for k, v in weights.items()}
+    missing = [h for h in hospital_ids if str(h) not in by_id]
+    if missing:
+        raise ValueError(
+            f"explicit merge weights name hospitals {sorted(by_id)} but hospitals {missing} have none; "
+            f"give every merged hospital a weight"
+        )
+    chosen = [float(by_id[str(h)]) for h in hospital_ids]
+    for h, w in zip(hospital_ids, chosen):
+        if not math.isfinite(w):
+            raise ValueError(f"explicit merge weight of hospital {h} must be finite, got {w}")
+    return chosen
+
+
+def average_tensors(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Weighted mean, weights renormalised to sum 1 (classification heads)."""
+    if len(tensors) == 0:
+        raise ValueError("average_tensors needs at least one tensor, got an empty list")
+    if len(weights) != len(tensors):
+        raise ValueError(f"got {len(weights)} weights for {len(tensors)} tensors; pass one weight per tensor")
+    for i, t in enumerate(tensors[1:], start=1):
+        if t.shape != tensors[0].shape:
+            raise ValueError(f"tensor {i} has shape {tuple(t.shape)} but tensor 0 has {tuple(tensors[0].shape)}")
+    for i, w in enumerate(weights):
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"weight {i} must be finite and >= 0, got {w}")
+    total = math.fsum(weights)
+    if total <= 0:
+        raise ValueError(f"weights must have a positive sum to average, got {list(weights)}")
+    mean = sum((w / total) * t.to(torch.float64) for t, w in zip(tensors, weights))
+    return mean.to(tensors[0].dtype)
