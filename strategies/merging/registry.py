@@ -1,13 +1,14 @@
 """The merge methods by name: each one's function, paper, exactness and parameters.
 
-Adding a method = one new module with a `ModuleMerge` function + one entry in `_METHODS` below,
-declaring its parameters with their defaults. Related methods are one function configured by
+Adding a method = one new module with a `ModuleMerge` function + one entry in `_METHODS` below;
+its parameters and their defaults are read from the function's keyword-only parameters. Related methods are one function configured by
 `bound` parameters (TIES, DARE and magnitude pruning are `sparse_task_arithmetic` pipelines).
 PEFT's `add_weighted_adapter` names (linear, cat, svd, ties_svd, ...) are aliases of the same entries.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,6 +17,24 @@ from strategies.merging.fedit import fedit
 from strategies.merging.knots import knots
 from strategies.merging.lowrank import ModuleMerge, task_arithmetic
 from strategies.merging.sparsify import PIPELINES, sparse_task_arithmetic
+
+
+def signature_params(fn: ModuleMerge, bound: Mapping[str, Any], defaults: Mapping[str, Any], unused: frozenset[str]) -> dict[str, Any]:
+    """The settable parameters of `fn` and their defaults, read from its keyword-only parameters.
+
+    `bound` and `unused` ones are left out; `defaults` supplies a default the signature leaves to
+    the caller (a pipeline's density). A default therefore lives in one place: the function, or
+    the table that configures it.
+    """
+    params = {}
+    for parameter in inspect.signature(fn).parameters.values():
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY or parameter.name in bound or parameter.name in unused:
+            continue
+        default = defaults.get(parameter.name, parameter.default)
+        if default is inspect.Parameter.empty:
+            raise TypeError(f"merge function {fn.__name__} has no default for {parameter.name!r}; give one in its signature or in `defaults`")
+        params[parameter.name] = default
+    return params
 
 
 @dataclass(frozen=True)
@@ -27,8 +46,14 @@ class MergeMethod:
     paper: str
     exact: bool  # at rank None the merged ΔW is exactly the ΔW the method defines (fedit: not the weighted sum)
     description: str
-    params: Mapping[str, Any] = field(default_factory=dict)  # settable parameters and their defaults
     bound: Mapping[str, Any] = field(default_factory=dict)  # fixed parameters that make `fn` this method
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # defaults the signature leaves to the caller
+    unused: frozenset[str] = frozenset()  # keyword parameters of `fn` this method ignores
+    # settable parameters and their defaults: read from `fn`'s signature
+    params: Mapping[str, Any] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", signature_params(self.fn, self.bound, self.defaults, self.unused))
 
     def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Keyword arguments for `fn`: the defaults overridden by `params`, plus the bound ones."""
@@ -40,15 +65,16 @@ class MergeMethod:
         return {**self.params, **given, **self.bound}
 
 
-SIGN_PARAMS = {"majority_sign_method": "total", "normalize": "weights"}
+SIGN_PARAMS = frozenset({"majority_sign_method", "normalize"})
 
 
-def _sparse(name: str, density: float, description: str, *, sign: bool = False, seed: bool = False) -> MergeMethod:
-    """A `sparse_task_arithmetic` pipeline: density always, sign election and seed where it uses them."""
-    params: dict[str, Any] = {"density": density}
-    params |= SIGN_PARAMS if sign else {}
-    params |= {"seed": 0} if seed else {}
-    return MergeMethod(name, sparse_task_arithmetic, PIPELINES[name].paper, True, description, params, {"pipeline": name})
+def _sparse(name: str, description: str) -> MergeMethod:
+    """A `sparse_task_arithmetic` pipeline: its density default, sign election and seed where it uses them."""
+    pipeline = PIPELINES[name]
+    unused = (frozenset() if pipeline.consensus == "sign" else SIGN_PARAMS) | (frozenset() if pipeline.sparsify == "random" else {"seed"})
+    return MergeMethod(
+        name, sparse_task_arithmetic, pipeline.paper, True, description, bound={"pipeline": name}, defaults={"density": pipeline.density}, unused=unused
+    )
 
 
 _METHODS = [
@@ -67,31 +93,21 @@ _METHODS = [
         exact=True,
         description="Weighted sum of the hospitals' ΔW = s·B·A from the factors; form 'svd' re-factors it "
         "by truncated SVD (QR + small SVD), form 'cat' concatenates the factors (rank Σ r_i).",
-        params={"form": "svd"},
     ),
-    # densities: TIES keeps the top 20% (the paper's k = 20); DARE keeps half
     _sparse(
         "ties",
-        0.2,
         "TIES on ΔW: trim each ΔW_i to its top `density` entries, elect sign, disjoint mean; SVD re-factored.",
-        sign=True,
     ),
     _sparse(
         "dare_linear",
-        0.5,
         "DARE on ΔW: drop entries with probability 1 - density (seeded), rescale by 1/density, weighted sum.",
-        seed=True,
     ),
     _sparse(
         "dare_ties",
-        0.5,
         "DARE drop and rescale, then TIES sign election and disjoint mean, on ΔW; SVD re-factored.",
-        sign=True,
-        seed=True,
     ),
     _sparse(
         "magnitude_prune",
-        0.2,
         "Trim each ΔW_i to its top `density` entries by magnitude, weighted sum; SVD re-factored.",
     ),
     MergeMethod(
@@ -101,7 +117,6 @@ _METHODS = [
         exact=True,
         description="KnOTS: align the ΔW_i in the SVD basis of [ΔW_1 ... ΔW_N], merge the coefficients with "
         "`inner` (ties, dare_ties, linear, ...), re-factor; from the factors.",
-        params={"inner": "ties", "density": 0.2, "seed": 0, **SIGN_PARAMS},
     ),
 ]
 MERGE_METHODS: dict[str, MergeMethod] = {m.name: m for m in _METHODS}
@@ -126,7 +141,6 @@ def _peft_alias(alias: str, target: str, bound: Mapping[str, Any], note: str) ->
         method,
         name=alias,
         description=" ".join(filter(None, [f"PEFT's {alias!r}: {using}.", note, method.description])),
-        params={k: v for k, v in method.params.items() if k not in bound},
         bound={**method.bound, **bound},
     )
 

@@ -40,17 +40,19 @@ class Pipeline:
     sparsify: Sparsify
     consensus: Consensus
     paper: str
+    density: float = 1.0  # the method's default fraction of entries kept
 
 
 TIES_PAPER = "https://arxiv.org/abs/2306.01708"  # Yadav et al. 2023, TIES-Merging
 DARE_PAPER = "https://arxiv.org/abs/2311.03099"  # Yu et al. 2024, Language Models are Super Mario (DARE)
 
+# densities: TIES keeps the top 20% (the paper's k = 20); DARE keeps half
 PIPELINES: dict[str, Pipeline] = {
     "linear": Pipeline("none", "none", "https://arxiv.org/abs/2212.04089"),
-    "ties": Pipeline("magnitude", "sign", TIES_PAPER),
-    "dare_linear": Pipeline("random", "none", DARE_PAPER),
-    "dare_ties": Pipeline("random", "sign", DARE_PAPER),
-    "magnitude_prune": Pipeline("magnitude", "none", TIES_PAPER),  # TIES' trim step alone (PEFT's name)
+    "ties": Pipeline("magnitude", "sign", TIES_PAPER, density=0.2),
+    "dare_linear": Pipeline("random", "none", DARE_PAPER, density=0.5),
+    "dare_ties": Pipeline("random", "sign", DARE_PAPER, density=0.5),
+    "magnitude_prune": Pipeline("magnitude", "none", TIES_PAPER, density=0.2),  # TIES' trim step alone (PEFT's name)
 }
 
 

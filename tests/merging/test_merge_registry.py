@@ -1,22 +1,24 @@
 """Merge method registry: names, declared parameters, and every method end to end on PEFT states."""
 
-import pathlib
+import inspect
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-import strategies.merging as merging
 from strategies.merging import (
     MERGE_METHODS,
     PEFT_NAMES,
+    MergeMethod,
     fedit,
     get_merge_method,
+    knots,
     merge_adapters,
     sparse_task_arithmetic,
     task_arithmetic,
 )
+from strategies.merging.sparsify import PIPELINES
 
 PEFT_COMBINATION_TYPES = ["linear", "cat", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd"]
 METHODS = ["fedit", "task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune", "knots"]
@@ -67,6 +69,23 @@ def test_declared_parameters(name, params, bound):
     assert method.resolve() == params | bound
 
 
+def test_parameters_and_defaults_are_read_from_the_function_signature():
+    # one home for a default: knots' signature (the registry declares none of its own)
+    signature = inspect.signature(knots).parameters
+    declared = {name: p.default for name, p in signature.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert get_merge_method("knots").params == declared
+    # a pipeline's density default lives in its PIPELINES entry
+    assert get_merge_method("dare_ties").params["density"] == PIPELINES["dare_ties"].density
+
+
+def test_a_parameter_without_a_default_is_refused_at_registration():
+    def needs_density(adapters, weights, scale=1.0, rank=None, *, density):
+        return task_arithmetic(adapters, weights, scale, rank)
+
+    with pytest.raises(TypeError, match=r"needs_density has no default for 'density'"):
+        MergeMethod("needs_density", needs_density, "https://arxiv.org/abs/0000.00000", True, "a test method")
+
+
 def test_resolve_overrides_defaults_and_rejects_unknown_parameters():
     ties = get_merge_method("ties")
     assert ties.resolve({"density": 0.7})["density"] == 0.7
@@ -110,11 +129,6 @@ def test_a_registered_function_passed_directly_is_that_method():
     state = {"m.lora_A.weight": torch.ones(2, 3), "m.lora_B.weight": torch.ones(2, 2)}
     merged = merge_adapters([state, state], [1.0, 1.0], [0.5, 0.5], ["t", "t"], method=fedit)
     assert merged.method == "fedit" and not merged.exact and merged.relative_error == 0.0
-
-
-def test_package_has_no_flower_imports():
-    sources = pathlib.Path(merging.__file__).parent.glob("*.py")
-    assert not [p.name for p in sources if "flwr" in p.read_text()]
 
 
 # every registered method on real PEFT adapters, loaded back into PEFT
