@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fl_app.adapter_keys import head_state, lora_state
 from fl_app.calibration import CalibrationSet, DistillSettings, calibration_records, distill_calibration_set
 from fl_app.data import HospitalData, experiment_tasks, load_site, site_config
 from fl_app.data.worker_cache import DEFAULT_DATA_CACHE, cached_hospital_data
@@ -118,8 +119,8 @@ class Hospital:
             if "mixture" in meta:
                 parts = []
                 for component, coefficient in meta["mixture"].items():
-                    lora = {k: v for k, v in states[component].items() if ".lora_" in k}
-                    parts.append((coefficient, *self._cached_scores(cache, component, {**lora, **states[version]}, versions[component])))
+                    state = {**lora_state(states[component]), **states[version]}
+                    parts.append((coefficient, *self._cached_scores(cache, component, state, versions[component])))
                 scores = mixture_probabilities([torch.from_numpy(p) for _, p, _ in parts], [c for c, _, _ in parts]).numpy()
                 seconds, passes = sum(t for _, _, t in parts), len(parts)
             else:
@@ -138,7 +139,7 @@ class Hospital:
 
     def _cached_scores(self, cache, name: str, state: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> tuple[np.ndarray, float]:
         """Test scores of `state` and the seconds its forward pass took; computed once per (LoRA, head)."""
-        head = b"".join(t.numpy().tobytes() for k, t in sorted(state.items()) if f"heads.{self.task}." in k)
+        head = b"".join(t.numpy().tobytes() for _, t in sorted(head_state(state, [self.task]).items()))
         key = (name, hashlib.sha1(head).hexdigest())
         if key not in cache:
             started = time.perf_counter()

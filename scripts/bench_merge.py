@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict  # noqa: E402
 
+from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX, lora_module  # noqa: E402
 from strategies.merging import merge_adapters  # noqa: E402
 
 LAYERS, HIDDEN, RANK, ALPHA = 12, 768, 16, 32
@@ -139,8 +140,8 @@ def run_project(case: Case, states, weights, rank):
 
 
 def project_deltas(result) -> dict[str, torch.Tensor]:
-    modules = {k[: -len(".lora_A.weight")] for k in result.state if k.endswith(".lora_A.weight")}
-    return {m[len(PREFIX) :]: result.state[m + ".lora_B.weight"] @ result.state[m + ".lora_A.weight"] for m in sorted(modules)}
+    modules = {lora_module(k) for k in result.state if k.endswith(LORA_A_SUFFIX)}
+    return {m[len(PREFIX) :]: result.state[m + LORA_B_SUFFIX] @ result.state[m + LORA_A_SUFFIX] for m in sorted(modules)}
 
 
 class PeftMerge:
@@ -194,13 +195,13 @@ class PeftMerge:
 def reference_deltas(case: Case, states, weights, rank, seed: int) -> dict[str, torch.Tensor]:
     """The method's ΔW per module in float64; discrete decisions (top-k, masks, signs) on float32 ΔW_i as PEFT forms them."""
     s = ALPHA / RANK
-    modules = [k[: -len(".lora_A.weight")] for k in states[0] if k.endswith(".lora_A.weight")]  # state order, as the masks are drawn
+    modules = [lora_module(k) for k in states[0] if k.endswith(LORA_A_SUFFIX)]  # state order, as the masks are drawn
     generator = torch.Generator().manual_seed(seed)
     w = torch.tensor(weights, dtype=torch.float64)[:, None, None]
     out = {}
     for m in modules:
-        A = [st[m + ".lora_A.weight"] for st in states]
-        B = [st[m + ".lora_B.weight"] for st in states]
+        A = [st[m + LORA_A_SUFFIX] for st in states]
+        B = [st[m + LORA_B_SUFFIX] for st in states]
         if case.method == "fedit":
             Bm = sum(wi * math.sqrt(s) * b.double() for wi, b in zip(weights, B))
             Am = sum(wi * math.sqrt(s) * a.double() for wi, a in zip(weights, A))

@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import FedAvg
 from logging import INFO, WARNING
 from omegaconf import DictConfig
 
+from fl_app.adapter_keys import non_lora_state
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import HospitalReply, instructions
 from strategies.merging import merge_adapters, merge_weights, screen_adapters
@@ -105,7 +106,7 @@ def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
 
 def one_shot_versions(hospitals: list[HospitalReply], weights: list[float], merged, cfg: DictConfig) -> list[ModelVersion]:
     """Each hospital's own adapter (heads of other tasks from the merge) and the merged adapter."""
-    merged_heads = {k: v for k, v in merged.state.items() if ".lora_" not in k}
+    merged_heads = non_lora_state(merged.state)
     versions = [
         ModelVersion(
             name=f"hospital-{h.hospital_id}",

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from fl_app.adapter_keys import state_tasks
+
 
 @dataclass
 class ModelVersion:
@@ -24,7 +26,7 @@ class ModelVersion:
     @property
     def tasks(self) -> list[str]:
         """Tasks whose head this version carries (the tasks it can be scored on)."""
-        return sorted({k.split("heads.")[-1].split(".")[0] for k in self.state if "heads." in k})
+        return state_tasks(self.state)
 
 
 @dataclass

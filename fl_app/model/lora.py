@@ -17,6 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from fl_app.adapter_keys import adapter_state, head_task_of, is_lora_key
 from fl_app.model.backbone import build_backbone
 from fl_app.model.classifier import MedForgeClassifier, head_module_names
 
@@ -115,12 +116,7 @@ class HospitalModel:
     def adapter_state(self, name: str, tasks: Sequence[str]) -> dict[str, torch.Tensor]:
         """LoRA tensors plus the heads of `tasks`: what a hospital sends."""
         state = get_peft_model_state_dict(self.peft, adapter_name=name)
-        keep_heads = {f"heads.{task}." for task in tasks}
-        return {
-            key: tensor.detach().clone()
-            for key, tensor in state.items()
-            if is_lora_key(key) or any(marker in key for marker in keep_heads)
-        }
+        return {key: tensor.detach().clone() for key, tensor in adapter_state(state, tasks).items()}
 
     def load_adapter_state(self, name: str, state: Mapping[str, torch.Tensor], tasks: str | Sequence[str]) -> None:
         """Load LoRA + the heads of `tasks` strictly: missing, extra or misshapen tensors raise."""
@@ -128,7 +124,7 @@ class HospitalModel:
         expected = get_peft_model_state_dict(self.peft, adapter_name=name)
 
         def wanted_key(key: str) -> bool:
-            return is_lora_key(key) or any(f"heads.{task}." in key for task in tasks)
+            return is_lora_key(key) or head_task_of(key) in tasks
 
         wanted = {k for k in expected if wanted_key(k)}
         offered = {k for k in state if wanted_key(k)}
@@ -141,11 +137,6 @@ class HospitalModel:
                 )
         # PEFT restores every head it wraps; other tasks' heads keep their current values.
         set_peft_model_state_dict(self.peft, {**expected, **{k: state[k] for k in wanted}}, adapter_name=name)
-
-
-def is_lora_key(key: str) -> bool:
-    """True for LoRA factor tensors (`...lora_A.weight` / `...lora_B.weight`)."""
-    return ".lora_A." in key or ".lora_B." in key
 
 
 def check_same_keys(expected: set[str], offered: set[str], what: str) -> None:

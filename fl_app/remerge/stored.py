@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
-from fl_app.model.lora import is_lora_key
+from fl_app.adapter_keys import adapter_state
 from fl_app.server.results import RESULTS_FILE
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -54,7 +54,7 @@ class StoredRun:
 
 def _own_state(state: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
     """LoRA + the head of `task`: what the hospital sent (its saved version also carries merged heads of other tasks)."""
-    return {k: v for k, v in state.items() if is_lora_key(k) or f"heads.{task}." in k}
+    return adapter_state(state, [task])
 
 
 def load_stored_run(folder: Path) -> StoredRun:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from fl_app.adapter_keys import lora_state
 from fl_app.model.adapter import save_adapter
 from fl_app.model.backbone import build_backbone
 from fl_app.model.lora import linear_module_names, lora_config
@@ -33,8 +34,7 @@ def save_mixture(path: Path, cfg: DictConfig, version: ModelVersion, by_name: Ma
     loads it back with PEFT."""
     components = {}
     for name, coefficient in version.mixture.items():
-        lora = {k: v for k, v in by_name[name].state.items() if ".lora_" in k}
-        component = ModelVersion(name, "component", {**lora, **version.state}, by_name[name].r, by_name[name].alpha)
+        component = ModelVersion(name, "component", {**lora_state(by_name[name].state), **version.state}, by_name[name].r, by_name[name].alpha)
         save_version(path / "components" / name, cfg, component, {"component_of": version.name})
         components[name] = {"adapter": f"components/{name}", "coefficient": coefficient}
     (path / MIXTURE_FILE).write_text(json.dumps({"components": components, "tasks": version.tasks, **details}, indent=2, sort_keys=True))

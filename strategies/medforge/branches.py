@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from fl_app.adapter_keys import lora_state
 from fl_app.model.mixture import mixture_loss, mixture_scores
 from fl_app.protocol import HospitalReply
 from strategies.medforge.fusion import FusionForm, FusionLevel, coefficients_per_module, fuse, n_coefficients
@@ -29,10 +30,6 @@ def task_heads(hospitals: Sequence[HospitalReply]) -> dict[str, Tensor]:
     for h in hospitals:
         per_task.setdefault(h.task, []).append(split_heads(h.state)[h.task])
     return {key: average_tensors([heads[key] for heads in group], [1.0] * len(group)) for group in per_task.values() for key in group[0]}
-
-
-def lora_only(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v for k, v in state.items() if ".lora_" in k}
 
 
 def search_record(result: SearchResult) -> dict[str, Any]:
@@ -70,7 +67,7 @@ class FusionBranch:
         """Merge one more hospital into the main branch; the new version."""
         self.merged.append(hospital)
         heads = task_heads(self.merged)
-        new = split_lora_modules(lora_only(hospital.state), hospital.lora_scale)
+        new = split_lora_modules(lora_state(hospital.state), hospital.lora_scale)
         details: dict[str, Any] = {"method": "medforge_fusion", "level": self.level, "form": self.form}
         if self.main is None:  # the first arrival is the main branch
             state, rank = fuse([new], [{m: 1.0 for m in new}], self.form)
@@ -83,7 +80,7 @@ class FusionBranch:
 
     def merge_all(self, hospitals: Sequence[HospitalReply]) -> ModelVersion:
         """One-shot MedForge-Fusion: one coefficient per hospital (per module at level=layer)."""
-        adapters = [split_lora_modules(lora_only(h.state), h.lora_scale) for h in hospitals]
+        adapters = [split_lora_modules(lora_state(h.state), h.lora_scale) for h in hospitals]
         heads = task_heads(hospitals)
         state, rank, coefficients, result = self.fuse_searched(adapters, [h.hospital_id for h in hospitals], heads)
         details = {"method": "medforge_fusion", "label": "medforge_fusion (one-shot)", "level": self.level, "form": self.form,
@@ -102,7 +99,7 @@ class MixtureBranch:
 
     def _component_probabilities(self, hospitals: Sequence[HospitalReply], heads: Mapping[str, Tensor], on: Sequence[int]) -> list[dict[int, Tensor]]:
         """softmax(f_j) of each component on each listed calibration set: one forward pass per adapter."""
-        return [self.scorer.probabilities({**lora_only(h.state), **heads}, h.lora_r, h.lora_alpha, on) for h in hospitals]
+        return [self.scorer.probabilities({**lora_state(h.state), **heads}, h.lora_r, h.lora_alpha, on) for h in hospitals]
 
     def _loss(self, probabilities: list[dict[int, Tensor]], on: Sequence[int], combine):
         def loss(flat: np.ndarray) -> float:

@@ -19,9 +19,10 @@ from flwr.app import Message, RecordDict
 from flwr.common import log
 from omegaconf import DictConfig, OmegaConf
 
+from fl_app.adapter_keys import lora_state
 from fl_app.calibration import CalibrationSet, decode_calibration
 from fl_app.protocol import CONFIG, HOSPITAL, HospitalReply, instructions
-from strategies.medforge.branches import FusionBranch, MixtureBranch, lora_only, task_heads
+from strategies.medforge.branches import FusionBranch, MixtureBranch, task_heads
 from strategies.medforge.scoring import CalibrationScorer
 from strategies.medforge.settings import search_settings
 from strategies.merging import merge_adapters, merge_weights
@@ -111,7 +112,7 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
     by_id = sorted(delivered, key=lambda h: h.hospital_id)
     heads = task_heads(by_id)
     versions = [
-        ModelVersion(f"hospital-{h.hospital_id}", "hospital", {**lora_only(h.state), **heads}, h.lora_r, h.lora_alpha, {"hospital": h.hospital_id, "task": h.task})
+        ModelVersion(f"hospital-{h.hospital_id}", "hospital", {**lora_state(h.state), **heads}, h.lora_r, h.lora_alpha, {"hospital": h.hospital_id, "task": h.task})
         for h in by_id
     ]
     for name in branches:

@@ -1,7 +1,7 @@
 """Merge whole hospital adapters given as flat PEFT state dicts (`get_peft_model_state_dict`).
 
 A state holds LoRA keys `<module>.lora_A.weight` / `<module>.lora_B.weight` and classification
-head keys `...heads.<task>.<param>`. LoRA modules merge through a registered `ModuleMerge` (task
+head keys `...heads.<task>.<param>` (read by fl_app/adapter_keys.py). LoRA modules merge through a registered `ModuleMerge` (task
 arithmetic by default); heads merge per task by a weighted average.
 """
 
@@ -14,36 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX, head_task, lora_module
 from strategies.merging.lowrank import LoraFactors, ModuleMerge
 from strategies.merging.registry import MERGE_METHODS, get_merge_method
 from strategies.merging.sparsify import as_generator
 from strategies.merging.weights import average_tensors
-
-LORA_A_SUFFIX = ".lora_A.weight"
-LORA_B_SUFFIX = ".lora_B.weight"
-HEADS_SEGMENT = "heads"
-
-
-def lora_module(key: str) -> str | None:
-    """Module path of a LoRA key, or None for any other key."""
-    for suffix in (LORA_A_SUFFIX, LORA_B_SUFFIX):
-        if key.endswith(suffix):
-            return key[: -len(suffix)]
-    return None
-
-
-def head_task(key: str) -> str:
-    """Task of a head key: the segment after the last `heads.` that is followed by a parameter name."""
-    parts = key.split(".")
-    for i in range(len(parts) - 3, -1, -1):
-        if parts[i] == HEADS_SEGMENT:
-            return parts[i + 1]
-    raise ValueError(
-        f"key {key!r} is neither a LoRA key (<module>{LORA_A_SUFFIX} / <module>{LORA_B_SUFFIX}) "
-        f"nor a head key (...{HEADS_SEGMENT}.<task>.<param>); pass the output of get_peft_model_state_dict "
-        f"for a LoRA model whose only modules_to_save are the task heads"
-    )
-
 
 def split_lora_modules(state: Mapping[str, Tensor], scales: float | Mapping[str, float]) -> dict[str, LoraFactors]:
     """LoRA factors per module path; `scales` is lora_alpha / r, one for all modules or per module path."""

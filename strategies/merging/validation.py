@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from strategies.merging.adapters import LORA_A_SUFFIX, LORA_B_SUFFIX, head_task, lora_module
+from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX, head_task, lora_module
 
 
 @dataclass(frozen=True)
