@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
+from fl_app.failures import Failure
 from fl_app.model.adapter import arrayrecord_to_state, record_dict_bytes
 
 ARRAYS = "arrays"
@@ -121,17 +122,17 @@ def decode_train_content(content: RecordDict, node_id: int) -> HospitalReply:
     )
 
 
-def failure_summary(message: Message, server_round: int, phase: str) -> dict[str, Any]:
-    """A failed reply as results.json records it (hospital id when the client named it)."""
+def reply_failure(message: Message, server_round: int, phase: str) -> Failure:
+    """The failure a reply reports (its hospital id when the client named it)."""
     reason = str(message.error.reason) if message.has_error() else "no content"
     match = HOSPITAL_ERROR_TAG.search(reason)
-    return {
-        "node_id": message.metadata.src_node_id,
-        "hospital_id": int(match.group(1)) if match else None,
-        "round": server_round,
-        "phase": phase,
-        "error": reason.strip().splitlines()[-1][:500] if reason.strip() else reason,
-    }
+    return Failure(
+        hospital_id=int(match.group(1)) if match else None,
+        phase=phase,
+        reason=reason.strip().splitlines()[-1][:500] if reason.strip() else reason,
+        node_id=message.metadata.src_node_id,
+        round=server_round,
+    )
 
 
 def version_key(name: str) -> str:

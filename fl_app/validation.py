@@ -13,9 +13,8 @@ from fl_app.model.lora import resolve_lora_targets
 from fl_app.training import OPTIMIZERS
 from strategies import STRATEGIES
 from strategies.medforge.settings import validate_medforge
-from strategies.merging import MERGE_METHODS, get_merge_method
+from strategies.merging import MERGE_METHODS, WEIGHTINGS, get_merge_method
 
-WEIGHTINGS = ("uniform", "num_examples", "explicit")
 
 
 def _require(condition: bool, message: str) -> None:

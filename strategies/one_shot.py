@@ -16,10 +16,11 @@ from logging import INFO, WARNING
 from omegaconf import DictConfig
 
 from fl_app.adapter_keys import non_lora_state
+from fl_app.failures import Failure
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import HospitalReply, instructions
-from strategies.merging import merge_adapters, merge_weights, screen_adapters
-from strategies.outcome import ModelVersion, StrategyOutcome
+from strategies.merging import hospital_weights, merge_adapters, screen_adapters
+from strategies.outcome import ModelVersion, StrategyOutcome, merged_version
 from strategies.replies import RoundSink, collect_replies, require_enough
 
 
@@ -48,7 +49,7 @@ class OneShotMerge(FedAvg):
         self.hospitals = hospitals
         self.sink.record_round(server_round, delivered, failures)
         require_enough(hospitals, failures, int(strategy.min_hospitals), server_round)
-        self.weights = hospital_weights(hospitals, strategy)
+        self.weights = hospital_weights([h.hospital_id for h in hospitals], [h.n_train for h in hospitals], str(strategy.weighting), strategy.weights)
         log(INFO, "Merging %d adapters with %s (weights %s)", len(hospitals), strategy.merge, [round(w, 3) for w in self.weights])
         self.merge_result = merge_hospitals(hospitals, self.weights, strategy)
         metrics = MetricRecord({"hospitals": len(hospitals), "merged-rank": self.merge_result.rank})
@@ -69,30 +70,19 @@ def merge_hospitals(hospitals: list[HospitalReply], weights: list[float], strate
     )
 
 
-def screen(hospitals: list[HospitalReply], norm_factor: float) -> tuple[list[HospitalReply], list[dict[str, Any]]]:
+def screen(hospitals: list[HospitalReply], norm_factor: float) -> tuple[list[HospitalReply], list[Failure]]:
     """Leave out adapters with wrong keys, shapes, dtypes, NaN/Inf or an outlying norm, saying why."""
     accepted, rejections = screen_adapters(
         [h.state for h in hospitals], [h.hospital_id for h in hospitals], norm_factor=norm_factor, scales=[h.lora_scale for h in hospitals]
     )
     by_id = {h.hospital_id: h for h in hospitals}
     failures = [
-        {"node_id": by_id[r.hospital_id].node_id, "hospital_id": r.hospital_id, "round": 1, "phase": "screen", "error": str(r), "tensor": r.key, "problem": r.problem}
+        Failure(r.hospital_id, "screen", str(r), node_id=by_id[r.hospital_id].node_id, round=1, tensor=r.key, problem=r.problem)
         for r in rejections
     ]
     for failure in failures:
-        log(WARNING, "Adapter rejected before merging: %s", failure["error"])
+        log(WARNING, "Adapter rejected before merging: %s", failure.reason)
     return [hospitals[i] for i in accepted], failures
-
-
-def hospital_weights(hospitals: list[HospitalReply], strategy: DictConfig) -> list[float]:
-    """Merge weights: uniform, by training examples, or explicit per hospital id (used as given)."""
-    if strategy.weighting != "explicit":
-        return merge_weights([h.n_train for h in hospitals], str(strategy.weighting))
-    explicit = {int(k): float(v) for k, v in (strategy.weights or {}).items()}
-    missing = [h.hospital_id for h in hospitals if h.hospital_id not in explicit]
-    if missing:
-        raise ValueError(f"strategy.weights has no weight for hospital(s) {missing}; give one per hospital id, e.g. {{0: 0.5, 1: 0.5}}.")
-    return [explicit[h.hospital_id] for h in hospitals]
 
 
 def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink) -> StrategyOutcome:
@@ -119,21 +109,5 @@ def one_shot_versions(hospitals: list[HospitalReply], weights: list[float], merg
         )
         for h in hospitals
     ]
-    versions.append(
-        ModelVersion(
-            name="merged",
-            kind="merged",
-            state=merged.state,
-            r=merged.rank,
-            alpha=merged.lora_alpha,
-            details={
-                "method": str(cfg.strategy.merge),
-                "weights": {str(h.hospital_id): w for h, w in zip(hospitals, weights)},
-                "params": merged.params,
-                "exact": merged.exact,
-                "relative_error": merged.relative_error,
-                "rank": merged.rank,
-            },
-        )
-    )
+    versions.append(merged_version("merged", merged, [h.hospital_id for h in hospitals], weights))
     return versions

@@ -1,13 +1,15 @@
-"""What a strategy hands back: the model versions to evaluate and save."""
+"""What a strategy hands back: the model versions to evaluate and save, and how a merged one is described."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from fl_app.adapter_keys import state_tasks
+from strategies.merging import MergeResult
 
 
 @dataclass
@@ -34,3 +36,21 @@ class StrategyOutcome:
     versions: list[ModelVersion]
     merge: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def merged_version(name: str, result: MergeResult, hospital_ids: Sequence[int], weights: Sequence[float], **extra: Any) -> ModelVersion:
+    """A version made by a registered merge (one-shot, a baseline, a re-merge), with its provenance.
+
+    Details: the method and the parameters it ran with, each hospital's weight, whether the merge
+    is exact and its truncation error, the merged rank, then `extra` (label, weighting, ...).
+    """
+    details = {
+        "method": result.method,
+        "weights": {str(h): w for h, w in zip(hospital_ids, weights)},
+        "params": result.params,
+        "exact": result.exact,
+        "relative_error": result.relative_error,
+        "rank": result.rank,
+        **extra,
+    }
+    return ModelVersion(name, "merged", result.state, result.rank, result.lora_alpha, details)

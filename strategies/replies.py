@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from flwr.app import Message
 
-from fl_app.protocol import HospitalReply, decode_train_reply, failure_summary
+from fl_app.failures import Failure
+from fl_app.protocol import HospitalReply, decode_train_reply, reply_failure
 
 
 class NotEnoughHospitals(RuntimeError):
@@ -17,25 +18,25 @@ class NotEnoughHospitals(RuntimeError):
 class RoundSink(Protocol):
     """Where a strategy reports each round as soon as it has it (results are written at once)."""
 
-    def record_round(self, server_round: int, hospitals: list[HospitalReply], failures: list[dict[str, Any]]) -> None: ...
+    def record_round(self, server_round: int, hospitals: list[HospitalReply], failures: list[Failure]) -> None: ...
 
 
-def collect_replies(replies: Iterable[Message], server_round: int) -> tuple[list[HospitalReply], list[dict[str, Any]]]:
+def collect_replies(replies: Iterable[Message], server_round: int) -> tuple[list[HospitalReply], list[Failure]]:
     """Decode good replies; turn errors and undecodable replies into failure records."""
     hospitals, failures = [], []
     for message in replies:
         if message.has_error():
-            failures.append(failure_summary(message, server_round, "train"))
+            failures.append(reply_failure(message, server_round, "train"))
             continue
         try:
             hospitals.append(decode_train_reply(message))
         except (KeyError, ValueError) as error:
-            failures.append({"node_id": message.metadata.src_node_id, "hospital_id": None, "round": server_round, "phase": "train", "error": str(error)})
+            failures.append(Failure(None, "train", str(error), node_id=message.metadata.src_node_id, round=server_round))
     hospitals.sort(key=lambda h: (h.hospital_id, h.node_id))
     return _first_of_each_hospital(hospitals, failures, server_round)
 
 
-def _first_of_each_hospital(hospitals: list[HospitalReply], failures: list[dict[str, Any]], server_round: int) -> tuple[list[HospitalReply], list[dict[str, Any]]]:
+def _first_of_each_hospital(hospitals: list[HospitalReply], failures: list[Failure], server_round: int) -> tuple[list[HospitalReply], list[Failure]]:
     """Two nodes claiming one hospital id (a site's node config copied) would overwrite each other: keep one, report the other."""
     kept: dict[int, HospitalReply] = {}
     for hospital in hospitals:
@@ -45,14 +46,14 @@ def _first_of_each_hospital(hospitals: list[HospitalReply], failures: list[dict[
                 f"hospital-id={hospital.hospital_id} is claimed by nodes {first.node_id} and {hospital.node_id}; "
                 "give each SuperNode its own hospital-id in --node-config"
             )
-            failures.append({"node_id": hospital.node_id, "hospital_id": hospital.hospital_id, "round": server_round, "phase": "train", "error": error})
+            failures.append(Failure(hospital.hospital_id, "train", error, node_id=hospital.node_id, round=server_round))
     return list(kept.values()), failures
 
 
-def require_enough(hospitals: list[HospitalReply], failures: list[dict[str, Any]], minimum: int, server_round: int) -> None:
+def require_enough(hospitals: list[HospitalReply], failures: list[Failure], minimum: int, server_round: int) -> None:
     """Stop the run with a clear error when too few hospitals delivered."""
     if len(hospitals) < minimum:
-        failed = ", ".join(f"hospital {f['hospital_id']} (node {f['node_id']}): {f['error']}" for f in failures) or "none"
+        failed = ", ".join(f.describe() for f in failures) or "none"
         raise NotEnoughHospitals(
             f"Round {server_round}: only {len(hospitals)} hospital(s) delivered an adapter, "
             f"strategy.min_hospitals={minimum}. Failures: {failed}. "

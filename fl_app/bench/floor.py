@@ -23,7 +23,8 @@ from fl_app.protocol import HospitalReply, decode_train_content
 from fl_app.server.evaluation import versions_content
 from fl_app.server.versions import save_version
 from strategies.fedavg import keywise_average
-from strategies.one_shot import hospital_weights, merge_hospitals, one_shot_versions, screen
+from strategies.merging import hospital_weights
+from strategies.one_shot import merge_hospitals, one_shot_versions, screen
 from strategies.outcome import ModelVersion
 
 
@@ -48,7 +49,7 @@ def one_shot(cfg: DictConfig, experiment: dict) -> tuple[list[ModelVersion], int
     """Versions and the training examples seen (one round)."""
     replies = train_all(experiment, int(cfg.simulation.num_hospitals), 1)
     hospitals, _ = screen(replies, float(cfg.strategy.screen.norm_factor))
-    weights = hospital_weights(hospitals, cfg.strategy)
+    weights = hospital_weights([h.hospital_id for h in hospitals], [h.n_train for h in hospitals], str(cfg.strategy.weighting), cfg.strategy.weights)
     versions = one_shot_versions(hospitals, weights, merge_hospitals(hospitals, weights, cfg.strategy), cfg)
     return versions, sum(h.n_train for h in replies)
 

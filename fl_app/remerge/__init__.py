@@ -3,7 +3,7 @@ registered merge methods, evaluate the new versions in-process on every hospital
 (no retraining, no Flower), and add them to the run beside the original versions.
 """
 
-from fl_app.remerge.plan import MergeRequest, parse_params, plan_requests, registered_methods
+from fl_app.remerge.plan import MergeRequest, parse_params, parse_weights, plan_requests, registered_methods
 from fl_app.remerge.run import remerge
 from fl_app.remerge.stored import StoredHospital, StoredRun, load_stored_run
 
@@ -13,6 +13,7 @@ __all__ = [
     "StoredRun",
     "load_stored_run",
     "parse_params",
+    "parse_weights",
     "plan_requests",
     "registered_methods",
     "remerge",

@@ -11,9 +11,7 @@ from omegaconf import DictConfig
 
 from fl_app.config import hospital_payload
 from fl_app.hospital_steps import Hospital, simulated_hospital
-from fl_app.model.adapter import state_to_arrayrecord
-from fl_app.protocol import evaluation_content
-from fl_app.server.evaluation import HospitalScores, hospital_scores
+from fl_app.server.evaluation import HospitalScores, hospital_scores, versions_content
 from strategies.outcome import ModelVersion
 
 logger = logging.getLogger("medforge.remerge")
@@ -37,7 +35,7 @@ def evaluate_at_hospitals(
 ) -> list[HospitalScores]:
     """Every version's test scores at every hospital in `hospital_ids` (one batched evaluation each)."""
     payload = hospital_payload(experiment)
-    content = evaluation_content({v.name: (state_to_arrayrecord(v.state), {"r": v.r, "alpha": v.alpha}) for v in versions}, payload)
+    content = versions_content(versions, payload)
     experiment_dict = json.loads(payload)
     num_hospitals = int(experiment.simulation.num_hospitals)
     scores = []

@@ -9,8 +9,7 @@ from typing import Any
 
 import yaml
 
-from fl_app.validation import WEIGHTINGS
-from strategies.merging import MERGE_METHODS, get_merge_method
+from strategies.merging import MERGE_METHODS, WEIGHTINGS, get_merge_method
 
 NAME_PREFIX = "remerge-"
 
@@ -26,6 +25,7 @@ class MergeRequest:
     rank: int | None
     name: str
     label: str  # how reports name it: the method and every setting that differs from the run's merge
+    weights: dict[str, float] | None = None  # with weighting `explicit`: {hospital id: weight}
 
 
 def registered_methods() -> str:
@@ -49,6 +49,20 @@ def parse_params(items: Sequence[str]) -> list[tuple[str | None, str, Any]]:
     return parsed
 
 
+def parse_weights(items: Sequence[str]) -> dict[str, float] | None:
+    """`ID=W` items (--weight) as {hospital id: weight}; None when there are none."""
+    weights = {}
+    for item in items:
+        hospital, sep, raw = item.partition("=")
+        try:
+            weights[str(int(hospital))] = float(raw)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--weight {item!r} is not ID=W; write e.g. --weight 0=0.7 --weight 1=0.3.")
+    return weights or None
+
+
 def _method_params(methods: Sequence[str], params: Sequence[tuple[str | None, str, Any]]) -> dict[str, dict[str, Any]]:
     """Explicit parameters per method, each checked against what the method declares."""
     chosen: dict[str, dict[str, Any]] = {m: {} for m in methods}
@@ -64,6 +78,11 @@ def _method_params(methods: Sequence[str], params: Sequence[tuple[str | None, st
     return chosen
 
 
+def _weights_by_id(weights: Mapping[int | str, float] | None) -> dict[str, float] | None:
+    """Explicit weights keyed by hospital id as a string (config keys may be ints), or None."""
+    return None if not weights else {str(k): float(v) for k, v in weights.items()}
+
+
 def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]", "_", str(value))
 
@@ -77,8 +96,9 @@ def plan_requests(
     scale: float | None = None,
     rank: int | None = None,
     name: str | None = None,
+    weights: Mapping[int | str, float] | None = None,
 ) -> list[MergeRequest]:
-    """One request per method; settings not given are the run's own (`strategy.weighting`, `scale`, `merge_rank`)."""
+    """One request per method; settings not given are the run's own (`strategy.weighting`, `weights`, `scale`, `merge_rank`)."""
     if not methods:
         raise ValueError(f"no merge method given; choose from {sorted(MERGE_METHODS)}.")
     for method in methods:
@@ -95,11 +115,16 @@ def plan_requests(
         raise ValueError(f"--merge-rank={rank} must be a positive integer (omit it for a lossless merge).")
     run_settings = {
         "weighting": run_strategy.get("weighting", "num_examples"),
+        "weights": _weights_by_id(run_strategy.get("weights")),
         "scale": float(run_strategy.get("scale", 1.0)),
         "merge_rank": run_strategy.get("merge_rank"),
     }
-    given = {"weighting": weighting, "scale": scale, "merge_rank": rank}
+    given = {"weighting": weighting, "weights": _weights_by_id(weights), "scale": scale, "merge_rank": rank}
     settings = {k: (v if v is not None else run_settings[k]) for k, v in given.items()}
+    if settings["weighting"] == "explicit" and not settings["weights"]:
+        raise ValueError("--weighting explicit needs a weight per hospital: pass --weight ID=W for each hospital (the run has no strategy.weights).")
+    if settings["weighting"] != "explicit":
+        settings["weights"] = run_settings["weights"] = None  # weights apply only to explicit weighting
     changed = {k: v for k, v in settings.items() if v != run_settings[k]}
     requests = []
     for method, explicit in _method_params(methods, params).items():
@@ -107,6 +132,8 @@ def plan_requests(
         label = method + (f" ({', '.join(f'{k}={v}' for k, v in shown.items())})" if shown else "")
         default_name = NAME_PREFIX + "-".join([method, *(f"{_slug(k)}={_slug(v)}" for k, v in shown.items())])
         requests.append(
-            MergeRequest(method, explicit, str(settings["weighting"]), float(settings["scale"]), settings["merge_rank"], name or default_name, label)
+            MergeRequest(
+                method, explicit, str(settings["weighting"]), float(settings["scale"]), settings["merge_rank"], name or default_name, label, settings["weights"]
+            )
         )
     return requests

@@ -21,11 +21,11 @@ from omegaconf import OmegaConf
 from fl_app.remerge.evaluate import evaluate_at_hospitals
 from fl_app.remerge.plan import MergeRequest
 from fl_app.remerge.stored import StoredRun
-from fl_app.server.versions import save_version
-from fl_app.server.evaluation import mean_over_tasks, per_hospital_metrics, per_task_metrics
-from fl_app.server.results import RESULTS_FILE, write_json_atomic
-from strategies.merging import merge_adapters, merge_weights
-from strategies.outcome import ModelVersion
+from fl_app.server.evaluation import evaluation_fields
+from fl_app.server.results import RESULTS_FILE, version_entry, write_json_atomic
+from fl_app.server.versions import save_version, version_provenance
+from strategies.merging import hospital_weights, merge_adapters
+from strategies.outcome import ModelVersion, merged_version
 
 logger = logging.getLogger("medforge.remerge")
 
@@ -46,30 +46,21 @@ def _check_names(run: StoredRun, requests: Sequence[MergeRequest], force: bool) 
 def merge_version(run: StoredRun, request: MergeRequest) -> ModelVersion:
     """One re-merged version of the run's hospital adapters."""
     hospitals = run.hospitals
-    weights = merge_weights([h.n_train for h in hospitals], request.weighting)
+    weights = hospital_weights([h.id for h in hospitals], [h.n_train for h in hospitals], request.weighting, request.weights)
     logger.info("Merging %d hospital adapters with %s (weights %s)", len(hospitals), request.label, [round(w, 3) for w in weights])
     merged = merge_adapters(
         [h.state for h in hospitals], [h.scale for h in hospitals], weights, [h.task for h in hospitals],
         scale=request.scale, rank=request.rank, method=request.method, params=request.params,
     )
-    details = {
-        "method": merged.method,
-        "label": request.label,
-        "params": merged.params,
-        "weighting": request.weighting,
-        "weights": {str(h.id): w for h, w in zip(hospitals, weights)},
-        "scale": request.scale,
-        "exact": merged.exact,
-        "relative_error": merged.relative_error,
-        "rank": merged.rank,
-        "remerge": {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "explicit_params": request.params, "merge_rank": request.rank},
-    }
-    return ModelVersion(request.name, "merged", merged.state, merged.rank, float(merged.lora_alpha), details)
+    remerge = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "explicit_params": request.params, "merge_rank": request.rank}
+    return merged_version(
+        request.name, merged, [h.id for h in hospitals], weights, label=request.label, weighting=request.weighting, scale=request.scale, remerge=remerge
+    )
 
 
 def _stage_adapters(run: StoredRun, versions: Sequence[ModelVersion], staging: Path) -> None:
     for version in versions:
-        save_version(staging / version.name, run.experiment, version, {"version": version.name, "kind": version.kind, **version.details})
+        save_version(staging / version.name, run.experiment, version, version_provenance(version))
 
 
 def _install_adapters(run: StoredRun, staging: Path, names: Sequence[str]) -> None:
@@ -85,21 +76,6 @@ def _install_adapters(run: StoredRun, staging: Path, names: Sequence[str]) -> No
             shutil.rmtree(old)
 
 
-def _entries(versions: Sequence[ModelVersion], scores) -> list[dict[str, Any]]:
-    entries = []
-    for version in versions:
-        per_task = per_task_metrics(scores, version.name)
-        entries.append(
-            {
-                "name": version.name, "kind": version.kind, "adapter": f"adapters/{version.name}", "r": version.r, "lora_alpha": version.alpha,
-                **version.details,
-                "per_task": per_task, "mean_acc": mean_over_tasks(per_task, "acc"), "mean_auc": mean_over_tasks(per_task, "auc"),
-                "per_hospital": per_hospital_metrics(scores, version.name),
-            }
-        )
-    return entries
-
-
 def remerge(run: StoredRun, requests: Sequence[MergeRequest], *, force: bool = False, data_root: str | None = None) -> list[dict[str, Any]]:
     """Merge, evaluate and add one version per request to the run; return the new results entries."""
     _check_names(run, requests, force)
@@ -107,7 +83,7 @@ def remerge(run: StoredRun, requests: Sequence[MergeRequest], *, force: bool = F
     versions = [merge_version(run, request) for request in requests]
     recorded = {int(h["id"]): h for h in run.results.get("hospitals", [])}
     scores = evaluate_at_hospitals(experiment, versions, run.evaluated_hospitals, recorded)
-    entries = _entries(versions, scores)
+    entries = [{**version_entry(v), **evaluation_fields(scores, v.name)} for v in versions]
     results_path = run.folder / RESULTS_FILE
     (run.folder / "adapters").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=run.folder / "adapters", prefix=".staging-") as staging:

@@ -11,7 +11,8 @@ from flwr.app import Message, RecordDict
 
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.pooled_auc import AUC_BINS, auc_from_histograms, dense_histograms
-from fl_app.protocol import HOSPITAL, METRICS, evaluation_content, failure_summary
+from fl_app.failures import Failure
+from fl_app.protocol import HOSPITAL, METRICS, evaluation_content, reply_failure
 from strategies.outcome import ModelVersion
 
 
@@ -71,11 +72,11 @@ def hospital_scores(content: RecordDict) -> HospitalScores:
     return HospitalScores(int(info["hospital-id"]), str(info["task"]), int(info["n-test"]), metrics)
 
 
-def decode_scores(replies: Iterable[Message]) -> tuple[list[HospitalScores], list[dict[str, Any]]]:
+def decode_scores(replies: Iterable[Message]) -> tuple[list[HospitalScores], list[Failure]]:
     scores, failures = [], []
     for reply in replies:
         if reply.has_error():
-            failures.append(failure_summary(reply, 0, "evaluate"))
+            failures.append(reply_failure(reply, 0, "evaluate"))
             continue
         scores.append(hospital_scores(reply.content))
     return scores, failures
@@ -106,6 +107,18 @@ def per_hospital_metrics(scores: Sequence[HospitalScores], version: str) -> dict
         str(s.hospital_id): {"task": s.task, "acc": s.metrics[f"{version}/acc"], "auc": s.metrics.get(f"{version}/auc"), "n_test": s.n_test}
         for s in sorted(scores, key=lambda s: s.hospital_id)
         if f"{version}/acc" in s.metrics
+    }
+
+
+def evaluation_fields(scores: Sequence[HospitalScores], version: str) -> dict[str, Any]:
+    """A version's metrics as its results.json entry holds them (a run's and a re-merge's alike)."""
+    per_task = per_task_metrics(scores, version)
+    return {
+        "per_task": per_task,
+        "mean_acc": mean_over_tasks(per_task, "acc"),
+        "mean_auc": mean_over_tasks(per_task, "auc"),
+        "per_hospital": per_hospital_metrics(scores, version),
+        "inference": inference_cost(scores, version),
     }
 
 

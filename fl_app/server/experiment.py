@@ -12,10 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from fl_app.config import hospital_payload, save_experiment
 from fl_app.data import experiment_tasks, synthetic_stand_ins
-from fl_app.server.evaluation import decode_scores, evaluation_messages, inference_cost, mean_over_tasks, per_hospital_metrics, per_task_metrics
-from fl_app.server.results import RunResults
+from fl_app.server.evaluation import decode_scores, evaluation_fields, evaluation_messages
+from fl_app.server.results import RunResults, version_entry
 from fl_app.server.traffic import CountingGrid
-from fl_app.server.versions import save_mixture, save_version
+from fl_app.server.versions import save_mixture, save_version, version_provenance
 from strategies import get_strategy
 from strategies.outcome import ModelVersion
 
@@ -66,7 +66,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         log(INFO, "Evaluating %d model versions at %d hospitals (one message each)", len(outcome.versions), len(nodes))
         replies = counting.send_and_receive(evaluation_messages(outcome.versions, experiment_json, nodes))
         scores, failures = decode_scores(replies)
-        results.data["failures"].extend(failures)
+        results.record_failures(failures)
         _record_metrics(results, scores)
         results.set(
             communication=counting.traffic.summary(hospital_of_node, "train"),
@@ -92,27 +92,16 @@ def _save_versions(results: RunResults, cfg: DictConfig, versions: list[ModelVer
     """Every version as a PEFT adapter folder, and its entry in results.json."""
     by_name = {version.name: version for version in versions}
     for version in versions:
-        path = Path("adapters") / version.name
-        details = {"version": version.name, "kind": version.kind, **version.details}
+        entry = version_entry(version)
         if version.mixture is not None:
-            save_mixture(results.folder / path, cfg, version, by_name, details)
+            save_mixture(results.folder / entry["adapter"], cfg, version, by_name, version_provenance(version))
         else:
-            save_version(results.folder / path, cfg, version, details)
-        entry = {"name": version.name, "kind": version.kind, "adapter": str(path), "r": version.r, "lora_alpha": version.alpha, **version.details}
-        if version.mixture is not None:
-            entry["mixture"] = version.mixture
+            save_version(results.folder / entry["adapter"], cfg, version, version_provenance(version))
         results.data["versions"].append(entry)
     results.write()
 
 
 def _record_metrics(results: RunResults, scores) -> None:
     for entry in results.data["versions"]:
-        per_task = per_task_metrics(scores, entry["name"])
-        entry.update(
-            per_task=per_task,
-            mean_acc=mean_over_tasks(per_task, "acc"),
-            mean_auc=mean_over_tasks(per_task, "auc"),
-            per_hospital=per_hospital_metrics(scores, entry["name"]),
-            inference=inference_cost(scores, entry["name"]),
-        )
+        entry.update(evaluation_fields(scores, entry["name"]))
     results.write()

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fl_app.failures import Failure
 from fl_app.protocol import HospitalReply
+from strategies.outcome import ModelVersion
 
 RESULTS_FILE = "results.json"
 
@@ -34,6 +36,24 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     with os.fdopen(handle, "w") as stream:
         json.dump(data, stream, indent=2, sort_keys=False, allow_nan=False)
     os.replace(tmp, path)
+
+
+def version_entry(version: ModelVersion) -> dict[str, Any]:
+    """A version's entry in results.json before evaluation: name, kind, adapter folder, LoRA shape, provenance.
+
+    The one builder for a run and for a re-merge; `evaluation.evaluation_fields` adds the metrics.
+    """
+    entry = {
+        "name": version.name,
+        "kind": version.kind,
+        "adapter": f"adapters/{version.name}",
+        "r": version.r,
+        "lora_alpha": version.alpha,
+        **version.details,
+    }
+    if version.mixture is not None:
+        entry["mixture"] = version.mixture
+    return entry
 
 
 class RunResults:
@@ -62,17 +82,22 @@ class RunResults:
         self.data["wall_seconds"] = round(time.time() - self.started, 3)
         write_json_atomic(self.path, self.data)
 
-    def record_round(self, server_round: int, hospitals: list[HospitalReply], failures: list[dict[str, Any]]) -> None:
+    def record_round(self, server_round: int, hospitals: list[HospitalReply], failures: list[Failure]) -> None:
         """A training round arrived: keep who delivered (adapters saved at once) and who failed."""
         for hospital in hospitals:
             self.hospitals[hospital.hospital_id] = hospital
         self.data["hospitals"] = [h.summary() for _, h in sorted(self.hospitals.items())]
         sources = {h.data_source for h in self.hospitals.values()}
         self.data["data_source"] = sources.pop() if len(sources) == 1 else ("mixed" if sources else None)
-        self.data["failures"].extend(failures)
+        self.record_failures(failures)
         self.data.setdefault("train_metrics", {})[str(server_round)] = {
             str(h.hospital_id): h.metrics for h in hospitals
         }
+        self.write()
+
+    def record_failures(self, failures: list[Failure]) -> None:
+        """Hospitals left out of a step, as results.json lists them."""
+        self.data["failures"].extend(f.as_dict() for f in failures)
         self.write()
 
     def set(self, **fields: Any) -> None:

@@ -18,6 +18,11 @@ from fl_app.model.mixture import MIXTURE_FILE
 from strategies.outcome import ModelVersion
 
 
+def version_provenance(version: ModelVersion) -> dict[str, Any]:
+    """What a saved adapter folder says about itself (medforge.json): its name, kind and details."""
+    return {"version": version.name, "kind": version.kind, **version.details}
+
+
 def save_version(path: Path, cfg: DictConfig, version: ModelVersion, details: dict[str, Any]) -> Path:
     """Write `version` (LoRA + the heads it carries) to `path` with its own rank and alpha."""
     with torch.device("meta"):  # module names only: no weights, no memory

@@ -21,13 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from fl_app.adapter_keys import lora_state
 from fl_app.calibration import CalibrationSet, decode_calibration
+from fl_app.failures import Failure
 from fl_app.protocol import CONFIG, HOSPITAL, HospitalReply, instructions
 from strategies.medforge.branches import FusionBranch, MixtureBranch, task_heads
 from strategies.medforge.scoring import CalibrationScorer
 from strategies.medforge.settings import search_settings
-from strategies.merging import merge_adapters, merge_weights
+from strategies.merging import hospital_weights, merge_adapters
 from strategies.one_shot import screen
-from strategies.outcome import ModelVersion, StrategyOutcome
+from strategies.outcome import ModelVersion, StrategyOutcome, merged_version
 from strategies.replies import RoundSink, collect_replies, require_enough
 
 def train_messages(experiment_json: str, strategy: DictConfig, nodes: Sequence[int]) -> list[Message]:
@@ -82,7 +83,7 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
     branches = {"fusion": FusionBranch(scorer, search, str(strategy.level), str(strategy.form)), "mixture": MixtureBranch(scorer, search)}
     branches = {name: branches[name] for name in strategy.methods}
     delivered: list[HospitalReply] = []
-    failures: list[dict[str, Any]] = []
+    failures: list[Failure] = []
     progressive: dict[str, list[ModelVersion]] = {name: [] for name in branches}
     calibration: dict[str, Any] = {}
     messages = train_messages(experiment_json, strategy, list(grid.get_node_ids()))
@@ -90,14 +91,14 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
         hospitals, failed = collect_replies([reply], 1)
         calibration_set = decode_calibration(reply.content) if hospitals else None
         if hospitals and calibration_set is None:
-            failed = [{"node_id": reply.metadata.src_node_id, "hospital_id": hospitals[0].hospital_id, "round": 1, "phase": "train", "error": "the reply carries no calibration set"}]
+            failed = [Failure(hospitals[0].hospital_id, "train", "the reply carries no calibration set", node_id=reply.metadata.src_node_id, round=1)]
         if failed:
             failures += failed
-            log(WARNING, "Hospital %s failed and is left out: %s", failed[0]["hospital_id"], failed[0]["error"])
+            log(WARNING, "Hospital %s failed and is left out: %s", failed[0].hospital_id, failed[0].reason)
             continue
         hospital = hospitals[0]
         _, rejections = screen([*delivered, hospital], float(strategy.screen.norm_factor))
-        if rejected := [r for r in rejections if r["hospital_id"] == hospital.hospital_id]:
+        if rejected := [r for r in rejections if r.hospital_id == hospital.hospital_id]:
             failures += rejected  # screened against the adapters merged so far; logged by `screen`
             continue
         scorer.add(hospital.hospital_id, calibration_set)
@@ -128,10 +129,9 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
 
 def baseline_versions(hospitals: Sequence[HospitalReply], methods: Sequence[str]) -> list[ModelVersion]:
     """Data-free merges of the same adapters (uniform weights), for comparison in the same run."""
-    versions = []
-    weights = merge_weights([h.n_train for h in hospitals], "uniform")
-    for method in methods:
-        merged = merge_adapters([h.state for h in hospitals], [h.lora_scale for h in hospitals], weights, [h.task for h in hospitals], method=method)
-        details = {"method": method, "label": method, "weights": {str(h.hospital_id): w for h, w in zip(hospitals, weights)}, "params": merged.params, "exact": merged.exact, "rank": merged.rank}
-        versions.append(ModelVersion(method, "merged", merged.state, merged.rank, merged.lora_alpha, details))
-    return versions
+    ids = [h.hospital_id for h in hospitals]
+    weights = hospital_weights(ids, [h.n_train for h in hospitals], "uniform")
+    return [
+        merged_version(method, merge_adapters([h.state for h in hospitals], [h.lora_scale for h in hospitals], weights, [h.task for h in hospitals], method=method), ids, weights, label=method)
+        for method in methods
+    ]

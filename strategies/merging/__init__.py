@@ -32,11 +32,12 @@ from strategies.merging.lowrank import (
 from strategies.merging.registry import MERGE_METHODS, PEFT_NAMES, MergeMethod, get_merge_method
 from strategies.merging.sparsify import sparse_task_arithmetic
 from strategies.merging.validation import Rejection, screen_adapters
-from strategies.merging.weights import average_tensors, explicit_weights, merge_weights
+from strategies.merging.weights import WEIGHTINGS, average_tensors, explicit_weights, hospital_weights, merge_weights
 
 __all__ = [
     "MERGE_METHODS",
     "PEFT_NAMES",
+    "WEIGHTINGS",
     "LoraFactors",
     "MergeMethod",
     "MergeResult",
@@ -48,6 +49,7 @@ __all__ = [
     "fedit",
     "get_merge_method",
     "head_task",
+    "hospital_weights",
     "knots",
     "lora_modules_to_state",
     "merge_adapters",

@@ -12,6 +12,26 @@ from torch import Tensor
 
 WeightScheme = Literal["uniform", "num_examples"]
 WEIGHT_SCHEMES: tuple[str, ...] = get_args(WeightScheme)
+Weighting = Literal["uniform", "num_examples", "explicit"]  # `strategy.weighting` and remerge's --weighting
+WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
+
+
+def hospital_weights(
+    hospital_ids: Sequence[int], num_examples: Sequence[int], weighting: Weighting, explicit: Mapping[int | str, float] | None = None
+) -> list[float]:
+    """The merge weight of each hospital, the one function the strategies and remerge call.
+
+    `uniform` and `num_examples` sum to 1 (`merge_weights`); `explicit` takes `explicit[hospital id]`
+    as given (`explicit_weights`, not renormalised).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting={weighting!r} is not valid; choose one of {list(WEIGHTINGS)}")
+    if weighting != "explicit":
+        return merge_weights(num_examples, weighting)
+    if not explicit:
+        raise ValueError("weighting 'explicit' needs a weight per hospital id, e.g. strategy.weights={0: 0.5, 1: 0.5}")
+    return explicit_weights(hospital_ids, explicit)
+
 
 
 def merge_weights(num_examples: Sequence[int], scheme: WeightScheme) -> list[float]:
@@ -40,8 +60,8 @@ def explicit_weights(hospital_ids: Sequence[int], weights: Mapping[int | str, fl
     missing = [h for h in hospital_ids if str(h) not in by_id]
     if missing:
         raise ValueError(
-            f"explicit merge weights name hospitals {sorted(by_id)} but hospitals {missing} have none; "
-            f"give every merged hospital a weight"
+            f"explicit merge weights have no weight for hospital(s) {missing} (they name hospitals {sorted(by_id)}); "
+            f"give every merged hospital a weight, e.g. strategy.weights={{0: 0.5, 1: 0.5}}"
         )
     chosen = [float(by_id[str(h)]) for h in hospital_ids]
     for h, w in zip(hospital_ids, chosen):

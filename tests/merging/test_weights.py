@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from strategies.merging.weights import average_tensors, explicit_weights, merge_weights
+from strategies.merging.weights import average_tensors, explicit_weights, hospital_weights, merge_weights
 
 
 def test_merge_weights_schemes():
@@ -57,5 +57,16 @@ def test_average_tensors_validates(tensors, weights, message):
 
 def test_explicit_weights_by_hospital_id():
     assert explicit_weights([3, 1], {"1": 0.25, 3: 2.0, 7: 1.0}) == [2.0, 0.25]
-    with pytest.raises(ValueError, match=r"hospitals \[5\] have none"):
+    with pytest.raises(ValueError, match=r"no weight for hospital\(s\) \[5\]"):
         explicit_weights([1, 5], {1: 1.0})
+
+
+def test_hospital_weights_is_the_one_entry_point():
+    ids, counts = [2, 0], [30, 10]
+    assert hospital_weights(ids, counts, "uniform") == [0.5, 0.5]
+    assert hospital_weights(ids, counts, "num_examples") == pytest.approx([0.75, 0.25])
+    assert hospital_weights(ids, counts, "explicit", {"0": 1.0, 2: 0.5}) == [0.5, 1.0]  # by id, as given
+    with pytest.raises(ValueError, match=r"weighting 'explicit' needs a weight per hospital id"):
+        hospital_weights(ids, counts, "explicit", None)
+    with pytest.raises(ValueError, match=r"weighting='fedavg' is not valid"):
+        hospital_weights(ids, counts, "fedavg")

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from fl_app.remerge import MergeRequest, StoredRun, load_stored_run, parse_params, plan_requests, registered_methods, remerge
+from fl_app.remerge import MergeRequest, StoredRun, load_stored_run, parse_params, parse_weights, plan_requests, registered_methods, remerge
 from strategies.merging import MERGE_METHODS
 
 RUN_STRATEGY = {"name": "one_shot", "merge": "task_arithmetic", "weighting": "num_examples", "scale": 1.0, "merge_rank": None}
@@ -102,3 +102,17 @@ def test_a_run_without_hospital_adapters_is_refused_clearly(tmp_path):
         load_stored_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="has no results.json"):
         load_stored_run(tmp_path / "elsewhere")
+
+
+def test_explicit_weighting_takes_the_runs_weights_or_those_given():
+    run = {**RUN_STRATEGY, "weighting": "explicit", "weights": {0: 0.7, 1: 0.3}}
+
+    (from_run,) = plan_requests(["task_arithmetic"], [], run)
+    (given,) = plan_requests(["task_arithmetic"], [], RUN_STRATEGY, weighting="explicit", weights=parse_weights(["0=2", "1=-1"]))
+
+    assert from_run.weighting == "explicit" and from_run.weights == {"0": 0.7, "1": 0.3}
+    assert given.weights == {"0": 2.0, "1": -1.0} and "weighting=explicit" in given.name
+    with pytest.raises(ValueError, match=r"--weighting explicit needs a weight per hospital"):
+        plan_requests(["task_arithmetic"], [], RUN_STRATEGY, weighting="explicit")
+    with pytest.raises(ValueError, match=r"--weight 'x=1' is not ID=W"):
+        parse_weights(["x=1"])

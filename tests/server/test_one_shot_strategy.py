@@ -44,7 +44,7 @@ class Sink:
         self.rounds = []
 
     def record_round(self, server_round, hospitals, failures):
-        self.rounds.append(([h.hospital_id for h in hospitals], failures))
+        self.rounds.append(([h.hospital_id for h in hospitals], [f.as_dict() for f in failures]))
 
 
 def strategy(*overrides: str) -> tuple[OneShotMerge, Sink]:
