@@ -53,7 +53,8 @@ def validate_experiment(cfg: DictConfig) -> None:
         strategy.name in STRATEGIES,
         f"strategy={strategy.name!r} is not valid; choose one of {sorted(STRATEGIES)}.",
     )
-    _require(int(strategy.rounds) >= 1, f"strategy.rounds={strategy.rounds} must be >= 1.")
+    if strategy.name == "fedavg":  # one_shot and medforge train once: they have no `rounds`
+        _require(int(strategy.rounds) >= 1, f"strategy.rounds={strategy.rounds} must be >= 1.")
     _require(
         1 <= int(strategy.min_hospitals) <= int(sim.num_hospitals),
         f"strategy.min_hospitals={strategy.min_hospitals} must be between 1 and "

@@ -62,7 +62,7 @@ def workload(args, n: int, strategy: str, data_root: Path) -> list[str]:
         f"data.root={data_root}",
         f"train.local_epochs={args.epochs}",
         f"strategy={strategy}",
-        f"strategy.rounds={1 if strategy == 'one_shot' else args.rounds}",
+        *([f"strategy.rounds={args.rounds}"] if strategy == "fedavg" else []),
         f"simulation.num_hospitals={n}",
         f"simulation.client_cpus={args.client_cpus}",
         f"simulation.client_gpus={args.client_gpus}",

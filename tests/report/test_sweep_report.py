@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from peft import PeftModel
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import load_file
 
 from fl_app.config import compose_experiment
 from fl_app.hospital_steps import task_outputs
@@ -155,9 +157,15 @@ def test_a_remerged_adapter_loads_with_peft(remerged):
     cfg = compose_experiment([*TINY])
     classifier = MedForgeClassifier(build_backbone(cfg.model), task_outputs({"data": {"flags": TASKS}}))
 
-    model = PeftModel.from_pretrained(classifier, remerged[0] / "adapters" / "remerge-task_arithmetic")
+    folder = remerged[0] / "adapters" / "remerge-task_arithmetic"
 
-    assert model is not None
+    model = PeftModel.from_pretrained(classifier, folder)
+
+    # every saved tensor (LoRA and heads) is what the model now holds, under PEFT's own keys
+    saved = load_file(folder / "adapter_model.safetensors")
+    loaded = get_peft_model_state_dict(model)
+    assert saved and saved.keys() == loaded.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
 
 
 def test_remerge_refuses_to_overwrite_without_force_and_writes_nothing(remerged):

@@ -78,3 +78,11 @@ def test_the_vit_base_sized_preset_validates_offline():
 
     validate_experiment(cfg)  # on the meta device: no weights built
     assert (cfg.model.preset.hidden_size, cfg.model.preset.num_hidden_layers, cfg.model.preset.patch_size, cfg.model.image_size) == (768, 12, 16, 224)
+
+
+@pytest.mark.parametrize("strategy", ["one_shot", "medforge"])
+def test_strategies_that_train_once_have_no_rounds_knob(strategy):
+    # `rounds` did nothing for them; an override now fails instead of being ignored
+    assert "rounds" not in compose_experiment([f"strategy={strategy}"]).strategy
+    with pytest.raises(Exception, match="rounds"):
+        compose_experiment([f"strategy={strategy}", "strategy.rounds=2"])
