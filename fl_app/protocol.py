@@ -22,7 +22,6 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 HOSPITAL = "hospital"
-VERSIONS = "versions"
 VERSION_PREFIX = "version:"
 HOSPITAL_ERROR_TAG = re.compile(r"hospital-id=(\d+)")
 

@@ -19,11 +19,6 @@ POLL_S = 0.1  # as Flower's own in-memory Grid: a coarser poll adds up to POLL_S
 LOG_EVERY_S = 10.0
 
 
-def send_and_receive_reporting(grid: Any, messages: Iterable[Message], *, timeout: float | None = None, what: str = "messages") -> list[Message]:
-    """Push `messages`, pull replies until all arrived (or `timeout` s passed), log progress as `what`."""
-    return list(replies_as_they_arrive(grid, messages, timeout=timeout, what=what))
-
-
 def replies_as_they_arrive(grid: Any, messages: Iterable[Message], *, timeout: float | None = None, what: str = "messages") -> Iterator[Message]:
     """Push `messages`, then yield each reply as soon as it is pulled (asynchronous arrival)."""
     pending = set(grid.push_messages(list(messages)))

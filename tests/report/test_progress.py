@@ -27,7 +27,7 @@ def test_replies_are_reported_throttled_and_once_complete(monkeypatch):
     monkeypatch.setattr(progress, "POLL_S", 0.0)
     monkeypatch.setattr(progress, "LOG_EVERY_S", 3600.0)
 
-    replies = progress.send_and_receive_reporting(TrickleGrid(), ["m0", "m1", "m2"], what="train round 1")
+    replies = list(progress.replies_as_they_arrive(TrickleGrid(), ["m0", "m1", "m2"], what="train round 1"))
 
     assert len(replies) == 3
     assert len(lines) == 1 and lines[0].startswith("train round 1: 3/3 hospitals replied, 1 with an error (")
@@ -39,6 +39,6 @@ def test_every_arrival_is_reported_when_the_interval_allows(monkeypatch):
     monkeypatch.setattr(progress, "POLL_S", 0.0)
     monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
 
-    progress.send_and_receive_reporting(TrickleGrid(), ["m0", "m1"], what="evaluate")
+    list(progress.replies_as_they_arrive(TrickleGrid(), ["m0", "m1"], what="evaluate"))
 
     assert [line.split(" (")[0] for line in lines] == ["evaluate: 1/2 hospitals replied", "evaluate: 2/2 hospitals replied, 1 with an error"]
