@@ -320,7 +320,7 @@ def bench(n: int, selected: list[Case], args) -> list[Row]:
         peft_err = None if peft is None else max_relative_error(peft.deltas(), reference)
         ours_mb = peft_mb = None
         if not args.no_memory:
-            ours_mb = peak_tensor_bytes(lambda: run_project(case, states, weights, rank)) / 2**20
+            ours_mb = peak_tensor_bytes(lambda case=case, rank=rank: run_project(case, states, weights, rank)) / 2**20
             if peft is not None:
                 peft.clean()
                 peft_mb = peak_tensor_bytes(peft) / 2**20

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> Path:
     except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"compare.py: error: {error}\n")
     written = write_report(runs, args.out or args.folders[0])
-    for name, path in written.items():
+    for path in written.values():
         logging.getLogger("medforge.report").info("wrote %s", path)
     print(written["md"], flush=True)
     return written["md"]

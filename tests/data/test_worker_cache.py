@@ -22,7 +22,7 @@ def test_the_least_recently_used_entry_goes_first():
 def test_capacity_zero_keeps_nothing_and_a_smaller_bound_evicts_at_once():
     cache = BoundedCache()
     for key in range(4):
-        cache.get(key, lambda: key, capacity=4)
+        cache.get(key, lambda key=key: key, capacity=4)
 
     cache.get(9, lambda: 9, capacity=1)
     assert len(cache) == 1

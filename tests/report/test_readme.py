@@ -54,3 +54,12 @@ def test_scripts_fail_clearly_on_a_folder_without_results(script, tmp_path, caps
 
     assert exit_info.value.code == 2 and "results.json" in capsys.readouterr().err
 
+
+
+def test_ci_lints_then_runs_the_readme_test_command():
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    install, test = "bash scripts/install.sh", ".venv/bin/python -m pytest"
+
+    assert f"{install} && {test}" in README  # the README's command: install, then every test
+    assert ci.index(install) < ci.index(".venv/bin/ruff check .") < ci.index(".venv/bin/ruff format --check .") < ci.index(test)
+    assert ci[-1] == test

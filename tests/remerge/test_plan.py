@@ -1,13 +1,12 @@
-"""remerge without a simulation: method registry read at call time, parameters, names, refusals."""
+"""What to re-merge (fl_app/remerge/plan.py): methods read at call time, parameters, weights, names, refusals."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
 
-from fl_app.remerge import MergeRequest, StoredRun, load_stored_run, parse_params, parse_weights, plan_requests, registered_methods, remerge
+from fl_app.remerge import parse_params, parse_weights, plan_requests, registered_methods
 from strategies.merging import MERGE_METHODS
 
 RUN_STRATEGY = {"name": "one_shot", "merge": "task_arithmetic", "weighting": "num_examples", "scale": 1.0, "merge_rank": None}
@@ -69,39 +68,6 @@ def test_settings_that_differ_from_the_run_name_and_label_the_version():
 def test_bad_settings_are_refused_naming_the_option(kwargs, message):
     with pytest.raises(ValueError, match=message):
         plan_requests(["task_arithmetic"], [], RUN_STRATEGY, **kwargs)
-
-
-def _stored(tmp_path, versions) -> StoredRun:
-    results = {"status": "completed", "versions": versions}
-    return StoredRun(tmp_path, json.dumps(results), results, experiment=None, hospitals=[])
-
-
-def _request(name: str) -> MergeRequest:
-    return MergeRequest("task_arithmetic", {}, "uniform", 1.0, None, name, "task_arithmetic")
-
-
-def test_the_runs_own_versions_are_never_replaced_even_with_force(tmp_path):
-    run = _stored(tmp_path, [{"name": "merged", "kind": "merged"}])
-
-    with pytest.raises(ValueError, match="one of the run's own versions; remerge never replaces those"):
-        remerge(run, [_request("merged")], force=True)
-
-
-def test_an_existing_remerge_version_needs_force(tmp_path):
-    run = _stored(tmp_path, [{"name": "remerge-x", "kind": "merged", "remerge": {}}])
-
-    with pytest.raises(ValueError, match="already exists .* pass --force"):
-        remerge(run, [_request("remerge-x")])
-
-
-def test_a_run_without_hospital_adapters_is_refused_clearly(tmp_path):
-    (tmp_path / "config.yaml").write_text("seed: 0\n")
-    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "strategy": "fedavg", "versions": [{"name": "fedavg-round-1", "kind": "fedavg"}]}))
-
-    with pytest.raises(ValueError, match="holds no hospital adapters .* remerge needs a one_shot run"):
-        load_stored_run(tmp_path)
-    with pytest.raises(FileNotFoundError, match="has no results.json"):
-        load_stored_run(tmp_path / "elsewhere")
 
 
 def test_explicit_weighting_takes_the_runs_weights_or_those_given():
