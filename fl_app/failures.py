@@ -20,7 +20,13 @@ class Failure:
 
     def as_dict(self) -> dict[str, Any]:
         """As results.json records it (the reason under `error`; screen details only when set)."""
-        record = {"node_id": self.node_id, "hospital_id": self.hospital_id, "round": self.round, "phase": self.phase, "error": self.reason}
+        record = {
+            "node_id": self.node_id,
+            "hospital_id": self.hospital_id,
+            "round": self.round,
+            "phase": self.phase,
+            "error": self.reason,
+        }
         if self.tensor is not None or self.problem is not None:
             record |= {"tensor": self.tensor, "problem": self.problem}
         return record

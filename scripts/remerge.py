@@ -9,7 +9,8 @@ Each method becomes a new version `remerge-<method>[-<settings>]` (or --name), e
 hospital's test split in this process (data and model rebuilt from RUN_DIR/config.yaml; no
 retraining, no Flower), saved under RUN_DIR/adapters/<name>/ and appended to results.json. The
 run's own versions are never changed; an existing remerge version is replaced only with --force.
-`scripts/compare.py RUN_DIR` then shows them as rows. The last line printed is RUN_DIR.
+`scripts/compare.py RUN_DIR` then shows them as rows. It ends with the run's table of versions
+(the new ones included), and the last line printed is RUN_DIR.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 from pathlib import Path
 
 from fl_app.remerge import load_stored_run, parse_params, parse_weights, plan_requests, registered_methods, remerge
+from fl_app.report.summary import run_summary
+from fl_app.server.results import read_results
 from strategies.merging import WEIGHTINGS
 
 
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         remerge(run, requests, force=args.force, data_root=args.data_root)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         parser.exit(2, f"remerge.py: error: {error}\n")
+    print("\n".join(run_summary(read_results(args.run_dir))), flush=True)
     print(args.run_dir, flush=True)
     return args.run_dir
 

@@ -38,7 +38,9 @@ class StrategyOutcome:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def merged_version(name: str, result: MergeResult, hospital_ids: Sequence[int], weights: Sequence[float], **extra: Any) -> ModelVersion:
+def merged_version(
+    name: str, result: MergeResult, hospital_ids: Sequence[int], weights: Sequence[float], **extra: Any
+) -> ModelVersion:
     """A version made by a registered merge (one-shot, a baseline, a re-merge), with its provenance.
 
     Details: the method and the parameters it ran with, each hospital's weight, whether the merge

@@ -54,8 +54,13 @@ def test_head_task_names_the_expected_key_forms():
 def test_state_views():
     assert set(lora_state(STATE)) == {k for k in STATE if "lora_" in k}
     assert set(non_lora_state(STATE)) == {k for k in STATE if "heads." in k}
-    assert set(head_state(STATE, ["breastmnist"])) == {"base_model.model.heads.breastmnist.weight", "base_model.model.heads.breastmnist.bias"}
-    assert set(adapter_state(STATE, ["pneumoniamnist"])) == set(lora_state(STATE)) | {"base_model.model.heads.pneumoniamnist.weight"}
+    assert set(head_state(STATE, ["breastmnist"])) == {
+        "base_model.model.heads.breastmnist.weight",
+        "base_model.model.heads.breastmnist.bias",
+    }
+    assert set(adapter_state(STATE, ["pneumoniamnist"])) == set(lora_state(STATE)) | {
+        "base_model.model.heads.pneumoniamnist.weight"
+    }
     assert state_tasks(STATE) == ["breastmnist", "pneumoniamnist"]
 
 

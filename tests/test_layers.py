@@ -148,7 +148,9 @@ def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
 def loaded_after(statement: str) -> set[str]:
     """Top-level module names in sys.modules after `statement` runs in a fresh interpreter."""
     code = f"import sys\n{statement}\nprint('\\n'.join(sorted(sys.modules)))"
-    completed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
+    )
     return set(completed.stdout.split())
 
 

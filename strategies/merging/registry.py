@@ -19,7 +19,9 @@ from strategies.merging.lowrank import ModuleMerge, task_arithmetic
 from strategies.merging.sparsify import PIPELINES, sparse_task_arithmetic
 
 
-def signature_params(fn: ModuleMerge, bound: Mapping[str, Any], defaults: Mapping[str, Any], unused: frozenset[str]) -> dict[str, Any]:
+def signature_params(
+    fn: ModuleMerge, bound: Mapping[str, Any], defaults: Mapping[str, Any], unused: frozenset[str]
+) -> dict[str, Any]:
     """The settable parameters of `fn` and their defaults, read from its keyword-only parameters.
 
     `bound` and `unused` ones are left out; `defaults` supplies a default the signature leaves to
@@ -32,7 +34,9 @@ def signature_params(fn: ModuleMerge, bound: Mapping[str, Any], defaults: Mappin
             continue
         default = defaults.get(parameter.name, parameter.default)
         if default is inspect.Parameter.empty:
-            raise TypeError(f"merge function {fn.__name__} has no default for {parameter.name!r}; give one in its signature or in `defaults`")
+            raise TypeError(
+                f"merge function {fn.__name__} has no default for {parameter.name!r}; give one in its signature or in `defaults`"
+            )
         params[parameter.name] = default
     return params
 
@@ -71,9 +75,18 @@ SIGN_PARAMS = frozenset({"majority_sign_method", "normalize"})
 def _sparse(name: str, description: str) -> MergeMethod:
     """A `sparse_task_arithmetic` pipeline: its density default, sign election and seed where it uses them."""
     pipeline = PIPELINES[name]
-    unused = (frozenset() if pipeline.consensus == "sign" else SIGN_PARAMS) | (frozenset() if pipeline.sparsify == "random" else {"seed"})
+    unused = (frozenset() if pipeline.consensus == "sign" else SIGN_PARAMS) | (
+        frozenset() if pipeline.sparsify == "random" else {"seed"}
+    )
     return MergeMethod(
-        name, sparse_task_arithmetic, pipeline.paper, True, description, bound={"pipeline": name}, defaults={"density": pipeline.density}, unused=unused
+        name,
+        sparse_task_arithmetic,
+        pipeline.paper,
+        True,
+        description,
+        bound={"pipeline": name},
+        defaults={"density": pipeline.density},
+        unused=unused,
     )
 
 
@@ -126,7 +139,11 @@ MERGE_METHODS: dict[str, MergeMethod] = {m.name: m for m in _METHODS}
 PEFT_NAMES: dict[str, tuple[str, dict[str, Any], str]] = {
     "linear": ("fedit", {}, "PEFT puts sqrt(w) on each factor, so PEFT linear(w) = fedit(sqrt(w))."),
     "cat": ("task_arithmetic", {"form": "cat"}, ""),
-    "svd": ("task_arithmetic", {"form": "svd"}, "merge_rank None is lossless here; PEFT's default svd_rank is max r_i."),
+    "svd": (
+        "task_arithmetic",
+        {"form": "svd"},
+        "merge_rank None is lossless here; PEFT's default svd_rank is max r_i.",
+    ),
     "ties_svd": ("ties", {}, "PEFT's disjoint mean divides by the count: normalize='count'."),
     "dare_linear_svd": ("dare_linear", {}, ""),
     "dare_ties_svd": ("dare_ties", {}, "PEFT's disjoint mean divides by the count: normalize='count'."),

@@ -17,7 +17,10 @@ WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
 
 
 def hospital_weights(
-    hospital_ids: Sequence[int], num_examples: Sequence[int], weighting: Weighting, explicit: Mapping[int | str, float] | None = None
+    hospital_ids: Sequence[int],
+    num_examples: Sequence[int],
+    weighting: Weighting,
+    explicit: Mapping[int | str, float] | None = None,
 ) -> list[float]:
     """The merge weight of each hospital, the one function the strategies and remerge call.
 
@@ -31,7 +34,6 @@ def hospital_weights(
     if not explicit:
         raise ValueError("weighting 'explicit' needs a weight per hospital id, e.g. strategy.weights={0: 0.5, 1: 0.5}")
     return explicit_weights(hospital_ids, explicit)
-
 
 
 def merge_weights(num_examples: Sequence[int], scheme: WeightScheme) -> list[float]:

@@ -9,12 +9,21 @@ import pytest
 from fl_app.remerge import parse_params, parse_weights, plan_requests, registered_methods
 from strategies.merging import MERGE_METHODS
 
-RUN_STRATEGY = {"name": "one_shot", "merge": "task_arithmetic", "weighting": "num_examples", "scale": 1.0, "merge_rank": None}
+RUN_STRATEGY = {
+    "name": "one_shot",
+    "merge": "task_arithmetic",
+    "weighting": "num_examples",
+    "scale": 1.0,
+    "merge_rank": None,
+}
 
 
 def test_params_are_yaml_scalars_optionally_scoped_to_a_method():
     assert parse_params(["density=0.5", "ties.normalize=weights", "seed=3", "flag=true"]) == [
-        (None, "density", 0.5), ("ties", "normalize", "weights"), (None, "seed", 3), (None, "flag", True),
+        (None, "density", 0.5),
+        ("ties", "normalize", "weights"),
+        (None, "seed", 3),
+        (None, "flag", True),
     ]
     with pytest.raises(ValueError, match="is not key=value"):
         parse_params(["density"])
@@ -26,7 +35,11 @@ def test_unknown_method_lists_the_registered_ones():
 
 
 def test_a_method_registered_later_is_usable_without_extra_wiring(monkeypatch):
-    monkeypatch.setitem(MERGE_METHODS, "my_merge", replace(MERGE_METHODS["task_arithmetic"], name="my_merge", description="added by a test"))
+    monkeypatch.setitem(
+        MERGE_METHODS,
+        "my_merge",
+        replace(MERGE_METHODS["task_arithmetic"], name="my_merge", description="added by a test"),
+    )
 
     (request,) = plan_requests(["my_merge"], [], RUN_STRATEGY)
 
@@ -36,7 +49,9 @@ def test_a_method_registered_later_is_usable_without_extra_wiring(monkeypatch):
 
 def test_unscoped_params_go_to_the_methods_that_declare_them():
     # a registered method that disappears fails here (plan_requests raises), it is not skipped
-    requests = {r.method: r for r in plan_requests(["task_arithmetic", "ties"], parse_params(["density=0.5"]), RUN_STRATEGY)}
+    requests = {
+        r.method: r for r in plan_requests(["task_arithmetic", "ties"], parse_params(["density=0.5"]), RUN_STRATEGY)
+    }
 
     assert requests["ties"].params == {"density": 0.5} and requests["task_arithmetic"].params == {}
     assert requests["ties"].name == "remerge-ties-density=0.5" and requests["ties"].label == "ties (density=0.5)"
@@ -74,7 +89,9 @@ def test_explicit_weighting_takes_the_runs_weights_or_those_given():
     run = {**RUN_STRATEGY, "weighting": "explicit", "weights": {0: 0.7, 1: 0.3}}
 
     (from_run,) = plan_requests(["task_arithmetic"], [], run)
-    (given,) = plan_requests(["task_arithmetic"], [], RUN_STRATEGY, weighting="explicit", weights=parse_weights(["0=2", "1=-1"]))
+    (given,) = plan_requests(
+        ["task_arithmetic"], [], RUN_STRATEGY, weighting="explicit", weights=parse_weights(["0=2", "1=-1"])
+    )
 
     assert from_run.weighting == "explicit" and from_run.weights == {"0": 0.7, "1": 0.3}
     assert given.weights == {"0": 2.0, "1": -1.0} and "weighting=explicit" in given.name

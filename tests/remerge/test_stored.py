@@ -11,7 +11,11 @@ from fl_app.remerge import load_stored_run
 
 def test_a_run_without_hospital_adapters_is_refused_clearly(tmp_path):
     (tmp_path / "config.yaml").write_text("seed: 0\n")
-    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "strategy": "fedavg", "versions": [{"name": "fedavg-round-1", "kind": "fedavg"}]}))
+    (tmp_path / "results.json").write_text(
+        json.dumps(
+            {"status": "completed", "strategy": "fedavg", "versions": [{"name": "fedavg-round-1", "kind": "fedavg"}]}
+        )
+    )
 
     with pytest.raises(ValueError, match="holds no hospital adapters .* remerge needs a one_shot run"):
         load_stored_run(tmp_path)
