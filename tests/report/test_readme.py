@@ -1,4 +1,4 @@
-"""The README's commands point at things that exist: scripts, presets, registered merge methods."""
+"""The README's and docs/*.md's commands point at things that exist: scripts, presets, registered merge methods, guides."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from strategies.merging import MERGE_METHODS
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
-COMMANDS = [line.strip() for block in re.findall(r"```bash\n(.*?)```", README, re.S) for line in block.splitlines() if line.strip()]
+GUIDES = sorted((REPO / "docs").glob("*.md"))
+TEXTS = {"README.md": README, **{f"docs/{g.name}": g.read_text() for g in GUIDES}}
+ALL_TEXT = "\n".join(TEXTS.values())
+COMMANDS = [line.strip() for text in TEXTS.values() for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines() if line.strip()]
 
 
 def test_every_script_the_readme_runs_exists():
@@ -22,7 +25,7 @@ def test_every_script_the_readme_runs_exists():
 
 
 def test_every_preset_the_readme_names_exists():
-    presets = set(re.findall(r"experiment=(\w+)", README))
+    presets = set(re.findall(r"experiment=(\w+)", ALL_TEXT))
 
     assert presets and all((REPO / "conf" / "experiment" / f"{p}.yaml").is_file() for p in presets)
 
@@ -31,6 +34,20 @@ def test_every_merge_method_the_readme_uses_is_registered():
     methods = {m for c in COMMANDS for m in re.findall(r"--merge ([\w ]+?)(?: --|$)", c) for m in m.split()}
 
     assert methods and methods <= set(MERGE_METHODS)
+
+
+def test_every_guide_is_linked_from_the_readme_and_every_link_resolves():
+    linked = set(re.findall(r"\]\((docs/[\w.-]+\.md)(?:#[\w-]+)?\)", README))
+
+    assert GUIDES and linked == {f"docs/{g.name}" for g in GUIDES}
+    for name, text in TEXTS.items():
+        base = (REPO / name).parent
+        for target in re.findall(r"\]\(((?:\.\./|docs/)[\w./-]+\.md)(?:#[\w-]+)?\)", text):
+            assert (base / target).is_file(), f"{name} links to {target}, which does not exist"
+
+
+def test_the_readme_front_page_stays_short():
+    assert len(README.splitlines()) <= 260
 
 
 def script_main(name: str):
