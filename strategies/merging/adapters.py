@@ -1,7 +1,7 @@
 """Merge whole hospital adapters given as flat PEFT state dicts (`get_peft_model_state_dict`).
 
 A state holds LoRA keys `<module>.lora_A.weight` / `<module>.lora_B.weight` and classification
-head keys `...heads.<task>.<param>` (read by fl_app/adapter_keys.py). LoRA modules merge through a registered `ModuleMerge` (task
+head keys `...heads.<task>.<param>`. LoRA modules merge through a registered `ModuleMerge` (task
 arithmetic by default); heads merge per task by a weighted average.
 """
 
