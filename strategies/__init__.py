@@ -3,8 +3,10 @@
 - `one_shot` (strategies/one_shot.py): one round, one merge (merge math in strategies/merging/).
 - `fedavg`   (strategies/fedavg.py): Flower's FedAvg over the adapters, the baseline.
 - `medforge` (strategies/medforge/): MedForge-Fusion and -Mixture, progressive and one-shot.
+- `centralised` (strategies/centralised.py): the pooled-data reference (simulation only).
 """
 
+from strategies.centralised import run_centralised
 from strategies.fedavg import run_fedavg
 from strategies.medforge import run_medforge
 from strategies.one_shot import run_one_shot
@@ -13,6 +15,7 @@ STRATEGIES = {
     "one_shot": run_one_shot,
     "fedavg": run_fedavg,
     "medforge": run_medforge,
+    "centralised": run_centralised,
 }
 
 

@@ -25,7 +25,7 @@ HOSPITAL_REFERENCE = "hospital (own adapter, mean)"
 # Config keys never shown as a run's setting: the seed is what rows average over; the others are
 # paths or are already in the label.
 NOT_SETTINGS = frozenset({"seed", "quiet", "data.root", "model.pretrained", "strategy.name", "strategy.merge", "strategy.rounds"})
-KIND_ORDER = {"merged": 0, "progressive": 1, "fedavg": 2, "hospital": 3}
+KIND_ORDER = {"merged": 0, "progressive": 1, "fedavg": 2, "reference": 3, "hospital": 4}
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,9 @@ class Row:
 
     @property
     def reference(self) -> bool:
-        """The hospitals' own adapters: a reference, not a model the consortium could deploy."""
-        return self.kind == "hospital"
+        """The hospitals' own adapters, or the pooled-data (centralised) adapter: references, not models
+        the consortium could build, so they do not compete for the best value."""
+        return self.kind in ("hospital", "reference")
 
     @property
     def seeds(self) -> list[int | None]:
@@ -201,6 +202,10 @@ def entries_of_run(results: Mapping[str, Any], folder: str, settings: str = "") 
                 label = f"progressive {method} (final: {last['name']})".replace("  ", " ")
                 through = int(last["round"]) if "round" in last else None
                 entries.append(entry(_with_settings(label, settings), kind, _version_values(last) | traffic_values(communication, through, wall)))
+        elif kind == "reference":  # the centralised adapter: no federated traffic
+            for v in group:
+                no_traffic = {"upload_bytes": None, "download_bytes": None, "total_bytes": None, "rounds": None, "wall_seconds": wall}
+                entries.append(entry(_with_settings(str(v.get("label") or v["name"]), settings), kind, _version_values(v) | no_traffic))
         elif kind == "hospital":
             no_traffic = {"upload_bytes": None, "download_bytes": None, "total_bytes": None, "rounds": None, "wall_seconds": None}
             entries.append(entry(_with_settings(HOSPITAL_REFERENCE, settings), kind, own_adapter_values(group) | no_traffic))
