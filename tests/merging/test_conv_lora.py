@@ -142,3 +142,19 @@ def test_factors_merge_matches_peft_cat_on_conv():
         mine = split_lora_modules(ours.state, 1.0)[f"base_model.model.{module}"].delta()
         assert rel(mine, peft) < TOL
     assert task_arithmetic  # the registered default method is the one compared
+
+
+def test_medforge_fusion_of_conv_adapters_is_exact_and_loads_with_peft():
+    from strategies.medforge.fusion import fuse
+
+    # Prepare
+    states = hospital_states(2)
+    adapters = [split_lora_modules(s, 2.0) for s in states]
+    coefficients = [{m: c for m in adapters[0]} for c in (0.8, -0.3)]
+    # Execute
+    state, rank = fuse(adapters, coefficients, "delta", like=states[0])
+    state |= {k: v for k, v in states[0].items() if "heads." in k}  # fuse returns LoRA only; PEFT loads heads too
+    # Assert
+    for module in MODULES:
+        explicit = sum(c * 2.0 * peft_delta(s, 4, module) for s, c in zip(states, (0.8, -0.3)))
+        assert rel(peft_delta(state, rank, module), explicit) < TOL
