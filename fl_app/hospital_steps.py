@@ -27,7 +27,15 @@ from fl_app.model.lora import HospitalModel, hospital_model
 from fl_app.model.mixture import mixture_probabilities
 from fl_app.pooled_auc import score_histograms, sparse_histograms
 from fl_app.protocol import ARRAYS, CONFIG, HOSPITAL, METRICS, VERSION_PREFIX, hospital_record, read_experiment
-from fl_app.training import TrainSettings, medmnist_metrics, model_pixels, pick_device, predict_scores, train_adapter
+from fl_app.training import (
+    medmnist_metrics,
+    model_pixels,
+    pick_device,
+    predict_scores,
+    train_adapter,
+    train_settings,
+    validation_score,
+)
 
 
 def task_outputs(experiment: Mapping[str, Any]) -> dict[str, int]:
@@ -75,15 +83,18 @@ class Hospital:
         if start is not None and len(start) > 0:
             self.model.load_adapter_state(name, arrayrecord_to_state(start), self.task)
         self.model.peft.to(self.device)
-        settings = TrainSettings(
-            epochs=int(train["local_epochs"]), lr=float(train["lr"]), batch_size=int(train["batch_size"]),
-            optimizer=str(train["optimizer"]), weight_decay=float(train.get("weight_decay", 0.0)),
-        )
+        settings = train_settings(train)
         seed = hospital_seed(int(self.experiment["seed"]), self.id, server_round)
-        loss = train_adapter(self.model.peft, self.data.task, self.data.train, settings, self.image_size, seed, self.device)
+        result = train_adapter(
+            self.model.peft, self.data.task, self.data.train, settings, self.image_size, seed, self.device,
+            validate=lambda: validation_score(self._metrics(self.data.val)),
+        )
         val = self._metrics(self.data.val)
         # Same keys from every hospital (Flower's FedAvg requires it): NaN when AUC is undefined.
-        metrics = {"num-examples": len(self.data.train), "train-loss": loss, "val-acc": val["acc"], "val-auc": val["auc"]}
+        metrics = {
+            "num-examples": len(self.data.train), "train-loss": result.loss, "val-acc": val["acc"], "val-auc": val["auc"],
+            "best-epoch": result.best_epoch,
+        }
         state = self.model.adapter_state(name, [self.task])
         reply = RecordDict({ARRAYS: state_to_arrayrecord(state), METRICS: MetricRecord(metrics), HOSPITAL: self.record()})
         if calibration:

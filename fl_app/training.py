@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,11 +65,11 @@ def to_pixels(images: np.ndarray, image_size: int) -> torch.Tensor:
     return model_pixels(unit_images(images), image_size)
 
 
-def task_loss(task: TaskInfo, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on logits (BCE per label for multi-label tasks)."""
+def task_loss(task: TaskInfo, logits: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy on logits (BCE per label for multi-label tasks), optionally class-weighted."""
     if task.multi_label:
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
-    return nn.functional.cross_entropy(logits, labels[:, 0].long())
+    return nn.functional.cross_entropy(logits, labels[:, 0].long(), weight=class_weight)
 
 
 def task_scores(task: TaskInfo, logits: torch.Tensor) -> torch.Tensor:
@@ -75,41 +77,143 @@ def task_scores(task: TaskInfo, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if task.multi_label else torch.softmax(logits, dim=-1)
 
 
+SCHEDULES = ("constant", "onecycle", "cosine")
+CLASS_WEIGHTINGS = ("none", "balanced")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
+    """The local recipe (conf `train`): tuned on the real validation splits, never on test."""
+
     epochs: int
     lr: float
     batch_size: int
     optimizer: str = "adamw"
     weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | onecycle (warm-up 15%, then cosine down) | cosine
+    augment: bool = False  # random horizontal flips (label-preserving for these MedMNIST tasks)
+    class_weighting: str = "none"  # none | balanced: cross-entropy weights n / (k · n_class) against imbalance
+    early_stopping: bool = False  # keep the epoch with the best validation AUC (ACC where AUC is undefined)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float  # mean training loss of the last epoch run
+    best_epoch: int  # 1-based epoch whose weights were kept (the last one without early stopping)
+    val_score: float  # the kept epoch's validation score (NaN without early stopping)
+
+
+def train_settings(train: Mapping[str, Any]) -> TrainSettings:
+    """The local recipe from the experiment's `train` section."""
+    return TrainSettings(
+        epochs=int(train["local_epochs"]), lr=float(train["lr"]), batch_size=int(train["batch_size"]),
+        optimizer=str(train["optimizer"]), weight_decay=float(train.get("weight_decay", 0.0)),
+        schedule=str(train.get("schedule", "constant")), augment=bool(train.get("augment", False)),
+        class_weighting=str(train.get("class_weighting", "none")), early_stopping=bool(train.get("early_stopping", False)),
+    )
+
+
+def validation_score(metrics: Mapping[str, float]) -> float:
+    """What early stopping maximises: validation AUC, or ACC where AUC is undefined (one-class split)."""
+    return metrics["auc"] if not math.isnan(metrics["auc"]) else metrics["acc"]
+
+
+def class_weights(task: TaskInfo, labels: np.ndarray, scheme: str) -> torch.Tensor | None:
+    """Cross-entropy class weights: `balanced` = n / (k · n_c) (sklearn's), None for `none` or multi-label."""
+    if scheme not in CLASS_WEIGHTINGS:
+        raise ValueError(f"train.class_weighting={scheme!r} is not valid; choose one of {CLASS_WEIGHTINGS}.")
+    if scheme == "none" or task.multi_label:
+        return None
+    counts = np.bincount(labels[:, 0], minlength=task.n_outputs).astype(np.float64)
+    return torch.tensor(len(labels) / (task.n_outputs * np.maximum(counts, 1.0)), dtype=torch.float32)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, total_steps: int):
+    if settings.schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule={settings.schedule!r} is not valid; choose one of {SCHEDULES}.")
+    if settings.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=max(total_steps, 1), pct_start=0.15)
+    if settings.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    return None
 
 
 def train_adapter(
-    model: nn.Module, task: TaskInfo, split: SplitArrays, settings: TrainSettings, image_size: int, seed: int, device: torch.device
-) -> float:
-    """Fine-tune the trainable (LoRA + head) parameters; return the mean loss of the last epoch."""
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], settings)
+    model: nn.Module,
+    task: TaskInfo,
+    split: SplitArrays,
+    settings: TrainSettings,
+    image_size: int,
+    seed: int,
+    device: torch.device,
+    validate: Callable[[], float] | None = None,
+) -> TrainResult:
+    """Fine-tune the trainable (LoRA + head) parameters on one task's split.
+
+    With `settings.early_stopping` and a `validate` callback (the hospital's own validation score,
+    higher is better), the weights of the best epoch are restored at the end.
+    """
+    return train_adapter_on_tasks(model, [(task, split)], settings, image_size, seed, device, validate)
+
+
+def train_adapter_on_tasks(
+    model: nn.Module,
+    parts: Sequence[tuple[TaskInfo, SplitArrays]],
+    settings: TrainSettings,
+    image_size: int,
+    seed: int,
+    device: torch.device,
+    validate: Callable[[], float] | None = None,
+) -> TrainResult:
+    """`train_adapter` over several tasks at once (each batch from one task, through its head; the
+    batches of all tasks shuffled together): the centralised reference trains this way on pooled data."""
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = make_optimizer(list(trainable.values()), settings)
+    steps_per_epoch = sum(math.ceil(len(split) / settings.batch_size) for _, split in parts)
+    scheduler = make_scheduler(optimizer, settings, settings.epochs * steps_per_epoch)
+    weights = [class_weights(task, split.labels, settings.class_weighting) for task, split in parts]
+    weights = [w.to(device) if w is not None else None for w in weights]
+    labels = [torch.from_numpy(split.labels) for _, split in parts]
     generator = torch.Generator().manual_seed(seed)
-    labels = torch.from_numpy(split.labels)
-    model.train()
-    epoch_loss = math.nan
+    epoch_loss, best = math.nan, (-math.inf, settings.epochs, None)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # dropout draws too: the same run trains the same adapter in any process
-        for _ in range(settings.epochs):
-            order = torch.randperm(len(split), generator=generator).numpy()
+        for epoch in range(1, settings.epochs + 1):
+            model.train()
+            batches = []
+            for index, (_, split) in enumerate(parts):
+                order = torch.randperm(len(split), generator=generator).numpy()
+                batches += [(index, order[start : start + settings.batch_size]) for start in range(0, len(order), settings.batch_size)]
+            if len(parts) > 1:
+                batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
             total, seen = 0.0, 0
-            for start in range(0, len(order), settings.batch_size):
-                batch = order[start : start + settings.batch_size]
-                pixels = to_pixels(split.images[batch], image_size).to(device)
-                loss = task_loss(task, model(pixel_values=pixels, task=task.name), labels[batch].to(device))
+            for index, batch in batches:
+                task, split = parts[index]
+                pixels = to_pixels(split.images[batch], image_size)
+                if settings.augment:
+                    flip = torch.rand(len(batch), generator=generator) < 0.5
+                    pixels[flip] = pixels[flip].flip(-1)
+                logits = model(pixel_values=pixels.to(device), task=task.name)
+                loss = task_loss(task, logits, labels[index][batch].to(device), weights[index])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 total += float(loss.detach()) * len(batch)
                 seen += len(batch)
             epoch_loss = total / max(seen, 1)
+            if settings.early_stopping and validate is not None:
+                model.eval()
+                score = validate()
+                if score > best[0]:
+                    best = (score, epoch, {name: p.detach().clone() for name, p in trainable.items()})
+    if best[2] is not None:
+        with torch.no_grad():
+            for name, p in trainable.items():
+                p.copy_(best[2][name])
     model.eval()
-    return epoch_loss
+    return TrainResult(loss=epoch_loss, best_epoch=best[1], val_score=best[0] if best[2] is not None else math.nan)
 
 
 def make_optimizer(parameters: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:

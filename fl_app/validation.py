@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from fl_app.data import experiment_tasks, validate_data_config
 from fl_app.model.backbone import build_backbone
 from fl_app.model.lora import resolve_lora_targets
-from fl_app.training import OPTIMIZERS
+from fl_app.training import CLASS_WEIGHTINGS, OPTIMIZERS, SCHEDULES
 from strategies import STRATEGIES
 from strategies.medforge.settings import validate_medforge
 from strategies.merging import MERGE_METHODS, WEIGHTINGS, get_merge_method
@@ -53,7 +53,7 @@ def validate_experiment(cfg: DictConfig) -> None:
         strategy.name in STRATEGIES,
         f"strategy={strategy.name!r} is not valid; choose one of {sorted(STRATEGIES)}.",
     )
-    if strategy.name == "fedavg":  # one_shot and medforge train once: they have no `rounds`
+    if strategy.name == "fedavg":  # one_shot, medforge and centralised train once: they have no `rounds`
         _require(int(strategy.rounds) >= 1, f"strategy.rounds={strategy.rounds} must be >= 1.")
     _require(
         1 <= int(strategy.min_hospitals) <= int(sim.num_hospitals),
@@ -87,6 +87,11 @@ def validate_experiment(cfg: DictConfig) -> None:
     _require(float(train.lr) > 0, f"train.lr={train.lr} must be > 0.")
     _require(int(train.batch_size) >= 1, f"train.batch_size={train.batch_size} must be >= 1.")
     _require(train.optimizer in OPTIMIZERS, f"train.optimizer={train.optimizer!r} is not valid; choose one of {OPTIMIZERS}.")
+    _require(train.schedule in SCHEDULES, f"train.schedule={train.schedule!r} is not valid; choose one of {SCHEDULES}.")
+    _require(
+        train.class_weighting in CLASS_WEIGHTINGS,
+        f"train.class_weighting={train.class_weighting!r} is not valid; choose one of {CLASS_WEIGHTINGS}.",
+    )
     validate_data_config(cfg.data, int(sim.num_hospitals))
     _validate_lora_targets(cfg)
 

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="run folders or sweep folders (searched recursively)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first folder)")
+    parser.add_argument("--fedavg-rounds", type=int, nargs="+", default=[], metavar="R", help="also show FedAvg after these rounds as rows (e.g. 1 3); the last round is always shown")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only warnings and the report path")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> Path:
         runs = load_runs(args.folders)
     except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"compare.py: error: {error}\n")
-    written = write_report(runs, args.out or args.folders[0])
+    written = write_report(runs, args.out or args.folders[0], fedavg_rounds=args.fedavg_rounds)
     for path in written.values():
         logging.getLogger("medforge.report").info("wrote %s", path)
     print(written["md"], flush=True)

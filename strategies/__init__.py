@@ -3,6 +3,7 @@
 - `one_shot` (strategies/one_shot.py): one round, one merge (merge math in strategies/merging/).
 - `fedavg`   (strategies/fedavg.py): Flower's FedAvg over the adapters, the baseline.
 - `medforge` (strategies/medforge/): MedForge-Fusion and -Mixture, progressive and one-shot.
+- `centralised` (strategies/centralised.py): the pooled-data reference (simulation only).
 
 Runners are imported when asked for by name, so `import strategies.merging` (pure torch math)
 loads neither Flower's strategies nor nevergrad.
@@ -19,6 +20,7 @@ STRATEGIES: dict[str, str] = {
     "one_shot": "strategies.one_shot:run_one_shot",
     "fedavg": "strategies.fedavg:run_fedavg",
     "medforge": "strategies.medforge.runner:run_medforge",
+    "centralised": "strategies.centralised:run_centralised",
 }
 
 

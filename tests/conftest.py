@@ -11,16 +11,18 @@ from fl_app.config import compose_experiment
 REPO = Path(__file__).resolve().parents[1]
 MEDMNIST_ROOT = (REPO / ".." / "shared" / "data" / "medmnist").resolve()
 
-# Small enough for CPU tests, same code paths as the quickstart.
-TINY = [
+# Small enough for CPU tests, same code paths as the quickstart (whose backbone is EfficientNet-Lite0).
+TINY_MODEL = [
+    "model=tiny_vit",
     "model.preset.hidden_size=48",
     "model.preset.num_hidden_layers=2",
     "model.preset.intermediate_size=96",
     "model.preset.patch_size=7",
-    "data.max_train=64",
-    "data.max_eval=48",
     "lora.r=4",
 ]
+TINY_CAPS = ["data.max_train=64", "data.max_eval=48"]
+TINY_SITE = [*TINY_MODEL, *TINY_CAPS]  # with data=site (which declares tasks, not flags)
+TINY = [*TINY_SITE, "data.flags=[breastmnist,pneumoniamnist,bloodmnist]"]  # an 8-class task among the three
 
 
 @pytest.fixture

@@ -30,9 +30,9 @@ def test_config_groups_compose(group):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("strategy.name=fedprox", r"strategy='fedprox' is not valid; choose one of \['fedavg', 'medforge', 'one_shot'\]"),
+        ("strategy.name=fedprox", r"strategy='fedprox' is not valid; choose one of \['centralised', 'fedavg', 'medforge', 'one_shot'\]"),
         ("data.flags=[nosuchmnist]", "nosuchmnist"),
-        ("lora.target_modules=[attention_nope]", r"lora.target_modules entry 'attention_nope'.*q_proj"),
+        ("lora.target_modules=[attention_nope]", r"lora.target_modules entry 'attention_nope'.*conv_pw"),
         ("lora.r=0", "lora.r=0"),
         ("simulation.num_hospitals=200 data=multi_center", "200"),
         ("strategy.merge=nope", r"strategy.merge='nope' is not valid"),

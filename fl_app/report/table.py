@@ -25,7 +25,7 @@ HOSPITAL_REFERENCE = "hospital (own adapter, mean)"
 # Config keys never shown as a run's setting: the seed is what rows average over; the others are
 # paths or are already in the label.
 NOT_SETTINGS = frozenset({"seed", "quiet", "data.root", "model.pretrained", "strategy.name", "strategy.merge", "strategy.rounds"})
-KIND_ORDER = {"merged": 0, "progressive": 1, "fedavg": 2, "hospital": 3}
+KIND_ORDER = {"merged": 0, "progressive": 1, "fedavg": 2, "reference": 3, "hospital": 4}
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,9 @@ class Row:
 
     @property
     def reference(self) -> bool:
-        """The hospitals' own adapters: a reference, not a model the consortium could deploy."""
-        return self.kind == "hospital"
+        """The hospitals' own adapters, or the pooled-data (centralised) adapter: references, not models
+        the consortium could build, so they do not compete for the best value."""
+        return self.kind in ("hospital", "reference")
 
     @property
     def seeds(self) -> list[int | None]:
@@ -166,7 +167,7 @@ def _with_settings(label: str, settings: str) -> str:
     return f"{label} [{settings}]" if settings else label
 
 
-def entries_of_run(results: Mapping[str, Any], folder: str, settings: str = "") -> list[Entry]:
+def entries_of_run(results: Mapping[str, Any], folder: str, settings: str = "", fedavg_rounds: Sequence[int] = ()) -> list[Entry]:
     """The compared models of one run (see the module docstring)."""
     versions = list(results.get("versions") or [])
     communication = results.get("communication") or {}
@@ -189,10 +190,14 @@ def entries_of_run(results: Mapping[str, Any], folder: str, settings: str = "") 
                     continue
                 seen.add(label)
                 entries.append(entry(_with_settings(label, settings), kind, _version_values(v) | traffic_values(communication, None, wall)))
-        elif kind == "fedavg":
+        elif kind == "fedavg":  # the last round, and any round asked for in `fedavg_rounds` (e.g. R = 1, 3, 10)
             last = max(group, key=lambda v: int(v.get("round", 0)))
-            rounds = int(last.get("round", communication.get("rounds", 0)))
-            entries.append(entry(fedavg_label(rounds, settings), kind, _version_values(last) | traffic_values(communication, rounds, wall)))
+            by_round = {int(v.get("round", 0)): v for v in group}
+            shown = [by_round[r] for r in sorted(set(fedavg_rounds)) if r in by_round and by_round[r] is not last] + [last]
+            for version in shown:
+                rounds = int(version.get("round", communication.get("rounds", 0)))
+                time = wall if version is last else None  # the run's wall time covers every round
+                entries.append(entry(fedavg_label(rounds, settings), kind, _version_values(version) | traffic_values(communication, rounds, time)))
         elif kind == "progressive":  # the last version of each method's main branch
             by_method: dict[str, Mapping[str, Any]] = {}
             for v in group:
@@ -201,6 +206,10 @@ def entries_of_run(results: Mapping[str, Any], folder: str, settings: str = "") 
                 label = f"progressive {method} (final: {last['name']})".replace("  ", " ")
                 through = int(last["round"]) if "round" in last else None
                 entries.append(entry(_with_settings(label, settings), kind, _version_values(last) | traffic_values(communication, through, wall)))
+        elif kind == "reference":  # the centralised adapter: no federated traffic
+            for v in group:
+                no_traffic = {"upload_bytes": None, "download_bytes": None, "total_bytes": None, "rounds": None, "wall_seconds": wall}
+                entries.append(entry(_with_settings(str(v.get("label") or v["name"]), settings), kind, _version_values(v) | no_traffic))
         elif kind == "hospital":
             no_traffic = {"upload_bytes": None, "download_bytes": None, "total_bytes": None, "rounds": None, "wall_seconds": None}
             entries.append(entry(_with_settings(HOSPITAL_REFERENCE, settings), kind, own_adapter_values(group) | no_traffic))
@@ -239,11 +248,13 @@ def run_settings(results: Sequence[Mapping[str, Any]]) -> list[str]:
     return [", ".join(f"{key}={f[key]}" for key in sorted(varying) if key in f) for f in flat]
 
 
-def compare_runs(runs: Sequence[Run]) -> Comparison:
-    """Rows over the runs (mean ± std over seeds), tasks in order of first appearance, best marked."""
+def compare_runs(runs: Sequence[Run], fedavg_rounds: Sequence[int] = ()) -> Comparison:
+    """Rows over the runs (mean ± std over seeds), tasks in order of first appearance, best marked.
+
+    fedavg_rounds: FedAvg rounds shown as rows of their own besides each run's last round."""
     results = [run.results for run in runs]
     settings = run_settings(results)
-    entries = [e for run, s in zip(runs, settings) for e in entries_of_run(run.results, str(run.folder), s)]
+    entries = [e for run, s in zip(runs, settings) for e in entries_of_run(run.results, str(run.folder), s, fedavg_rounds)]
     tasks = list(dict.fromkeys(t for r in results for t in (r.get("tasks") or [])))
     tasks += [t for t in dict.fromkeys(k.split("/")[0] for e in entries for k in e.values if "/" in k) if t not in tasks and t != "mean"]
     columns = columns_for(tasks)

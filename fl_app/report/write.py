@@ -131,10 +131,10 @@ def _summary(runs: Sequence[Run], out_dir: Path) -> str:
     return text
 
 
-def write_report(runs: Sequence[Run], out_dir: Path) -> dict[str, Path]:
+def write_report(runs: Sequence[Run], out_dir: Path, fedavg_rounds: Sequence[int] = ()) -> dict[str, Path]:
     """Compare `runs`; write report.md, report.csv and the plots into `out_dir`; return what was written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    comparison = compare_runs(runs)
+    comparison = compare_runs(runs, fedavg_rounds)
     written = {"csv": write_csv(comparison, out_dir / REPORT_CSV)}
     logger.info("Comparing %d runs: %d rows, tasks %s", len(runs), len(comparison.rows), comparison.tasks)
     written["per_task_accuracy.png"] = plot_per_task_accuracy(comparison, out_dir / "per_task_accuracy.png")

@@ -47,20 +47,20 @@ class FusionBranch:
     main: dict[str, LoraFactors] | None = None
     merged: list[HospitalReply] = field(default_factory=list)
 
-    def _loss(self, adapters: Sequence[Mapping[str, LoraFactors]], heads: Mapping[str, Tensor], hospital_ids: Sequence[int]):
+    def _loss(self, adapters: Sequence[Mapping[str, LoraFactors]], heads: Mapping[str, Tensor], hospital_ids: Sequence[int], like: Mapping[str, Tensor]):
         modules = list(adapters[0])
 
         def loss(flat: np.ndarray) -> float:
-            state, rank = fuse(adapters, coefficients_per_module(flat, modules, len(adapters), self.level), self.form, compact=False)
+            state, rank = fuse(adapters, coefficients_per_module(flat, modules, len(adapters), self.level), self.form, compact=False, like=like)
             return self.scorer.cross_entropy(self.scorer.logits({**state, **heads}, rank, rank, hospital_ids))
 
         return loss
 
-    def fuse_searched(self, adapters: Sequence[Mapping[str, LoraFactors]], hospital_ids: Sequence[int], heads: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], int, list[float], SearchResult]:
+    def fuse_searched(self, adapters: Sequence[Mapping[str, LoraFactors]], hospital_ids: Sequence[int], heads: Mapping[str, Tensor], like: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], int, list[float], SearchResult]:
         n = n_coefficients(len(adapters), len(adapters[0]), self.level)
-        result = search_coefficients(self._loss(adapters, heads, hospital_ids), n, self.search)
+        result = search_coefficients(self._loss(adapters, heads, hospital_ids, like), n, self.search)
         modules = list(adapters[0])
-        state, rank = fuse(adapters, coefficients_per_module(result.coefficients, modules, len(adapters), self.level), self.form)
+        state, rank = fuse(adapters, coefficients_per_module(result.coefficients, modules, len(adapters), self.level), self.form, like=like)
         return state, rank, result.coefficients, result
 
     def arrive(self, hospital: HospitalReply, step: int) -> ModelVersion:
@@ -70,10 +70,10 @@ class FusionBranch:
         new = split_lora_modules(lora_state(hospital.state), hospital.lora_scale)
         details: dict[str, Any] = {"method": "medforge_fusion", "level": self.level, "form": self.form}
         if self.main is None:  # the first arrival is the main branch
-            state, rank = fuse([new], [{m: 1.0 for m in new}], self.form)
+            state, rank = fuse([new], [{m: 1.0 for m in new}], self.form, like=hospital.state)
             details |= {"coefficients": [1.0], "search": None}
         else:
-            state, rank, coefficients, result = self.fuse_searched([self.main, new], [h.hospital_id for h in self.merged], heads)
+            state, rank, coefficients, result = self.fuse_searched([self.main, new], [h.hospital_id for h in self.merged], heads, like=hospital.state)
             details |= {"coefficients": coefficients, "search": search_record(result)}
         self.main = split_lora_modules(state, 1.0)
         return progressive_version(f"fusion-v{step}", {**state, **heads}, rank, rank, hospital, self.merged, details)
@@ -82,7 +82,7 @@ class FusionBranch:
         """One-shot MedForge-Fusion: one coefficient per hospital (per module at level=layer)."""
         adapters = [split_lora_modules(lora_state(h.state), h.lora_scale) for h in hospitals]
         heads = task_heads(hospitals)
-        state, rank, coefficients, result = self.fuse_searched(adapters, [h.hospital_id for h in hospitals], heads)
+        state, rank, coefficients, result = self.fuse_searched(adapters, [h.hospital_id for h in hospitals], heads, like=hospitals[0].state)
         details = {"method": "medforge_fusion", "label": "medforge_fusion (one-shot)", "level": self.level, "form": self.form,
                    "hospitals": [h.hospital_id for h in hospitals], "coefficients": coefficients, "search": search_record(result)}
         return ModelVersion("fusion-one-shot", "merged", {**state, **heads}, rank, rank, details)

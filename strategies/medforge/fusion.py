@@ -43,10 +43,17 @@ def n_coefficients(n_adapters: int, n_modules: int, level: FusionLevel) -> int:
 
 
 @torch.no_grad()
-def fuse(adapters: Sequence[Adapter], coefficients: Sequence[Mapping[str, float]], form: FusionForm = "delta", compact: bool = True) -> tuple[dict[str, Tensor], int]:
+def fuse(
+    adapters: Sequence[Adapter],
+    coefficients: Sequence[Mapping[str, float]],
+    form: FusionForm = "delta",
+    compact: bool = True,
+    like: Mapping[str, Tensor] | None = None,
+) -> tuple[dict[str, Tensor], int]:
     """The fused LoRA state (scale 1, one rank for all modules) and its rank.
 
     compact=False keeps the concatenated factors (rank Σ r_i, cheap: used inside the search).
+    like: a hospital state in PEFT's layout, so Conv2d factors get their kernel shape back.
     """
     if form not in FORMS:
         raise ValueError(f"strategy.form={form!r} is not valid; choose one of {FORMS}.")
@@ -60,7 +67,7 @@ def fuse(adapters: Sequence[Adapter], coefficients: Sequence[Mapping[str, float]
         else:
             fused[module], _ = task_arithmetic(factors, weights, form="svd" if compact else "cat")
     rank = max(f.rank for f in fused.values())
-    return lora_modules_to_state({m: pad_rank(f, rank) for m, f in fused.items()}), rank
+    return lora_modules_to_state({m: pad_rank(f, rank) for m, f in fused.items()}, like=like), rank
 
 
 def _factor_wise(factors: Sequence[LoraFactors], weights: Sequence[float]) -> LoraFactors:

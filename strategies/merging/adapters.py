@@ -3,6 +3,10 @@
 A state holds LoRA keys `<module>.lora_A.weight` / `<module>.lora_B.weight` and classification
 head keys `...heads.<task>.<param>`. LoRA modules merge through a registered `ModuleMerge` (task
 arithmetic by default); heads merge per task by a weighted average.
+
+Conv2d LoRA (PEFT: A is a conv (r, d_in, kh, kw), B a 1x1 conv (d_out, r, 1, 1)) is the same
+algebra over the flattened kernel: ΔW = B (d_out, r) @ A (r, d_in·kh·kw). `split_lora_modules`
+flattens to that 2-D form; `lora_modules_to_state(..., like=state)` gives the kernels back.
 """
 
 from __future__ import annotations
@@ -37,18 +41,42 @@ def split_lora_modules(state: Mapping[str, Tensor], scales: float | Mapping[str,
         else:
             scale = float(scales)
         try:
-            modules[module] = LoraFactors(A=state[a_key], B=state[b_keys[module]], scale=scale)
+            modules[module] = LoraFactors(A=flat_lora_a(state[a_key]), B=flat_lora_b(state[b_keys[module]]), scale=scale)
         except ValueError as err:
             raise ValueError(f"LoRA module {module!r}: {err}") from err
     return modules
 
 
-def lora_modules_to_state(modules: Mapping[str, LoraFactors]) -> dict[str, Tensor]:
-    """Flat state of LoRA factors; the scale is not stored (it lives in LoraConfig as lora_alpha / r)."""
+def flat_lora_a(A: Tensor) -> Tensor:
+    """LoRA A as a matrix (r, d_in): a Conv2d kernel (r, d_in, kh, kw) is flattened to (r, d_in·kh·kw)."""
+    return A if A.dim() == 2 else A.reshape(A.shape[0], -1)
+
+
+def flat_lora_b(B: Tensor) -> Tensor:
+    """LoRA B as a matrix (d_out, r): PEFT's Conv2d B is a 1x1 convolution (d_out, r, 1, 1)."""
+    if B.dim() == 2:
+        return B
+    if B.dim() < 2 or B[0, 0].numel() != 1:
+        raise ValueError(f"LoRA B of shape {tuple(B.shape)} is not a (d_out, r) matrix or a 1x1 convolution (d_out, r, 1, 1)")
+    return B.reshape(B.shape[0], B.shape[1])
+
+
+def lora_modules_to_state(
+    modules: Mapping[str, LoraFactors], like: Mapping[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """Flat state of LoRA factors; the scale is not stored (it lives in LoraConfig as lora_alpha / r).
+
+    `like`: a state with the modules' original tensor layout (any rank); Conv2d factors take its
+    kernel shape back, so PEFT loads them. Without it the factors stay 2-D.
+    """
     state: dict[str, Tensor] = {}
     for module, factors in modules.items():
-        state[module + LORA_A_SUFFIX] = factors.A
-        state[module + LORA_B_SUFFIX] = factors.B
+        A, B = factors.A, factors.B
+        if like is not None and module + LORA_A_SUFFIX in like:
+            A = A.reshape(A.shape[0], *like[module + LORA_A_SUFFIX].shape[1:])
+            B = B.reshape(B.shape[0], B.shape[1], *like[module + LORA_B_SUFFIX].shape[2:])
+        state[module + LORA_A_SUFFIX] = A
+        state[module + LORA_B_SUFFIX] = B
     return state
 
 
@@ -68,7 +96,7 @@ def pad_rank(factors: LoraFactors, rank: int) -> LoraFactors:
         raise ValueError(f"cannot pad a rank-{factors.rank} module down to rank {rank}")
     if extra == 0:
         return factors
-    A = torch.cat([factors.A, factors.A.new_zeros(extra, factors.d_in)], dim=0)
+    A = torch.cat([factors.A, factors.A.new_zeros(extra, factors.d_in)], dim=0)  # 2-D factors (split_lora_modules)
     B = torch.cat([factors.B, factors.B.new_zeros(factors.d_out, extra)], dim=1)
     return LoraFactors(A=A, B=B, scale=factors.scale)
 
@@ -182,7 +210,7 @@ def merge_adapters(
     merged = {module: LoraFactors(A=f.A, B=f.scale * f.B, scale=1.0) for module, f in merged.items()}
     merged_rank = max(f.rank for f in merged.values())
     merged = {module: pad_rank(f, merged_rank) for module, f in merged.items()}
-    state = lora_modules_to_state(merged) | _merge_heads(heads, weights, tasks)
+    state = lora_modules_to_state(merged, like=states[0]) | _merge_heads(heads, weights, tasks)
     relative_error = max(errors.values())
     return MergeResult(
         state=state,

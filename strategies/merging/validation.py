@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX, head_task, lora_module
+from strategies.merging.adapters import flat_lora_a, flat_lora_b
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,10 @@ def _key_problems(state: Mapping[str, Tensor], expected: set[str], source: str) 
 def _shape_signature(key: str, tensor: Tensor) -> tuple[int | None, ...]:
     """What must agree across hospitals: LoRA ranks may differ, so the rank axis is left out."""
     shape: tuple[int | None, ...] = tuple(tensor.shape)
-    if tensor.dim() == 2 and key.endswith(LORA_A_SUFFIX):
-        return (None, shape[1])
-    if tensor.dim() == 2 and key.endswith(LORA_B_SUFFIX):
-        return (shape[0], None)
+    if tensor.dim() >= 2 and key.endswith(LORA_A_SUFFIX):
+        return (None, *shape[1:])
+    if tensor.dim() >= 2 and key.endswith(LORA_B_SUFFIX):
+        return (shape[0], None, *shape[2:])
     return shape
 
 
@@ -65,8 +66,8 @@ def _describe(signature: tuple[int | None, ...]) -> str:
 
 def _lora_norm(state: Mapping[str, Tensor], module: str, scale: float) -> float:
     """||scale · B A||_F from the r x r Gram matrices, without forming B A."""
-    A = state[module + LORA_A_SUFFIX].to(torch.float64)
-    B = state[module + LORA_B_SUFFIX].to(torch.float64)
+    A = flat_lora_a(state[module + LORA_A_SUFFIX]).to(torch.float64)
+    B = flat_lora_b(state[module + LORA_B_SUFFIX]).to(torch.float64)
     return abs(scale) * math.sqrt(max(((B.T @ B) * (A @ A.T)).sum().item(), 0.0))
 
 

@@ -81,3 +81,22 @@ def test_siamese_augmentation_is_the_same_transform_on_both_sides():
     moved = images.clone().requires_grad_(True)
     augment(moved, params).sum().backward()
     assert moved.grad is not None and moved.grad.abs().sum() > 0
+
+
+def test_distillation_under_the_pretrained_conv_backbone_lowers_the_matching_loss(breast_root):
+    """The calibration set of a real BreastMNIST hospital, embedded by EfficientNet-Lite0 (LoRA off)."""
+    from fl_app.config import compose_experiment
+    from tests.conftest import TINY_CAPS
+
+    # Prepare
+    cfg = compose_experiment(
+        [*TINY_CAPS, "model=efficientnet_lite0", "model.image_size=32", f"data.root={breast_root}", "data.flags=[breastmnist]", "simulation.num_hospitals=1", "strategy.min_hospitals=1"]
+    )
+    hospital = simulated_hospital(json.loads(hospital_payload(cfg)), 0, 1)
+    hospital.model.use_adapter(hospital.experiment["lora"])
+    # Execute
+    calibration = hospital.calibration_set(DistillSettings(ipc=2, iterations=15, lr=0.05, batch_real=16))
+    # Assert
+    assert hospital.data.data_source == "medmnist"
+    assert calibration.loss_after < calibration.loss_before
+    assert calibration.images.shape == (4, 28, 28) and calibration.images.dtype == np.uint8

@@ -10,7 +10,7 @@ import pytest
 
 from fl_app.data.demo_sites import write_demo_image_folder, write_demo_npz
 from fl_app.server.results import read_results
-from tests.conftest import TINY
+from tests.conftest import TINY_SITE
 from tests.e2e.federation import LoopbackFederation
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")]
@@ -28,7 +28,7 @@ def node_config(hospital_id: int, task: str, path) -> str:
 
 
 def run_config(results_dir, *extra: str) -> str:
-    overrides = [*TINY, "train.local_epochs=1", f"+data.tasks.chest.classes=[{','.join(CHEST_CLASSES)}]", "strategy.min_hospitals=3", *extra]
+    overrides = [*TINY_SITE, "train.local_epochs=1", f"+data.tasks.chest.classes=[{','.join(CHEST_CLASSES)}]", "strategy.min_hospitals=3", *extra]
     return f"data='site' results-dir='{results_dir}' overrides='{' '.join(overrides)}'"
 
 

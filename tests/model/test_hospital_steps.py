@@ -20,7 +20,7 @@ def test_backbone_is_built_once_per_process_for_all_hospitals(tiny_experiment, m
     real_build = lora_module.build_backbone
     monkeypatch.setattr(lora_module, "build_backbone", lambda cfg: builds.append(1) or real_build(cfg))
     lora_module._cached_hospital_model.cache_clear()
-    experiment = json.loads(hospital_payload(tiny_experiment("data=multi_center")))
+    experiment = json.loads(hospital_payload(tiny_experiment("data=multi_center", "data.flags=[breastmnist]")))
 
     hospitals = [simulated_hospital(experiment, i, 3) for i in range(3)]
     replies = [hospital.train(None, server_round=1) for hospital in hospitals]
@@ -36,7 +36,7 @@ def test_backbone_is_built_once_per_process_for_all_hospitals(tiny_experiment, m
 
 
 def test_training_then_evaluating_real_breastmnist(breast_root, tiny_experiment):
-    cfg = tiny_experiment("data=multi_center", f"data.root={breast_root}", "data.max_train=null", "data.max_eval=null")
+    cfg = tiny_experiment("data=multi_center", "data.flags=[breastmnist]", f"data.root={breast_root}", "data.max_train=null", "data.max_eval=null")
     experiment = json.loads(hospital_payload(cfg))
     hospital = simulated_hospital(experiment, 0, 3)
 

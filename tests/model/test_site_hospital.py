@@ -12,14 +12,14 @@ from fl_app.data.demo_sites import write_demo_image_folder
 from fl_app.hospital_steps import hospital_for, hospital_id_of
 from fl_app.protocol import CONFIG, version_key
 from fl_app.validation import validate_experiment
-from tests.conftest import TINY
+from tests.conftest import TINY_SITE
 
 SITE = ["data=site", "+data.tasks.chest.classes=[normal,pneumonia]", "train.local_epochs=1"]
 
 
 @pytest.fixture
 def site_experiment():
-    cfg = compose_experiment([*TINY, *SITE])
+    cfg = compose_experiment([*TINY_SITE, *SITE])
     validate_experiment(cfg)
     return json.loads(hospital_payload(cfg))
 

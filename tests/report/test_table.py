@@ -120,3 +120,31 @@ def test_a_remerge_repeating_the_runs_own_merge_is_counted_once():
     rows = rows_by_label(compare_runs(runs))
 
     assert len(rows["task_arithmetic"].entries) == 1
+
+
+def test_fedavg_rounds_asked_for_become_rows_with_the_bytes_up_to_that_round(sweep_runs):
+    # Execute
+    rows = rows_by_label(compare_runs(sweep_runs, fedavg_rounds=[1, 7]))
+    # Assert: round 1 as its own row (round 7 does not exist and is not invented), the last round as before
+    first = rows["fedavg (1 rounds)"].stats
+    assert first["breastmnist/acc"].mean == pytest.approx(0.5) and first["bloodmnist/acc"].mean == pytest.approx(0.4)
+    assert first["upload_bytes"].mean == 2 * ADAPTER_BYTES and first["rounds"].mean == 1
+    assert "fedavg (2 rounds)" in rows and not any("7 rounds" in label for label in rows)
+
+
+def test_centralised_reference_is_a_row_that_never_competes():
+    # Prepare: a centralised run whose accuracy beats every other method
+    central = one_shot_results(0, {"breastmnist": 0.1, "bloodmnist": 0.1})
+    central |= {"strategy": "centralised", "merge": None, "communication": {}}
+    central["versions"] = [version("centralised", "reference", {"breastmnist": 0.99, "bloodmnist": 0.99}, label="centralised (pooled data)")]
+    runs = [
+        Run(Path("a"), one_shot_results(0, {"breastmnist": 0.6, "bloodmnist": 0.4})),
+        Run(Path("b"), fedavg_results(0, [{"breastmnist": 0.5, "bloodmnist": 0.3}])),
+        Run(Path("c"), central),
+    ]
+    # Execute
+    comparison = compare_runs(runs)
+    # Assert
+    row = rows_by_label(comparison)["centralised (pooled data)"]
+    assert row.reference and row.stats["mean/acc"].mean == pytest.approx(0.99)
+    assert "mean/acc" not in row.best and "mean/acc" in rows_by_label(comparison)["task_arithmetic"].best
