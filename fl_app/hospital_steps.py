@@ -67,11 +67,19 @@ class Hospital:
     def record(self) -> ConfigRecord:
         lora = self.experiment["lora"]
         return hospital_record(
-            self.id, self.task, len(self.data.train), len(self.data.val), len(self.data.test),
-            self.data.data_source, int(lora["r"]), float(lora["alpha"]),
+            self.id,
+            self.task,
+            len(self.data.train),
+            len(self.data.val),
+            len(self.data.test),
+            self.data.data_source,
+            int(lora["r"]),
+            float(lora["alpha"]),
         )
 
-    def train(self, start: ArrayRecord | None, server_round: int, calibration: Mapping[str, Any] | None = None) -> RecordDict:
+    def train(
+        self, start: ArrayRecord | None, server_round: int, calibration: Mapping[str, Any] | None = None
+    ) -> RecordDict:
         """Fine-tune from `start` (or a fresh adapter seeded by the experiment seed); reply content.
 
         With `calibration` settings (sent only by merge methods that need one) the reply also
@@ -86,17 +94,28 @@ class Hospital:
         settings = train_settings(train)
         seed = hospital_seed(int(self.experiment["seed"]), self.id, server_round)
         result = train_adapter(
-            self.model.peft, self.data.task, self.data.train, settings, self.image_size, seed, self.device,
+            self.model.peft,
+            self.data.task,
+            self.data.train,
+            settings,
+            self.image_size,
+            seed,
+            self.device,
             validate=lambda: validation_score(self._metrics(self.data.val)),
         )
         val = self._metrics(self.data.val)
         # Same keys from every hospital (Flower's FedAvg requires it): NaN when AUC is undefined.
         metrics = {
-            "num-examples": len(self.data.train), "train-loss": result.loss, "val-acc": val["acc"], "val-auc": val["auc"],
+            "num-examples": len(self.data.train),
+            "train-loss": result.loss,
+            "val-acc": val["acc"],
+            "val-auc": val["auc"],
             "best-epoch": result.best_epoch,
         }
         state = self.model.adapter_state(name, [self.task])
-        reply = RecordDict({ARRAYS: state_to_arrayrecord(state), METRICS: MetricRecord(metrics), HOSPITAL: self.record()})
+        reply = RecordDict(
+            {ARRAYS: state_to_arrayrecord(state), METRICS: MetricRecord(metrics), HOSPITAL: self.record()}
+        )
         if calibration:
             for key, record in calibration_records(self.calibration_set(DistillSettings(**calibration))).items():
                 reply[key] = record
@@ -107,10 +126,18 @@ class Hospital:
         peft = self.model.peft
 
         def embed(unit):
-            return pooled_features(peft.base_model.model.backbone, model_pixels(unit.to(self.device), self.image_size)).cpu()
+            return pooled_features(
+                peft.base_model.model.backbone, model_pixels(unit.to(self.device), self.image_size)
+            ).cpu()
 
         with peft.disable_adapter():
-            return distill_calibration_set(embed, self.data.task, self.data.train, settings, hospital_seed(int(self.experiment["seed"]), self.id, -1))
+            return distill_calibration_set(
+                embed,
+                self.data.task,
+                self.data.train,
+                settings,
+                hospital_seed(int(self.experiment["seed"]), self.id, -1),
+            )
 
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Test ACC/AUC of every version in the message on this hospital's test split.
@@ -132,7 +159,9 @@ class Hospital:
                 for component, coefficient in meta["mixture"].items():
                     state = {**lora_state(states[component]), **states[version]}
                     parts.append((coefficient, *self._cached_scores(cache, component, state, versions[component])))
-                scores = mixture_probabilities([torch.from_numpy(p) for _, p, _ in parts], [c for c, _, _ in parts]).numpy()
+                scores = mixture_probabilities(
+                    [torch.from_numpy(p) for _, p, _ in parts], [c for c, _, _ in parts]
+                ).numpy()
                 seconds, passes = sum(t for _, _, t in parts), len(parts)
             else:
                 scores, seconds = self._cached_scores(cache, version, states[version], meta)
@@ -148,7 +177,9 @@ class Hospital:
             metrics[f"{version}/auc-size"] = histograms.size
         return RecordDict({METRICS: MetricRecord(metrics), HOSPITAL: self.record()})
 
-    def _cached_scores(self, cache, name: str, state: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> tuple[np.ndarray, float]:
+    def _cached_scores(
+        self, cache, name: str, state: dict[str, torch.Tensor], meta: Mapping[str, Any]
+    ) -> tuple[np.ndarray, float]:
         """Test scores of `state` and the seconds its forward pass took; computed once per (LoRA, head)."""
         head = b"".join(t.numpy().tobytes() for _, t in sorted(head_state(state, [self.task]).items()))
         key = (name, hashlib.sha1(head).hexdigest())
@@ -173,7 +204,10 @@ def simulated_hospital(experiment: Mapping[str, Any], hospital_id: int, num_hosp
     """Hospital `hospital_id` of a simulation: its share of its task (fl_app.data.load_hospital),
     from this worker's bounded cache (`simulation.data_cache_size` hospitals)."""
     capacity = int(experiment.get("data_cache_size", DEFAULT_DATA_CACHE))
-    return Hospital(experiment, cached_hospital_data(experiment["data"], hospital_id, num_hospitals, int(experiment["seed"]), capacity))
+    return Hospital(
+        experiment,
+        cached_hospital_data(experiment["data"], hospital_id, num_hospitals, int(experiment["seed"]), capacity),
+    )
 
 
 def hospital_for(experiment: Mapping[str, Any], node_config: Mapping[str, Any]) -> Hospital:

@@ -78,7 +78,9 @@ class HospitalReply:
         }
 
 
-def hospital_record(hospital_id: int, task: str, n_train: int, n_val: int, n_test: int, data_source: str, lora_r: int, lora_alpha: float) -> ConfigRecord:
+def hospital_record(
+    hospital_id: int, task: str, n_train: int, n_val: int, n_test: int, data_source: str, lora_r: int, lora_alpha: float
+) -> ConfigRecord:
     """The `hospital` record of a reply: who answered and what its adapter is."""
     return ConfigRecord(
         {
@@ -140,7 +142,9 @@ def version_key(name: str) -> str:
 
 def evaluation_content(versions: dict[str, tuple[ArrayRecord, dict[str, Any]]], experiment_json: str) -> RecordDict:
     """One evaluate message holding every model version (batched: one message per hospital)."""
-    content = RecordDict({CONFIG: instructions(experiment_json, versions=json.dumps({n: meta for n, (_, meta) in versions.items()}))})
+    content = RecordDict(
+        {CONFIG: instructions(experiment_json, versions=json.dumps({n: meta for n, (_, meta) in versions.items()}))}
+    )
     for name, (arrays, _) in versions.items():
         content[version_key(name)] = arrays
     return content

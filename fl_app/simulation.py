@@ -80,11 +80,22 @@ def local_superlink(log_path: Path, startup_timeout: float = 60.0) -> Iterator[d
     )
     env = flower_env(flwr_home)
     command = [
-        "flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
-        "--host", "127.0.0.1", "--port", str(port), "--database", ":flwr-in-memory:",
+        "flower-superlink",
+        "--insecure",
+        "--simulation",
+        "--isolation",
+        "subprocess",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database",
+        ":flwr-in-memory:",
     ]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         wait_until_healthy(process, f"http://127.0.0.1:{port}/health", startup_timeout, log_path)
         yield env
@@ -93,7 +104,9 @@ def local_superlink(log_path: Path, startup_timeout: float = 60.0) -> Iterator[d
         shutil.rmtree(flwr_home, ignore_errors=True)
 
 
-def wait_until_healthy(process: subprocess.Popen, health_url: str, timeout: float, log_path: Path, verify: ssl.SSLContext | bool = True) -> None:
+def wait_until_healthy(
+    process: subprocess.Popen, health_url: str, timeout: float, log_path: Path, verify: ssl.SSLContext | bool = True
+) -> None:
     """Return once the SuperLink answers `health_url`; raise if it exits or `timeout` passes."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -115,7 +128,17 @@ def flwr_run_command(cfg: DictConfig, config_path: Path, results_dir: Path) -> l
     if sim.get("ray_cpus") is not None:  # Ray's own CPU count: fewer workers than the machine's cores
         federation += f" init-args-num-cpus={int(sim.ray_cpus)}"
     run_config = f"config-path='{config_path}' results-dir='{results_dir}'"
-    return ["flwr", "run", str(PROJECT_ROOT), CONNECTION, "--stream", "--federation-config", federation, "--run-config", run_config]
+    return [
+        "flwr",
+        "run",
+        str(PROJECT_ROOT),
+        CONNECTION,
+        "--stream",
+        "--federation-config",
+        federation,
+        "--run-config",
+        run_config,
+    ]
 
 
 def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> Path:
@@ -124,12 +147,20 @@ def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> P
     results_dir = results_dir.resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     if (results_dir / RESULTS_FILE).exists():
-        raise FileExistsError(f"{results_dir / RESULTS_FILE} already exists; choose a new hydra.run.dir so earlier results are kept.")
+        raise FileExistsError(
+            f"{results_dir / RESULTS_FILE} already exists; choose a new hydra.run.dir so earlier results are kept."
+        )
     config_path = save_experiment(cfg, results_dir / "config.yaml")
     log_path = results_dir / "flower.log"
     with local_superlink(log_path) as env:
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(flwr_run_command(cfg, config_path, results_dir), env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                flwr_run_command(cfg, config_path, results_dir),
+                env=env,
+                cwd=PROJECT_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
             for line in process.stdout:
                 log.write(line)
                 if not quiet:
@@ -138,7 +169,11 @@ def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> P
             process.wait()
     results = read_results(results_dir)
     if results is None:
-        raise RuntimeError(f"The Flower run ended without writing {RESULTS_FILE} (flwr exit code {process.returncode}); see {log_path}.")
+        raise RuntimeError(
+            f"The Flower run ended without writing {RESULTS_FILE} (flwr exit code {process.returncode}); see {log_path}."
+        )
     if results["status"] != "completed":
-        raise RuntimeError(f"The experiment {results['status']}: {results.get('error', 'no error recorded')}; results so far in {results_dir}.")
+        raise RuntimeError(
+            f"The experiment {results['status']}: {results.get('error', 'no error recorded')}; results so far in {results_dir}."
+        )
     return results_dir

@@ -65,7 +65,9 @@ def to_pixels(images: np.ndarray, image_size: int) -> torch.Tensor:
     return model_pixels(unit_images(images), image_size)
 
 
-def task_loss(task: TaskInfo, logits: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor | None = None) -> torch.Tensor:
+def task_loss(
+    task: TaskInfo, logits: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Cross-entropy on logits (BCE per label for multi-label tasks), optionally class-weighted."""
     if task.multi_label:
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
@@ -106,10 +108,15 @@ class TrainResult:
 def train_settings(train: Mapping[str, Any]) -> TrainSettings:
     """The local recipe from the experiment's `train` section."""
     return TrainSettings(
-        epochs=int(train["local_epochs"]), lr=float(train["lr"]), batch_size=int(train["batch_size"]),
-        optimizer=str(train["optimizer"]), weight_decay=float(train.get("weight_decay", 0.0)),
-        schedule=str(train.get("schedule", "constant")), augment=bool(train.get("augment", False)),
-        class_weighting=str(train.get("class_weighting", "none")), early_stopping=bool(train.get("early_stopping", False)),
+        epochs=int(train["local_epochs"]),
+        lr=float(train["lr"]),
+        batch_size=int(train["batch_size"]),
+        optimizer=str(train["optimizer"]),
+        weight_decay=float(train.get("weight_decay", 0.0)),
+        schedule=str(train.get("schedule", "constant")),
+        augment=bool(train.get("augment", False)),
+        class_weighting=str(train.get("class_weighting", "none")),
+        early_stopping=bool(train.get("early_stopping", False)),
     )
 
 
@@ -132,7 +139,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, to
     if settings.schedule not in SCHEDULES:
         raise ValueError(f"train.schedule={settings.schedule!r} is not valid; choose one of {SCHEDULES}.")
     if settings.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=max(total_steps, 1), pct_start=0.15)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=settings.lr, total_steps=max(total_steps, 1), pct_start=0.15
+        )
     if settings.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
     return None
@@ -183,7 +192,10 @@ def train_adapter_on_tasks(
             batches = []
             for index, (_, split) in enumerate(parts):
                 order = torch.randperm(len(split), generator=generator).numpy()
-                batches += [(index, order[start : start + settings.batch_size]) for start in range(0, len(order), settings.batch_size)]
+                batches += [
+                    (index, order[start : start + settings.batch_size])
+                    for start in range(0, len(order), settings.batch_size)
+                ]
             if len(parts) > 1:
                 batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
             total, seen = 0.0, 0
@@ -225,7 +237,9 @@ def make_optimizer(parameters: list[nn.Parameter], settings: TrainSettings) -> t
 
 
 @torch.no_grad()
-def predict_scores(model: nn.Module, task: TaskInfo, split: SplitArrays, image_size: int, batch_size: int, device: torch.device) -> np.ndarray:
+def predict_scores(
+    model: nn.Module, task: TaskInfo, split: SplitArrays, image_size: int, batch_size: int, device: torch.device
+) -> np.ndarray:
     """Class (or label) probabilities for every image of `split`."""
     model.eval()
     scores = []

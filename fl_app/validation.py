@@ -16,7 +16,6 @@ from strategies.medforge.settings import validate_medforge
 from strategies.merging import MERGE_METHODS, WEIGHTINGS, get_merge_method
 
 
-
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -86,7 +85,9 @@ def validate_experiment(cfg: DictConfig) -> None:
     _require(int(train.local_epochs) >= 1, f"train.local_epochs={train.local_epochs} must be >= 1.")
     _require(float(train.lr) > 0, f"train.lr={train.lr} must be > 0.")
     _require(int(train.batch_size) >= 1, f"train.batch_size={train.batch_size} must be >= 1.")
-    _require(train.optimizer in OPTIMIZERS, f"train.optimizer={train.optimizer!r} is not valid; choose one of {OPTIMIZERS}.")
+    _require(
+        train.optimizer in OPTIMIZERS, f"train.optimizer={train.optimizer!r} is not valid; choose one of {OPTIMIZERS}."
+    )
     _require(train.schedule in SCHEDULES, f"train.schedule={train.schedule!r} is not valid; choose one of {SCHEDULES}.")
     _require(
         train.class_weighting in CLASS_WEIGHTINGS,

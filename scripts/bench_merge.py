@@ -114,8 +114,23 @@ def cases(rank: int, density: float | None, seed: int) -> dict[str, Case]:
             Case("cat", "cat", "cat", lambda n: None),
             Case("svd", "svd", "svd", exact_rank),
             Case(f"svd_r{rank}", "svd", "svd", lambda n: rank),
-            Case("ties", "ties", "ties_svd", lambda n: rank, {"density": d(0.2), "normalize": "count"}, sparsify="magnitude", consensus=True),
-            Case("dare_linear", "dare_linear", "dare_linear_svd", lambda n: rank, {"density": d(0.5), "seed": seed}, sparsify="random"),
+            Case(
+                "ties",
+                "ties",
+                "ties_svd",
+                lambda n: rank,
+                {"density": d(0.2), "normalize": "count"},
+                sparsify="magnitude",
+                consensus=True,
+            ),
+            Case(
+                "dare_linear",
+                "dare_linear",
+                "dare_linear_svd",
+                lambda n: rank,
+                {"density": d(0.5), "seed": seed},
+                sparsify="random",
+            ),
             Case(
                 "dare_ties",
                 "dare_ties",
@@ -125,7 +140,14 @@ def cases(rank: int, density: float | None, seed: int) -> dict[str, Case]:
                 sparsify="random",
                 consensus=True,
             ),
-            Case("magnitude_prune", "magnitude_prune", "magnitude_prune_svd", lambda n: rank, {"density": d(0.2)}, sparsify="magnitude"),
+            Case(
+                "magnitude_prune",
+                "magnitude_prune",
+                "magnitude_prune_svd",
+                lambda n: rank,
+                {"density": d(0.2)},
+                sparsify="magnitude",
+            ),
             Case("knots", "knots", None, lambda n: rank, {"inner": "ties", "density": d(0.2)}),
         ]
     }
@@ -136,12 +158,16 @@ def cases(rank: int, density: float | None, seed: int) -> dict[str, Case]:
 
 def run_project(case: Case, states, weights, rank):
     scales = [ALPHA / RANK] * len(states)
-    return merge_adapters(states, scales, weights, ["task"] * len(states), rank=rank, method=case.method, params=case.params)
+    return merge_adapters(
+        states, scales, weights, ["task"] * len(states), rank=rank, method=case.method, params=case.params
+    )
 
 
 def project_deltas(result) -> dict[str, torch.Tensor]:
     modules = {lora_module(k) for k in result.state if k.endswith(LORA_A_SUFFIX)}
-    return {m[len(PREFIX) :]: result.state[m + LORA_B_SUFFIX] @ result.state[m + LORA_A_SUFFIX] for m in sorted(modules)}
+    return {
+        m[len(PREFIX) :]: result.state[m + LORA_B_SUFFIX] @ result.state[m + LORA_A_SUFFIX] for m in sorted(modules)
+    }
 
 
 class PeftMerge:
@@ -173,7 +199,9 @@ class PeftMerge:
 
             self.model.base_model.inject_adapter = inject_then_seed
         try:
-            self.model.add_weighted_adapter(self.adapters, self.weights, self.name, combination_type=self.case.peft, **kwargs)
+            self.model.add_weighted_adapter(
+                self.adapters, self.weights, self.name, combination_type=self.case.peft, **kwargs
+            )
         finally:
             self.model.base_model.__dict__.pop("inject_adapter", None)
 
@@ -251,7 +279,9 @@ def knots_reference(A, B, s, weights, density) -> torch.Tensor:
 
 
 def max_relative_error(deltas: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
-    return max((torch.linalg.norm(deltas[m].double() - ref) / torch.linalg.norm(ref)).item() for m, ref in reference.items())
+    return max(
+        (torch.linalg.norm(deltas[m].double() - ref) / torch.linalg.norm(ref)).item() for m, ref in reference.items()
+    )
 
 
 # measurement
@@ -327,7 +357,16 @@ def bench(n: int, selected: list[Case], args) -> list[Row]:
         if peft is not None:
             peft.clean()
         row = Row(
-            n, case.label, case.peft or "-", min(ours_times), min(peft_times) if peft else None, ours_mb, peft_mb, ours_err, peft_err, result.relative_error
+            n,
+            case.label,
+            case.peft or "-",
+            min(ours_times),
+            min(peft_times) if peft else None,
+            ours_mb,
+            peft_mb,
+            ours_err,
+            peft_err,
+            result.relative_error,
         )
         rows.append(row)
         print(format_row(row), flush=True)
@@ -372,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[2, 8, 32], help="numbers of hospitals")
     parser.add_argument("--methods", nargs="+", default=None, help="rows to run (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per method; the minimum is reported")
-    parser.add_argument("--rank", type=int, default=16, help="target rank of the truncated merges (PEFT's default: max r)")
+    parser.add_argument(
+        "--rank", type=int, default=16, help="target rank of the truncated merges (PEFT's default: max r)"
+    )
     parser.add_argument("--density", type=float, default=None, help="override every method's density")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -385,8 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in names if m not in available]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {list(available)}")
-    print(f"ViT-B/16 LoRA: {LAYERS} layers x (query, value), {HIDDEN}x{HIDDEN}, r={RANK}, alpha={ALPHA}; torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("time: min over repeats; memory: peak live tensor bytes (torch profiler); err: max over modules vs float64 reference; trunc: error the project reports")
+    print(
+        f"ViT-B/16 LoRA: {LAYERS} layers x (query, value), {HIDDEN}x{HIDDEN}, r={RANK}, alpha={ALPHA}; torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
+    print(
+        "time: min over repeats; memory: peak live tensor bytes (torch profiler); err: max over modules vs float64 reference; trunc: error the project reports"
+    )
     print(HEADER)
     rows = []
     for n in args.n:

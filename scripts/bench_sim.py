@@ -44,7 +44,16 @@ import torch  # noqa: E402
 
 from fl_app.bench.floor import FloorRun  # noqa: E402
 from fl_app.bench.memory import PeakMemory  # noqa: E402
-from fl_app.bench.report import HEADER, Row, format_row, inrun_ratio, phase_profile, split_startup, startup_parts, summary  # noqa: E402
+from fl_app.bench.report import (  # noqa: E402
+    HEADER,
+    Row,
+    format_row,
+    inrun_ratio,
+    phase_profile,
+    split_startup,
+    startup_parts,
+    summary,
+)
 from fl_app.config import compose_experiment, save_experiment  # noqa: E402
 from fl_app.simulation import run_simulation  # noqa: E402
 from fl_app.training import pick_device  # noqa: E402
@@ -77,7 +86,14 @@ def plain_loop(cfg, out_dir: Path) -> tuple[FloorRun, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     config = save_experiment(cfg, out_dir / "config.yaml")
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    child = subprocess.Popen([sys.executable, "-m", "fl_app.bench.floor", str(config), str(out_dir)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "fl_app.bench.floor", str(config), str(out_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     with PeakMemory(include_root=True, root=psutil.Process(child.pid)) as memory:
         stdout, _ = child.communicate()
     if child.returncode != 0:
@@ -93,7 +109,9 @@ def bench(args, n: int, strategy: str, work: Path) -> Row:
         launched = time.time()
         run_simulation(cfg, run_dir, quiet=True)
         ended = time.time()
-    second, floor_mb_2 = plain_loop(cfg, work / f"floor-{strategy}-{n}-b") if args.floor_repeats > 1 else (first, floor_mb)
+    second, floor_mb_2 = (
+        plain_loop(cfg, work / f"floor-{strategy}-{n}-b") if args.floor_repeats > 1 else (first, floor_mb)
+    )
     results = json.loads((run_dir / "results.json").read_text())
     startup, rest = split_startup(launched, ended, results)
     floor = min(first, second, key=lambda r: r.seconds)
@@ -104,7 +122,10 @@ def bench(args, n: int, strategy: str, work: Path) -> Row:
         f"Flower (rest) {(floor.images_trained + floor.images_evaluated) / rest:.0f} img/s",
         flush=True,
     )
-    print(f"  [{strategy} N={n}] start-up {startup:.1f} s ({startup_parts(launched, ended, results)}), rest {rest:.1f} s; {phase_profile(results)}", flush=True)
+    print(
+        f"  [{strategy} N={n}] start-up {startup:.1f} s ({startup_parts(launched, ended, results)}), rest {rest:.1f} s; {phase_profile(results)}",
+        flush=True,
+    )
     communication, evaluation = results["communication"], results.get("evaluation_traffic", {})
     return Row(
         strategy=strategy,
@@ -132,10 +153,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train", type=int, default=64, help="training images per hospital")
     parser.add_argument("--max-eval", type=int, default=16, help="test (and validation) images per hospital")
     parser.add_argument("--epochs", type=int, default=1, help="local epochs")
-    parser.add_argument("--client-cpus", type=int, default=1, help="Ray CPUs per hospital = torch threads of a worker and of the loop")
-    parser.add_argument("--ray-cpus", type=int, default=1, help="CPUs Ray may use (0: all cores); 1 with --client-cpus 1 = one worker, as the one loop")
-    parser.add_argument("--client-gpus", type=float, default=0.0, help="GPU fraction per hospital (0.25: four hospitals per GPU)")
-    parser.add_argument("--floor-repeats", type=int, default=2, choices=[1, 2], help="plain loops per row (before and after the Flower run)")
+    parser.add_argument(
+        "--client-cpus", type=int, default=1, help="Ray CPUs per hospital = torch threads of a worker and of the loop"
+    )
+    parser.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=1,
+        help="CPUs Ray may use (0: all cores); 1 with --client-cpus 1 = one worker, as the one loop",
+    )
+    parser.add_argument(
+        "--client-gpus", type=float, default=0.0, help="GPU fraction per hospital (0.25: four hospitals per GPU)"
+    )
+    parser.add_argument(
+        "--floor-repeats",
+        type=int,
+        default=2,
+        choices=[1, 2],
+        help="plain loops per row (before and after the Flower run)",
+    )
     parser.add_argument("--override", nargs="*", default=[], help="more Hydra overrides for every run")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--work", type=Path, default=None, help="folder for runs (default: a temp folder)")
@@ -148,13 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.epochs} local epoch(s); client_cpus={args.client_cpus}, ray_cpus={args.ray_cpus or 'all'} (torch threads {torch.get_num_threads()} in the loop), "
         f"client_gpus={args.client_gpus}, loop device {pick_device()}; {os.cpu_count()} cores; torch {torch.__version__}; runs in {work}"
     )
-    print("start-up: launch + Ray + worker imports + shutdown; rest: the run less start-up; floor: plain loop (min of the runs before and after); "
-          "ratio = rest/floor; in-run: Flower's message time over the hospitals' own time within the run; memory: peak summed PSS (Flower: all run processes incl. Ray; floor: this process); bytes: train + evaluate messages")
+    print(
+        "start-up: launch + Ray + worker imports + shutdown; rest: the run less start-up; floor: plain loop (min of the runs before and after); "
+        "ratio = rest/floor; in-run: Flower's message time over the hospitals' own time within the run; memory: peak summed PSS (Flower: all run processes incl. Ray; floor: this process); bytes: train + evaluate messages"
+    )
     rows = []
     for n in args.n:
         for strategy in args.strategies:
             rows.append(bench(args, n, strategy, work))
-            print(HEADER if len(rows) == 1 else "", format_row(rows[-1]), sep="\n" if len(rows) == 1 else "", flush=True)
+            print(
+                HEADER if len(rows) == 1 else "", format_row(rows[-1]), sep="\n" if len(rows) == 1 else "", flush=True
+            )
     print()
     print(HEADER)
     for row in rows:

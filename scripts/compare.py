@@ -23,7 +23,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="run folders or sweep folders (searched recursively)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the first folder)")
-    parser.add_argument("--fedavg-rounds", type=int, nargs="+", default=[], metavar="R", help="also show FedAvg after these rounds as rows (e.g. 1 3); the last round is always shown")
+    parser.add_argument(
+        "--fedavg-rounds",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="R",
+        help="also show FedAvg after these rounds as rows (e.g. 1 3); the last round is always shown",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only warnings and the report path")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")

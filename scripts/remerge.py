@@ -28,14 +28,42 @@ from strategies.merging import WEIGHTINGS
 
 def main(argv: list[str] | None = None) -> Path | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", nargs="?", type=Path, help="a finished one_shot run folder (holds results.json and adapters/)")
-    parser.add_argument("--merge", nargs="+", default=[], metavar="METHOD", help="registered merge methods (see --list)")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a method parameter: key=value for every selected method declaring it, or method.key=value")
+    parser.add_argument(
+        "run_dir", nargs="?", type=Path, help="a finished one_shot run folder (holds results.json and adapters/)"
+    )
+    parser.add_argument(
+        "--merge", nargs="+", default=[], metavar="METHOD", help="registered merge methods (see --list)"
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method parameter: key=value for every selected method declaring it, or method.key=value",
+    )
     parser.add_argument("--weighting", choices=WEIGHTINGS, default=None, help="default: the run's strategy.weighting")
-    parser.add_argument("--weight", action="append", default=[], metavar="ID=W", help="with --weighting explicit: hospital ID's merge weight (default: the run's strategy.weights)")
-    parser.add_argument("--scale", type=float, default=None, help="global scale of the merged update (default: the run's strategy.scale)")
-    parser.add_argument("--merge-rank", type=int, default=None, help="truncate the merge to this rank (default: the run's strategy.merge_rank)")
-    parser.add_argument("--name", default=None, help="version name, only with one method (default: remerge-<method>[-<settings>])")
+    parser.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="ID=W",
+        help="with --weighting explicit: hospital ID's merge weight (default: the run's strategy.weights)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="global scale of the merged update (default: the run's strategy.scale)",
+    )
+    parser.add_argument(
+        "--merge-rank",
+        type=int,
+        default=None,
+        help="truncate the merge to this rank (default: the run's strategy.merge_rank)",
+    )
+    parser.add_argument(
+        "--name", default=None, help="version name, only with one method (default: remerge-<method>[-<settings>])"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing remerge version of the same name")
     parser.add_argument("--data-root", default=None, help="the MedMNIST folder, if the run's data.root moved")
     parser.add_argument("--list", action="store_true", help="list the registered merge methods and exit")
@@ -50,8 +78,14 @@ def main(argv: list[str] | None = None) -> Path | None:
     try:
         run = load_stored_run(args.run_dir)
         requests = plan_requests(
-            args.merge, parse_params(args.param), run.experiment.strategy,
-            weighting=args.weighting, scale=args.scale, rank=args.merge_rank, name=args.name, weights=parse_weights(args.weight),
+            args.merge,
+            parse_params(args.param),
+            run.experiment.strategy,
+            weighting=args.weighting,
+            scale=args.scale,
+            rank=args.merge_rank,
+            name=args.name,
+            weights=parse_weights(args.weight),
         )
         remerge(run, requests, force=args.force, data_root=args.data_root)
     except (FileNotFoundError, ValueError, RuntimeError) as error:

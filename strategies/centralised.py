@@ -50,7 +50,9 @@ def pooled_splits(hospitals: Sequence[HospitalData], split: str) -> dict[str, Sp
 def train_centralised(experiment: dict[str, Any], hospitals: Sequence[HospitalData]) -> tuple[dict, dict[str, Any]]:
     """The pooled adapter's state (LoRA + every task's head) and what the training did."""
     tasks = {h.task.name: h.task for h in hospitals}
-    model = hospital_model(experiment["model"], {name: task.n_outputs for name, task in experiment_tasks(experiment["data"]).items()})
+    model = hospital_model(
+        experiment["model"], {name: task.n_outputs for name, task in experiment_tasks(experiment["data"]).items()}
+    )
     name = model.use_adapter(experiment["lora"])
     model.reset_adapter(name, seed=int(experiment["seed"]))
     device = pick_device()
@@ -62,14 +64,21 @@ def train_centralised(experiment: dict[str, Any], hospitals: Sequence[HospitalDa
     def validate() -> float:
         scores = []
         for task, split in val.items():
-            metrics = medmnist_metrics(tasks[task], split.labels, predict_scores(model.peft, tasks[task], split, image_size, batch, device))
+            metrics = medmnist_metrics(
+                tasks[task], split.labels, predict_scores(model.peft, tasks[task], split, image_size, batch, device)
+            )
             scores.append(validation_score(metrics))
         return float(np.mean([s for s in scores if not math.isnan(s)] or [math.nan]))
 
     started = time.perf_counter()
     result = train_adapter_on_tasks(
-        model.peft, [(tasks[t], split) for t, split in train.items()], train_settings(experiment["train"]),
-        image_size, int(experiment["seed"]), device, validate,
+        model.peft,
+        [(tasks[t], split) for t, split in train.items()],
+        train_settings(experiment["train"]),
+        image_size,
+        int(experiment["seed"]),
+        device,
+        validate,
     )
     details = {
         "method": VERSION_NAME,
@@ -93,8 +102,15 @@ def run_centralised(grid: Any, cfg: DictConfig, experiment_json: str, results: A
     n = int(cfg.simulation.num_hospitals)
     hospitals = [load_hospital(experiment["data"], i, n, int(cfg.seed)) for i in range(n)]
     results.data["hospitals"] = [
-        {"id": h.hospital_id, "node_id": None, "task": h.task.name, "n_train": len(h.train), "n_val": len(h.val),
-         "n_test": len(h.test), "data_source": h.data_source}
+        {
+            "id": h.hospital_id,
+            "node_id": None,
+            "task": h.task.name,
+            "n_train": len(h.train),
+            "n_val": len(h.val),
+            "n_test": len(h.test),
+            "data_source": h.data_source,
+        }
         for h in hospitals
     ]
     sources = {h.data_source for h in hospitals}

@@ -46,7 +46,9 @@ class AdapterFedAvg(FedAvg):
         self.sink = sink
         self.round_states: list[dict[str, torch.Tensor]] = []
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         hospitals, failures = collect_replies(replies, server_round)
         self.sink.record_round(server_round, hospitals, failures)

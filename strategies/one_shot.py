@@ -7,12 +7,12 @@ instead of averaging; nodes, sampling and the round loop are Flower's.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp.strategy import FedAvg
-from logging import INFO, WARNING
 from omegaconf import DictConfig
 
 from fl_app.adapter_keys import non_lora_state
@@ -41,7 +41,9 @@ class OneShotMerge(FedAvg):
         self.merge_result = None
         self.weights: list[float] = []
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         strategy = self.cfg.strategy
         delivered, failures = collect_replies(replies, server_round)
         hospitals, rejections = screen(delivered, float(strategy.screen.norm_factor))
@@ -49,8 +51,19 @@ class OneShotMerge(FedAvg):
         self.hospitals = hospitals
         self.sink.record_round(server_round, delivered, failures)
         require_enough(hospitals, failures, int(strategy.min_hospitals), server_round)
-        self.weights = hospital_weights([h.hospital_id for h in hospitals], [h.n_train for h in hospitals], str(strategy.weighting), strategy.weights)
-        log(INFO, "Merging %d adapters with %s (weights %s)", len(hospitals), strategy.merge, [round(w, 3) for w in self.weights])
+        self.weights = hospital_weights(
+            [h.hospital_id for h in hospitals],
+            [h.n_train for h in hospitals],
+            str(strategy.weighting),
+            strategy.weights,
+        )
+        log(
+            INFO,
+            "Merging %d adapters with %s (weights %s)",
+            len(hospitals),
+            strategy.merge,
+            [round(w, 3) for w in self.weights],
+        )
         self.merge_result = merge_hospitals(hospitals, self.weights, strategy)
         metrics = MetricRecord({"hospitals": len(hospitals), "merged-rank": self.merge_result.rank})
         return state_to_arrayrecord(self.merge_result.state), metrics
@@ -73,11 +86,22 @@ def merge_hospitals(hospitals: list[HospitalReply], weights: list[float], strate
 def screen(hospitals: list[HospitalReply], norm_factor: float) -> tuple[list[HospitalReply], list[Failure]]:
     """Leave out adapters with wrong keys, shapes, dtypes, NaN/Inf or an outlying norm, saying why."""
     accepted, rejections = screen_adapters(
-        [h.state for h in hospitals], [h.hospital_id for h in hospitals], norm_factor=norm_factor, scales=[h.lora_scale for h in hospitals]
+        [h.state for h in hospitals],
+        [h.hospital_id for h in hospitals],
+        norm_factor=norm_factor,
+        scales=[h.lora_scale for h in hospitals],
     )
     by_id = {h.hospital_id: h for h in hospitals}
     failures = [
-        Failure(r.hospital_id, "screen", str(r), node_id=by_id[r.hospital_id].node_id, round=1, tensor=r.key, problem=r.problem)
+        Failure(
+            r.hospital_id,
+            "screen",
+            str(r),
+            node_id=by_id[r.hospital_id].node_id,
+            round=1,
+            tensor=r.key,
+            problem=r.problem,
+        )
         for r in rejections
     ]
     for failure in failures:
@@ -94,7 +118,9 @@ def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
     return StrategyOutcome(versions=versions, merge=str(cfg.strategy.merge), details={"rounds": 1})
 
 
-def one_shot_versions(hospitals: list[HospitalReply], weights: list[float], merged, cfg: DictConfig) -> list[ModelVersion]:
+def one_shot_versions(
+    hospitals: list[HospitalReply], weights: list[float], merged, cfg: DictConfig
+) -> list[ModelVersion]:
     """Each hospital's own adapter (heads of other tasks from the merge) and the merged adapter."""
     merged_heads = non_lora_state(merged.state)
     versions = [

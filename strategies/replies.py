@@ -31,12 +31,16 @@ def collect_replies(replies: Iterable[Message], server_round: int) -> tuple[list
         try:
             hospitals.append(decode_train_reply(message))
         except (KeyError, ValueError) as error:
-            failures.append(Failure(None, "train", str(error), node_id=message.metadata.src_node_id, round=server_round))
+            failures.append(
+                Failure(None, "train", str(error), node_id=message.metadata.src_node_id, round=server_round)
+            )
     hospitals.sort(key=lambda h: (h.hospital_id, h.node_id))
     return _first_of_each_hospital(hospitals, failures, server_round)
 
 
-def _first_of_each_hospital(hospitals: list[HospitalReply], failures: list[Failure], server_round: int) -> tuple[list[HospitalReply], list[Failure]]:
+def _first_of_each_hospital(
+    hospitals: list[HospitalReply], failures: list[Failure], server_round: int
+) -> tuple[list[HospitalReply], list[Failure]]:
     """Two nodes claiming one hospital id (a site's node config copied) would overwrite each other: keep one, report the other."""
     kept: dict[int, HospitalReply] = {}
     for hospital in hospitals:

@@ -8,7 +8,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fl_app.config import compose_experiment, experiment_from_run_config, hospital_payload, run_config_overrides, save_experiment
+from fl_app.config import (
+    compose_experiment,
+    experiment_from_run_config,
+    hospital_payload,
+    run_config_overrides,
+    save_experiment,
+)
 from fl_app.validation import validate_experiment
 
 
@@ -20,7 +26,16 @@ def test_default_experiment_composes_and_validates():
     assert "hydra" not in cfg
 
 
-@pytest.mark.parametrize("group", ["strategy=fedavg", "data=multi_center", "model=pretrained model.pretrained=/x", "model=vit_base_random", "experiment=quickstart"])
+@pytest.mark.parametrize(
+    "group",
+    [
+        "strategy=fedavg",
+        "data=multi_center",
+        "model=pretrained model.pretrained=/x",
+        "model=vit_base_random",
+        "experiment=quickstart",
+    ],
+)
 def test_config_groups_compose(group):
     cfg = compose_experiment(group.split())
 
@@ -30,7 +45,10 @@ def test_config_groups_compose(group):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("strategy.name=fedprox", r"strategy='fedprox' is not valid; choose one of \['centralised', 'fedavg', 'medforge', 'one_shot'\]"),
+        (
+            "strategy.name=fedprox",
+            r"strategy='fedprox' is not valid; choose one of \['centralised', 'fedavg', 'medforge', 'one_shot'\]",
+        ),
         ("data.flags=[nosuchmnist]", "nosuchmnist"),
         ("lora.target_modules=[attention_nope]", r"lora.target_modules entry 'attention_nope'.*conv_pw"),
         ("lora.r=0", "lora.r=0"),
@@ -39,8 +57,15 @@ def test_config_groups_compose(group):
         ("strategy.min_hospitals=5", "strategy.min_hospitals=5"),
         ("simulation.client_cpus=0.5", "simulation.client_cpus=0.5"),
         ("simulation.data_cache_size=-1", "simulation.data_cache_size=-1"),
-        ("simulation.ray_cpus=1 simulation.client_cpus=2", r"simulation.ray_cpus=1 must be null \(all cores\) or a whole number >= simulation.client_cpus=2"),
-        pytest.param("simulation.client_gpus=0.25", "no CUDA GPU is visible", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
+        (
+            "simulation.ray_cpus=1 simulation.client_cpus=2",
+            r"simulation.ray_cpus=1 must be null \(all cores\) or a whole number >= simulation.client_cpus=2",
+        ),
+        pytest.param(
+            "simulation.client_gpus=0.25",
+            "no CUDA GPU is visible",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present"),
+        ),
     ],
 )
 def test_bad_configuration_fails_naming_key_value_and_choices(override, message):
@@ -51,7 +76,14 @@ def test_bad_configuration_fails_naming_key_value_and_choices(override, message)
 
 
 def test_run_config_knobs_become_hydra_overrides():
-    run_config = {"strategy": "fedavg", "rounds": 2, "lora-r": 0, "seed": -1, "data-root": "", "overrides": "lora.alpha=4 train.lr=0.01"}
+    run_config = {
+        "strategy": "fedavg",
+        "rounds": 2,
+        "lora-r": 0,
+        "seed": -1,
+        "data-root": "",
+        "overrides": "lora.alpha=4 train.lr=0.01",
+    }
 
     assert run_config_overrides(run_config) == ["strategy=fedavg", "strategy.rounds=2", "lora.alpha=4", "train.lr=0.01"]
     cfg = experiment_from_run_config(run_config)
@@ -77,7 +109,12 @@ def test_the_vit_base_sized_preset_validates_offline():
     cfg = compose_experiment(["model=vit_base_random"])
 
     validate_experiment(cfg)  # on the meta device: no weights built
-    assert (cfg.model.preset.hidden_size, cfg.model.preset.num_hidden_layers, cfg.model.preset.patch_size, cfg.model.image_size) == (768, 12, 16, 224)
+    assert (
+        cfg.model.preset.hidden_size,
+        cfg.model.preset.num_hidden_layers,
+        cfg.model.preset.patch_size,
+        cfg.model.image_size,
+    ) == (768, 12, 16, 224)
 
 
 @pytest.mark.parametrize("strategy", ["one_shot", "medforge"])

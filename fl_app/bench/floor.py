@@ -42,14 +42,22 @@ class FloorRun:
 
 def train_all(experiment: dict, num_hospitals: int, server_round: int, start=None) -> list[HospitalReply]:
     """Every hospital trains once, in turn (node id = hospital id)."""
-    return [decode_train_content(simulated_hospital(experiment, i, num_hospitals).train(start, server_round), node_id=i) for i in range(num_hospitals)]
+    return [
+        decode_train_content(simulated_hospital(experiment, i, num_hospitals).train(start, server_round), node_id=i)
+        for i in range(num_hospitals)
+    ]
 
 
 def one_shot(cfg: DictConfig, experiment: dict) -> tuple[list[ModelVersion], int]:
     """Versions and the training examples seen (one round)."""
     replies = train_all(experiment, int(cfg.simulation.num_hospitals), 1)
     hospitals, _ = screen(replies, float(cfg.strategy.screen.norm_factor))
-    weights = hospital_weights([h.hospital_id for h in hospitals], [h.n_train for h in hospitals], str(cfg.strategy.weighting), cfg.strategy.weights)
+    weights = hospital_weights(
+        [h.hospital_id for h in hospitals],
+        [h.n_train for h in hospitals],
+        str(cfg.strategy.weighting),
+        cfg.strategy.weights,
+    )
     versions = one_shot_versions(hospitals, weights, merge_hospitals(hospitals, weights, cfg.strategy), cfg)
     return versions, sum(h.n_train for h in replies)
 
@@ -62,7 +70,16 @@ def fedavg(cfg: DictConfig, experiment: dict) -> tuple[list[ModelVersion], int]:
         state = keywise_average([h.state for h in replies], [h.n_train for h in replies])
         start = state_to_arrayrecord(state)
         seen += sum(h.n_train for h in replies)
-        versions.append(ModelVersion(f"fedavg-round-{server_round}", "fedavg", state, int(cfg.lora.r), float(cfg.lora.alpha), {"round": server_round}))
+        versions.append(
+            ModelVersion(
+                f"fedavg-round-{server_round}",
+                "fedavg",
+                state,
+                int(cfg.lora.r),
+                float(cfg.lora.alpha),
+                {"round": server_round},
+            )
+        )
     return versions, seen
 
 

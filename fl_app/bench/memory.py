@@ -10,7 +10,6 @@ sum over processes counts torch's shared libraries once, unlike a sum of RSS.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable
 
 import psutil
@@ -89,7 +88,7 @@ class PeakMemory:
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 

@@ -68,7 +68,9 @@ def phase_profile(results: Mapping[str, Any]) -> str:
     parts = []
     for phase, entry in timeline.get("phases", {}).items():
         span = entry["last_reply_at"] - entry["first_sent_at"]
-        parts.append(f"{phase}: {entry['messages']} messages, span {span:.1f} s, hospitals' own {entry['step_seconds']:.1f} s")
+        parts.append(
+            f"{phase}: {entry['messages']} messages, span {span:.1f} s, hospitals' own {entry['step_seconds']:.1f} s"
+        )
     return "; ".join(parts)
 
 
@@ -136,11 +138,15 @@ def summary(rows: Sequence[Row]) -> str:
         large = [r for r in mine if r.n >= RATIO_FROM_N]
         if large:
             worst = max(large, key=lambda r: r.ratio)
-            parts.append(f"{strategy} ratio@N>={RATIO_FROM_N} max {worst.ratio:.2f} (N={worst.n}) {_check(worst.ratio <= RATIO_TARGET)} <={RATIO_TARGET:.2f}")
+            parts.append(
+                f"{strategy} ratio@N>={RATIO_FROM_N} max {worst.ratio:.2f} (N={worst.n}) {_check(worst.ratio <= RATIO_TARGET)} <={RATIO_TARGET:.2f}"
+            )
             inrun = [r for r in large if r.inrun_ratio is not None]
             if inrun:
                 most = max(inrun, key=lambda r: r.inrun_ratio)
-                parts.append(f"{strategy} in-run ratio@N>={RATIO_FROM_N} max {most.inrun_ratio:.2f} (N={most.n}) {_check(most.inrun_ratio <= RATIO_TARGET)}")
+                parts.append(
+                    f"{strategy} in-run ratio@N>={RATIO_FROM_N} max {most.inrun_ratio:.2f} (N={most.n}) {_check(most.inrun_ratio <= RATIO_TARGET)}"
+                )
         memory = slope([r.n for r in mine], [r.flower_peak_mb for r in mine])
         if memory is not None:
             parts.append(f"{strategy} memory slope {memory:+.1f} MB/hospital")

@@ -73,15 +73,21 @@ def matching_loss(embed: Embed, real: dict[int, torch.Tensor], synthetic: dict[i
     return loss
 
 
-def _initial_images(train: SplitArrays, indices: dict[int, np.ndarray], settings: DistillSettings, generator: torch.Generator) -> dict[int, torch.Tensor]:
+def _initial_images(
+    train: SplitArrays, indices: dict[int, np.ndarray], settings: DistillSettings, generator: torch.Generator
+) -> dict[int, torch.Tensor]:
     shape = unit_images(train.images[:1]).shape[1:]
     if settings.init == "noise":
         return {c: torch.rand((settings.ipc, *shape), generator=generator) for c in indices}
-    picks = {c: idx[torch.randint(len(idx), (settings.ipc,), generator=generator).numpy()] for c, idx in indices.items()}
+    picks = {
+        c: idx[torch.randint(len(idx), (settings.ipc,), generator=generator).numpy()] for c, idx in indices.items()
+    }
     return {c: unit_images(train.images[p]) for c, p in picks.items()}
 
 
-def distill_calibration_set(embed: Embed, task: TaskInfo, train: SplitArrays, settings: DistillSettings, seed: int) -> CalibrationSet:
+def distill_calibration_set(
+    embed: Embed, task: TaskInfo, train: SplitArrays, settings: DistillSettings, seed: int
+) -> CalibrationSet:
     """Distil `train` into `settings.ipc` images per class present; reproducible for a seed."""
     if task.multi_label:
         raise ValueError(
@@ -91,11 +97,16 @@ def distill_calibration_set(embed: Embed, task: TaskInfo, train: SplitArrays, se
     if settings.init not in INITS:
         raise ValueError(f"strategy.calibration.init={settings.init!r} is not valid; choose one of {INITS}.")
     if settings.ipc < 1 or settings.iterations < 0:
-        raise ValueError(f"strategy.calibration needs ipc >= 1 and iterations >= 0, got ipc={settings.ipc}, iterations={settings.iterations}.")
+        raise ValueError(
+            f"strategy.calibration needs ipc >= 1 and iterations >= 0, got ipc={settings.ipc}, iterations={settings.iterations}."
+        )
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     indices = class_indices(train.labels, task.n_outputs)
-    synthetic = {c: images.clone().requires_grad_(True) for c, images in _initial_images(train, indices, settings, generator).items()}
+    synthetic = {
+        c: images.clone().requires_grad_(True)
+        for c, images in _initial_images(train, indices, settings, generator).items()
+    }
     reference = {c: unit_images(train.images[idx[:256]]) for c, idx in indices.items()}
     loss_before = float(matching_loss(embed, reference, {c: s.detach() for c, s in synthetic.items()}))
     optimizer = torch.optim.Adam(list(synthetic.values()), lr=settings.lr)
@@ -121,7 +132,15 @@ def distill_calibration_set(embed: Embed, task: TaskInfo, train: SplitArrays, se
     loss_after = float(matching_loss(embed, reference, final))
     images = torch.cat([final[c] for c in sorted(final)])
     labels = np.concatenate([np.full((settings.ipc, 1), c, dtype=np.int64) for c in sorted(final)])
-    return CalibrationSet(task.name, to_uint8_layout(images), labels, settings.init, loss_before, loss_after, time.perf_counter() - started)
+    return CalibrationSet(
+        task.name,
+        to_uint8_layout(images),
+        labels,
+        settings.init,
+        loss_before,
+        loss_after,
+        time.perf_counter() - started,
+    )
 
 
 def quantised(unit: torch.Tensor) -> torch.Tensor:

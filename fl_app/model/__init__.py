@@ -1,8 +1,8 @@
 """The hospital's model: a frozen backbone, one head per task, and a PEFT LoRA adapter."""
 
 from fl_app.model.adapter import (
-    record_dict_bytes,
     arrayrecord_to_state,
+    record_dict_bytes,
     save_adapter,
     state_to_arrayrecord,
 )

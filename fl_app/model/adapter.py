@@ -28,7 +28,9 @@ def record_dict_bytes(content) -> int:
     return sum(record.count_bytes() + len(key) for key, record in content.items())
 
 
-def save_adapter(path: Path, state: Mapping[str, torch.Tensor], config: LoraConfig, extra: Mapping | None = None) -> Path:
+def save_adapter(
+    path: Path, state: Mapping[str, torch.Tensor], config: LoraConfig, extra: Mapping | None = None
+) -> Path:
     """Write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
 
     The tensors use `get_peft_model_state_dict` keys, exactly what `PeftModel.save_pretrained`

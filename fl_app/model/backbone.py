@@ -52,9 +52,7 @@ def _preset_backbone(model_cfg: Mapping[str, Any]) -> nn.Module:
             return ViTModel(ViTConfig(**common), add_pooling_layer=False)
         if architecture == "clip_vision":
             return CLIPVisionModel(CLIPVisionConfig(**common))
-    raise ValueError(
-        f"model.preset.architecture={architecture!r} is not valid; choose one of {PRESET_ARCHITECTURES}."
-    )
+    raise ValueError(f"model.preset.architecture={architecture!r} is not valid; choose one of {PRESET_ARCHITECTURES}.")
 
 
 def _pretrained_backbone(name_or_path: str | None) -> nn.Module:

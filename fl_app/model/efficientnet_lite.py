@@ -112,7 +112,9 @@ class EfficientNetLite0(nn.Module):
 
     def __init__(self, image_size: int = 224) -> None:
         super().__init__()
-        self.config = SimpleNamespace(hidden_size=FEATURE_DIM, image_size=int(image_size), model_type="efficientnet_lite0")
+        self.config = SimpleNamespace(
+            hidden_size=FEATURE_DIM, image_size=int(image_size), model_type="efficientnet_lite0"
+        )
         self.conv_stem = _conv(3, STEM_CHANNELS, 3, stride=2)
         self.bn1 = _bn(STEM_CHANNELS)
         stages = []
@@ -196,6 +198,8 @@ def pretrained_efficientnet_lite0(image_size: int, weights: str | Path | None = 
         return model  # module names and shapes only (config validation): no weights to read
     path = Path(weights).expanduser() if weights else wheel_weights_path()
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights={str(path)!r} is not a file; give the efficientnet-lite0 .pth state dict.")
+        raise FileNotFoundError(
+            f"model.weights={str(path)!r} is not a file; give the efficientnet-lite0 .pth state dict."
+        )
     model.load_state_dict(timm_names(torch.load(path, map_location="cpu", weights_only=True)), strict=True)
     return model

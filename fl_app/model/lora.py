@@ -68,7 +68,12 @@ def resolve_target_names(available: Sequence[str], requested: Sequence[str]) -> 
 
 
 def lora_config(
-    available: Sequence[str], lora_cfg: Mapping[str, Any], tasks: Sequence[str], *, rank: int | None = None, alpha: float | None = None
+    available: Sequence[str],
+    lora_cfg: Mapping[str, Any],
+    tasks: Sequence[str],
+    *,
+    rank: int | None = None,
+    alpha: float | None = None,
 ) -> LoraConfig:
     """The PEFT LoraConfig for `lora_cfg` (rank/alpha overridable, e.g. for a merged adapter).
 

@@ -31,7 +31,9 @@ FLOOR = 1e-6
 def mixture_scores(component_probabilities: Sequence[Tensor], coefficients: Sequence[float]) -> Tensor:
     """q = Σ_j c_j p_j, clipped at FLOOR; not renormalised."""
     if len(component_probabilities) != len(coefficients) or not coefficients:
-        raise ValueError(f"got {len(component_probabilities)} components and {len(coefficients)} coefficients; pass one coefficient per adapter (at least one).")
+        raise ValueError(
+            f"got {len(component_probabilities)} components and {len(coefficients)} coefficients; pass one coefficient per adapter (at least one)."
+        )
     return sum(c * p for c, p in zip(coefficients, component_probabilities)).clamp_min(FLOOR)
 
 
@@ -70,7 +72,9 @@ def load_mixture(classifier: nn.Module, folder: Path | str) -> MixtureClassifier
     folder = Path(folder)
     spec_path = folder / MIXTURE_FILE
     if not spec_path.is_file():
-        raise FileNotFoundError(f"{spec_path} not found: {folder} is not a MedForge-Mixture version folder (load other versions with PeftModel.from_pretrained).")
+        raise FileNotFoundError(
+            f"{spec_path} not found: {folder} is not a MedForge-Mixture version folder (load other versions with PeftModel.from_pretrained)."
+        )
     components = json.loads(spec_path.read_text())["components"]
     peft = None
     for name, component in components.items():

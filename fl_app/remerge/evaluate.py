@@ -31,7 +31,10 @@ def _check_same_data(hospital: Hospital, recorded: Mapping[str, Any] | None, dat
 
 
 def evaluate_at_hospitals(
-    experiment: DictConfig, versions: Sequence[ModelVersion], hospital_ids: Sequence[int], recorded: Mapping[int, Mapping[str, Any]]
+    experiment: DictConfig,
+    versions: Sequence[ModelVersion],
+    hospital_ids: Sequence[int],
+    recorded: Mapping[int, Mapping[str, Any]],
 ) -> list[HospitalScores]:
     """Every version's test scores at every hospital in `hospital_ids` (one batched evaluation each)."""
     payload = hospital_payload(experiment)
@@ -42,6 +45,14 @@ def evaluate_at_hospitals(
     for i, hospital_id in enumerate(hospital_ids, start=1):
         hospital = simulated_hospital(experiment_dict, hospital_id, num_hospitals)
         _check_same_data(hospital, recorded.get(hospital_id), str(experiment.data.root))
-        logger.info("Evaluating %d version(s) at hospital %d (%d/%d): %s, %d test images", len(versions), hospital_id, i, len(hospital_ids), hospital.task, len(hospital.data.test))
+        logger.info(
+            "Evaluating %d version(s) at hospital %d (%d/%d): %s, %d test images",
+            len(versions),
+            hospital_id,
+            i,
+            len(hospital_ids),
+            hospital.task,
+            len(hospital.data.test),
+        )
         scores.append(hospital_scores(hospital.evaluate(content)))
     return scores

@@ -43,7 +43,9 @@ def parse_params(items: Sequence[str]) -> list[tuple[str | None, str, Any]]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--param {item!r} is not key=value; write e.g. --param density=0.5 or --param ties.density=0.5.")
+            raise ValueError(
+                f"--param {item!r} is not key=value; write e.g. --param density=0.5 or --param ties.density=0.5."
+            )
         method, _, name = key.rpartition(".")
         parsed.append((method or None, name, yaml.safe_load(raw)))
     return parsed
@@ -72,7 +74,9 @@ def _method_params(methods: Sequence[str], params: Sequence[tuple[str | None, st
             raise ValueError(f"--param {method}.{key}: {method!r} is not among the selected methods {list(methods)}.")
         declared = {m: sorted(MERGE_METHODS[m].params) for m in (targets or methods)}
         if not targets or any(key not in MERGE_METHODS[m].params for m in targets):
-            raise ValueError(f"--param {key}={value!r}: no selected method declares {key!r}; their parameters: {declared}.")
+            raise ValueError(
+                f"--param {key}={value!r}: no selected method declares {key!r}; their parameters: {declared}."
+            )
         for m in targets:
             chosen[m][key] = value
     return chosen
@@ -106,9 +110,13 @@ def plan_requests(
     if len(set(methods)) != len(methods):
         raise ValueError(f"--merge lists a method twice: {list(methods)}.")
     if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*", name):
-        raise ValueError(f"--name={name!r} is not a valid version name: use letters, digits and _ . = + - (it becomes adapters/<name>/).")
+        raise ValueError(
+            f"--name={name!r} is not a valid version name: use letters, digits and _ . = + - (it becomes adapters/<name>/)."
+        )
     if name is not None and len(methods) > 1:
-        raise ValueError(f"--name names one version, but {len(methods)} methods were given; drop --name to get remerge-<method> names.")
+        raise ValueError(
+            f"--name names one version, but {len(methods)} methods were given; drop --name to get remerge-<method> names."
+        )
     if weighting is not None and weighting not in WEIGHTINGS:
         raise ValueError(f"--weighting={weighting!r} is not valid; choose one of {WEIGHTINGS}.")
     if rank is not None and rank < 1:
@@ -122,7 +130,9 @@ def plan_requests(
     given = {"weighting": weighting, "weights": _weights_by_id(weights), "scale": scale, "merge_rank": rank}
     settings = {k: (v if v is not None else run_settings[k]) for k, v in given.items()}
     if settings["weighting"] == "explicit" and not settings["weights"]:
-        raise ValueError("--weighting explicit needs a weight per hospital: pass --weight ID=W for each hospital (the run has no strategy.weights).")
+        raise ValueError(
+            "--weighting explicit needs a weight per hospital: pass --weight ID=W for each hospital (the run has no strategy.weights)."
+        )
     if settings["weighting"] != "explicit":
         settings["weights"] = run_settings["weights"] = None  # weights apply only to explicit weighting
     changed = {k: v for k, v in settings.items() if v != run_settings[k]}
@@ -133,7 +143,14 @@ def plan_requests(
         default_name = NAME_PREFIX + "-".join([method, *(f"{_slug(k)}={_slug(v)}" for k, v in shown.items())])
         requests.append(
             MergeRequest(
-                method, explicit, str(settings["weighting"]), float(settings["scale"]), settings["merge_rank"], name or default_name, label, settings["weights"]
+                method,
+                explicit,
+                str(settings["weighting"]),
+                float(settings["scale"]),
+                settings["merge_rank"],
+                name or default_name,
+                label,
+                settings["weights"],
             )
         )
     return requests

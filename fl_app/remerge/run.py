@@ -38,23 +38,51 @@ def _check_names(run: StoredRun, requests: Sequence[MergeRequest], force: bool) 
         if old is None:
             continue
         if "remerge" not in old:
-            raise ValueError(f"version {request.name!r} is one of the run's own versions; remerge never replaces those. Choose another --name.")
+            raise ValueError(
+                f"version {request.name!r} is one of the run's own versions; remerge never replaces those. Choose another --name."
+            )
         if not force:
-            raise ValueError(f"version {request.name!r} already exists in {run.folder / RESULTS_FILE}; pass --force to replace it, or choose another --name.")
+            raise ValueError(
+                f"version {request.name!r} already exists in {run.folder / RESULTS_FILE}; pass --force to replace it, or choose another --name."
+            )
 
 
 def merge_version(run: StoredRun, request: MergeRequest) -> ModelVersion:
     """One re-merged version of the run's hospital adapters."""
     hospitals = run.hospitals
-    weights = hospital_weights([h.id for h in hospitals], [h.n_train for h in hospitals], request.weighting, request.weights)
-    logger.info("Merging %d hospital adapters with %s (weights %s)", len(hospitals), request.label, [round(w, 3) for w in weights])
-    merged = merge_adapters(
-        [h.state for h in hospitals], [h.scale for h in hospitals], weights, [h.task for h in hospitals],
-        scale=request.scale, rank=request.rank, method=request.method, params=request.params,
+    weights = hospital_weights(
+        [h.id for h in hospitals], [h.n_train for h in hospitals], request.weighting, request.weights
     )
-    remerge = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "explicit_params": request.params, "merge_rank": request.rank}
+    logger.info(
+        "Merging %d hospital adapters with %s (weights %s)",
+        len(hospitals),
+        request.label,
+        [round(w, 3) for w in weights],
+    )
+    merged = merge_adapters(
+        [h.state for h in hospitals],
+        [h.scale for h in hospitals],
+        weights,
+        [h.task for h in hospitals],
+        scale=request.scale,
+        rank=request.rank,
+        method=request.method,
+        params=request.params,
+    )
+    remerge = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "explicit_params": request.params,
+        "merge_rank": request.rank,
+    }
     return merged_version(
-        request.name, merged, [h.id for h in hospitals], weights, label=request.label, weighting=request.weighting, scale=request.scale, remerge=remerge
+        request.name,
+        merged,
+        [h.id for h in hospitals],
+        weights,
+        label=request.label,
+        weighting=request.weighting,
+        scale=request.scale,
+        remerge=remerge,
     )
 
 
@@ -76,7 +104,9 @@ def _install_adapters(run: StoredRun, staging: Path, names: Sequence[str]) -> No
             shutil.rmtree(old)
 
 
-def remerge(run: StoredRun, requests: Sequence[MergeRequest], *, force: bool = False, data_root: str | None = None) -> list[dict[str, Any]]:
+def remerge(
+    run: StoredRun, requests: Sequence[MergeRequest], *, force: bool = False, data_root: str | None = None
+) -> list[dict[str, Any]]:
     """Merge, evaluate and add one version per request to the run; return the new results entries."""
     _check_names(run, requests, force)
     experiment = run.experiment if data_root is None else OmegaConf.merge(run.experiment, {"data": {"root": data_root}})
@@ -89,16 +119,22 @@ def remerge(run: StoredRun, requests: Sequence[MergeRequest], *, force: bool = F
     with tempfile.TemporaryDirectory(dir=run.folder / "adapters", prefix=".staging-") as staging:
         _stage_adapters(run, versions, Path(staging))
         if results_path.read_text() != run.results_text:
-            raise RuntimeError(f"{results_path} changed while re-merging (another remerge?); nothing was written. Run remerge again.")
+            raise RuntimeError(
+                f"{results_path} changed while re-merging (another remerge?); nothing was written. Run remerge again."
+            )
         _install_adapters(run, Path(staging), [v.name for v in versions])
     names = {e["name"] for e in entries}
     kept = [v for v in run.results["versions"] if v["name"] not in names]
     write_json_atomic(results_path, {**run.results, "versions": kept + entries})
     for entry in entries:
-        logger.info("Added version %s: mean ACC %s, mean AUC %s", entry["name"], _fmt(entry["mean_acc"]), _fmt(entry["mean_auc"]))
+        logger.info(
+            "Added version %s: mean ACC %s, mean AUC %s",
+            entry["name"],
+            _fmt(entry["mean_acc"]),
+            _fmt(entry["mean_auc"]),
+        )
     return entries
 
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
-

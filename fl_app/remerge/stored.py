@@ -62,7 +62,9 @@ def load_stored_run(folder: Path) -> StoredRun:
     folder = Path(folder)
     results_path, config_path = folder / RESULTS_FILE, folder / "config.yaml"
     if not results_path.is_file():
-        raise FileNotFoundError(f"{folder} is not a results folder: it has no {RESULTS_FILE}; pass the folder scripts/run.py printed last.")
+        raise FileNotFoundError(
+            f"{folder} is not a results folder: it has no {RESULTS_FILE}; pass the folder scripts/run.py printed last."
+        )
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing; remerge rebuilds every hospital's data and model from it.")
     text = results_path.read_text()
@@ -82,5 +84,14 @@ def load_stored_run(folder: Path) -> StoredRun:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: version {version['name']!r} of {folder} lost its adapter.")
         hospital_id, task = int(version["hospital"]), str(version["task"])
-        hospitals.append(StoredHospital(hospital_id, task, n_train[hospital_id], _own_state(load_file(path), task), int(version["r"]), float(version["lora_alpha"])))
+        hospitals.append(
+            StoredHospital(
+                hospital_id,
+                task,
+                n_train[hospital_id],
+                _own_state(load_file(path), task),
+                int(version["r"]),
+                float(version["lora_alpha"]),
+            )
+        )
     return StoredRun(folder, text, results, OmegaConf.load(config_path), hospitals)

@@ -33,10 +33,18 @@ def find_result_folders(paths: Iterable[Path | str]) -> list[Path]:
     folders: dict[Path, None] = {}
     for path in map(Path, paths):
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; pass a run folder (outputs/<date>/<time>) or a sweep folder (multirun/<date>/<time>).")
-        found = [path] if (path / RESULTS_FILE).is_file() else sorted((p.parent for p in path.rglob(RESULTS_FILE)), key=_natural_key)
+            raise FileNotFoundError(
+                f"{path} does not exist; pass a run folder (outputs/<date>/<time>) or a sweep folder (multirun/<date>/<time>)."
+            )
+        found = (
+            [path]
+            if (path / RESULTS_FILE).is_file()
+            else sorted((p.parent for p in path.rglob(RESULTS_FILE)), key=_natural_key)
+        )
         if not found:
-            raise FileNotFoundError(f"no {RESULTS_FILE} at or below {path}; pass a run folder (outputs/<date>/<time>) or a sweep folder (multirun/<date>/<time>).")
+            raise FileNotFoundError(
+                f"no {RESULTS_FILE} at or below {path}; pass a run folder (outputs/<date>/<time>) or a sweep folder (multirun/<date>/<time>)."
+            )
         folders.update((folder.resolve(), None) for folder in found)
     return list(folders)
 
@@ -49,7 +57,9 @@ def load_runs(paths: Iterable[Path | str]) -> list[Run]:
         results = json.loads((folder / RESULTS_FILE).read_text())
         status = results.get("status")
         if status != "completed":
-            logger.warning("Skipping %s: status=%s%s", folder, status, f" ({results['error']})" if results.get("error") else "")
+            logger.warning(
+                "Skipping %s: status=%s%s", folder, status, f" ({results['error']})" if results.get("error") else ""
+            )
             continue
         runs.append(Run(folder, results))
     if not runs:

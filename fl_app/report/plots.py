@@ -56,8 +56,14 @@ def plot_per_task_accuracy(comparison: Comparison, path: Path) -> Path:
         stats = [row.stats.get(f"{g}/acc") for g in groups]
         errors = [_std(s) for s in stats]
         ax.bar(
-            x + (i - (len(rows) - 1) / 2) * width, [_mean(s) for s in stats], width, yerr=errors if any(errors) else None,
-            capsize=3, color=color, hatch="//" if row.reference else None, edgecolor="white" if not row.reference else "black",
+            x + (i - (len(rows) - 1) / 2) * width,
+            [_mean(s) for s in stats],
+            width,
+            yerr=errors if any(errors) else None,
+            capsize=3,
+            color=color,
+            hatch="//" if row.reference else None,
+            edgecolor="white" if not row.reference else "black",
             label=f"{row.label} (n={len(row.entries)})",
         )
     ax.set_xticks(x, [g if g != "mean" else "mean over tasks" for g in groups])
@@ -76,20 +82,41 @@ def _reference(comparison: Comparison) -> Row | None:
 def plot_accuracy_vs_bytes(comparison: Comparison, fedavg: Sequence[Curve], path: Path) -> Path:
     """Mean accuracy against total bytes sent: FedAvg as a curve over rounds, one-shot merges as points."""
     points = one_shot_points(comparison)
-    all_bytes = [p.total_bytes.mean for c in fedavg for p in c.points if p.total_bytes.mean] + [b.mean for _, b, _ in points if b.mean]
+    all_bytes = [p.total_bytes.mean for c in fedavg for p in c.points if p.total_bytes.mean] + [
+        b.mean for _, b, _ in points if b.mean
+    ]
     scale, unit = _byte_unit(max(all_bytes, default=1.0))
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
     colors = iter(_colors(len(fedavg) + len(points)))
     for curve in fedavg:
         xs = [_mean(p.total_bytes) / scale for p in curve.points]
         ys = [_mean(p.mean_acc) for p in curve.points]
-        ax.errorbar(xs, ys, yerr=[_std(p.mean_acc) for p in curve.points], fmt="-o", capsize=3, color=next(colors), label=f"{curve.label}: after each round")
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=[_std(p.mean_acc) for p in curve.points],
+            fmt="-o",
+            capsize=3,
+            color=next(colors),
+            label=f"{curve.label}: after each round",
+        )
         for point, xv, yv in zip(curve.points, xs, ys):
             ax.annotate(f"round {point.step}", (xv, yv), textcoords="offset points", xytext=(6, -12), fontsize=8)
     for marker, (label, total, acc) in zip("s^Dvp*hX" * 4, points):
-        ax.errorbar(_mean(total) / scale, _mean(acc), yerr=_std(acc), fmt=marker, markersize=9, capsize=3, color=next(colors), label=f"{label}: one-shot")
+        ax.errorbar(
+            _mean(total) / scale,
+            _mean(acc),
+            yerr=_std(acc),
+            fmt=marker,
+            markersize=9,
+            capsize=3,
+            color=next(colors),
+            label=f"{label}: one-shot",
+        )
     if (reference := _reference(comparison)) is not None and reference.stats["mean/acc"].mean is not None:
-        ax.axhline(reference.stats["mean/acc"].mean, linestyle="--", color="gray", label=f"{reference.label}: no communication")
+        ax.axhline(
+            reference.stats["mean/acc"].mean, linestyle="--", color="gray", label=f"{reference.label}: no communication"
+        )
     if all_bytes and max(all_bytes) / max(min(all_bytes), 1.0) > 30:
         ax.set_xscale("log")
     else:
@@ -107,7 +134,15 @@ def plot_progressive(curves: Sequence[Curve], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for curve, color in zip(curves, _colors(len(curves))):
         ys = [_mean(p.mean_acc) for p in curve.points]
-        ax.errorbar(range(len(ys)), ys, yerr=[_std(p.mean_acc) for p in curve.points], fmt="-o", capsize=3, color=color, label=curve.label)
+        ax.errorbar(
+            range(len(ys)),
+            ys,
+            yerr=[_std(p.mean_acc) for p in curve.points],
+            fmt="-o",
+            capsize=3,
+            color=color,
+            label=curve.label,
+        )
     steps = max((c.points for c in curves), key=len, default=[])
     ax.set_xticks(range(len(steps)), [p.step for p in steps])
     ax.set_xlabel("model version (each one merges the adapters that have arrived so far)")

@@ -24,7 +24,9 @@ from fl_app.report.collect import Run
 HOSPITAL_REFERENCE = "hospital (own adapter, mean)"
 # Config keys never shown as a run's setting: the seed is what rows average over; the others are
 # paths or are already in the label.
-NOT_SETTINGS = frozenset({"seed", "quiet", "data.root", "model.pretrained", "strategy.name", "strategy.merge", "strategy.rounds"})
+NOT_SETTINGS = frozenset(
+    {"seed", "quiet", "data.root", "model.pretrained", "strategy.name", "strategy.merge", "strategy.rounds"}
+)
 KIND_ORDER = {"merged": 0, "progressive": 1, "fedavg": 2, "reference": 3, "hospital": 4}
 
 
@@ -96,7 +98,9 @@ class Comparison:
 
 def columns_for(tasks: Sequence[str]) -> list[Column]:
     """ACC and AUC per task and averaged over tasks, then the cost columns."""
-    metric_columns = [Column(f"{task}/{m}", f"{task} {m.upper()}", True, "") for task in [*tasks, "mean"] for m in ("acc", "auc")]
+    metric_columns = [
+        Column(f"{task}/{m}", f"{task} {m.upper()}", True, "") for task in [*tasks, "mean"] for m in ("acc", "auc")
+    ]
     return metric_columns + [
         Column("upload_bytes", "upload", False, "bytes"),
         Column("download_bytes", "download", False, "bytes"),
@@ -119,15 +123,27 @@ def cumulative_bytes(communication: Mapping[str, Any], through_round: int | None
     return up, down
 
 
-def metric_values(per_task: Mapping[str, Mapping[str, Any]], mean_acc: float | None, mean_auc: float | None) -> dict[str, float | None]:
-    values: dict[str, float | None] = {f"{task}/{m}": metrics.get(m) for task, metrics in per_task.items() for m in ("acc", "auc")}
+def metric_values(
+    per_task: Mapping[str, Mapping[str, Any]], mean_acc: float | None, mean_auc: float | None
+) -> dict[str, float | None]:
+    values: dict[str, float | None] = {
+        f"{task}/{m}": metrics.get(m) for task, metrics in per_task.items() for m in ("acc", "auc")
+    }
     return values | {"mean/acc": mean_acc, "mean/auc": mean_auc}
 
 
-def traffic_values(communication: Mapping[str, Any], through_round: int | None, wall_seconds: float | None) -> dict[str, float | None]:
+def traffic_values(
+    communication: Mapping[str, Any], through_round: int | None, wall_seconds: float | None
+) -> dict[str, float | None]:
     up, down = cumulative_bytes(communication, through_round)
     rounds = through_round if through_round is not None else communication.get("rounds")
-    return {"upload_bytes": up, "download_bytes": down, "total_bytes": up + down, "rounds": rounds, "wall_seconds": wall_seconds}
+    return {
+        "upload_bytes": up,
+        "download_bytes": down,
+        "total_bytes": up + down,
+        "rounds": rounds,
+        "wall_seconds": wall_seconds,
+    }
 
 
 def own_adapter_values(versions: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
@@ -146,7 +162,9 @@ def own_adapter_values(versions: Sequence[Mapping[str, Any]]) -> dict[str, float
         task: {"acc": _weighted([(n, acc) for n, acc, _ in rows]), "auc": _weighted([(n, auc) for n, _, auc in rows])}
         for task, rows in by_task.items()
     }
-    return metric_values(per_task, _mean(p["acc"] for p in per_task.values()), _mean(p["auc"] for p in per_task.values()))
+    return metric_values(
+        per_task, _mean(p["acc"] for p in per_task.values()), _mean(p["auc"] for p in per_task.values())
+    )
 
 
 def _weighted(pairs: Sequence[tuple[int, float | None]]) -> float | None:
@@ -167,7 +185,9 @@ def _with_settings(label: str, settings: str) -> str:
     return f"{label} [{settings}]" if settings else label
 
 
-def entries_of_run(results: Mapping[str, Any], folder: str, settings: str = "", fedavg_rounds: Sequence[int] = ()) -> list[Entry]:
+def entries_of_run(
+    results: Mapping[str, Any], folder: str, settings: str = "", fedavg_rounds: Sequence[int] = ()
+) -> list[Entry]:
     """The compared models of one run (see the module docstring)."""
     versions = list(results.get("versions") or [])
     communication = results.get("communication") or {}
@@ -189,15 +209,29 @@ def entries_of_run(results: Mapping[str, Any], folder: str, settings: str = "", 
                 if label in seen:  # a remerge repeating the run's own merge is the same model: counted once
                     continue
                 seen.add(label)
-                entries.append(entry(_with_settings(label, settings), kind, _version_values(v) | traffic_values(communication, None, wall)))
+                entries.append(
+                    entry(
+                        _with_settings(label, settings),
+                        kind,
+                        _version_values(v) | traffic_values(communication, None, wall),
+                    )
+                )
         elif kind == "fedavg":  # the last round, and any round asked for in `fedavg_rounds` (e.g. R = 1, 3, 10)
             last = max(group, key=lambda v: int(v.get("round", 0)))
             by_round = {int(v.get("round", 0)): v for v in group}
-            shown = [by_round[r] for r in sorted(set(fedavg_rounds)) if r in by_round and by_round[r] is not last] + [last]
+            shown = [by_round[r] for r in sorted(set(fedavg_rounds)) if r in by_round and by_round[r] is not last] + [
+                last
+            ]
             for version in shown:
                 rounds = int(version.get("round", communication.get("rounds", 0)))
                 time = wall if version is last else None  # the run's wall time covers every round
-                entries.append(entry(fedavg_label(rounds, settings), kind, _version_values(version) | traffic_values(communication, rounds, time)))
+                entries.append(
+                    entry(
+                        fedavg_label(rounds, settings),
+                        kind,
+                        _version_values(version) | traffic_values(communication, rounds, time),
+                    )
+                )
         elif kind == "progressive":  # the last version of each method's main branch
             by_method: dict[str, Mapping[str, Any]] = {}
             for v in group:
@@ -205,17 +239,49 @@ def entries_of_run(results: Mapping[str, Any], folder: str, settings: str = "", 
             for method, last in by_method.items():
                 label = f"progressive {method} (final: {last['name']})".replace("  ", " ")
                 through = int(last["round"]) if "round" in last else None
-                entries.append(entry(_with_settings(label, settings), kind, _version_values(last) | traffic_values(communication, through, wall)))
+                entries.append(
+                    entry(
+                        _with_settings(label, settings),
+                        kind,
+                        _version_values(last) | traffic_values(communication, through, wall),
+                    )
+                )
         elif kind == "reference":  # the centralised adapter: no federated traffic
             for v in group:
-                no_traffic = {"upload_bytes": None, "download_bytes": None, "total_bytes": None, "rounds": None, "wall_seconds": wall}
-                entries.append(entry(_with_settings(str(v.get("label") or v["name"]), settings), kind, _version_values(v) | no_traffic))
+                no_traffic = {
+                    "upload_bytes": None,
+                    "download_bytes": None,
+                    "total_bytes": None,
+                    "rounds": None,
+                    "wall_seconds": wall,
+                }
+                entries.append(
+                    entry(
+                        _with_settings(str(v.get("label") or v["name"]), settings),
+                        kind,
+                        _version_values(v) | no_traffic,
+                    )
+                )
         elif kind == "hospital":
-            no_traffic = {"upload_bytes": None, "download_bytes": None, "total_bytes": None, "rounds": None, "wall_seconds": None}
-            entries.append(entry(_with_settings(HOSPITAL_REFERENCE, settings), kind, own_adapter_values(group) | no_traffic))
+            no_traffic = {
+                "upload_bytes": None,
+                "download_bytes": None,
+                "total_bytes": None,
+                "rounds": None,
+                "wall_seconds": None,
+            }
+            entries.append(
+                entry(_with_settings(HOSPITAL_REFERENCE, settings), kind, own_adapter_values(group) | no_traffic)
+            )
         else:
             for v in group:
-                entries.append(entry(_with_settings(f"{kind}: {v['name']}", settings), kind, _version_values(v) | traffic_values(communication, None, wall)))
+                entries.append(
+                    entry(
+                        _with_settings(f"{kind}: {v['name']}", settings),
+                        kind,
+                        _version_values(v) | traffic_values(communication, None, wall),
+                    )
+                )
     return entries
 
 
@@ -254,15 +320,30 @@ def compare_runs(runs: Sequence[Run], fedavg_rounds: Sequence[int] = ()) -> Comp
     fedavg_rounds: FedAvg rounds shown as rows of their own besides each run's last round."""
     results = [run.results for run in runs]
     settings = run_settings(results)
-    entries = [e for run, s in zip(runs, settings) for e in entries_of_run(run.results, str(run.folder), s, fedavg_rounds)]
+    entries = [
+        e for run, s in zip(runs, settings) for e in entries_of_run(run.results, str(run.folder), s, fedavg_rounds)
+    ]
     tasks = list(dict.fromkeys(t for r in results for t in (r.get("tasks") or [])))
-    tasks += [t for t in dict.fromkeys(k.split("/")[0] for e in entries for k in e.values if "/" in k) if t not in tasks and t != "mean"]
+    tasks += [
+        t
+        for t in dict.fromkeys(k.split("/")[0] for e in entries for k in e.values if "/" in k)
+        if t not in tasks and t != "mean"
+    ]
     columns = columns_for(tasks)
     groups: dict[str, list[Entry]] = {}
     for e in entries:
         groups.setdefault(e.label, []).append(e)
     rows = [
-        Row(label, group[0].kind, group[0].strategy, group, {key: Stat.of(e.values.get(key) for e in group) for key in dict.fromkeys(k for e in group for k in e.values)})
+        Row(
+            label,
+            group[0].kind,
+            group[0].strategy,
+            group,
+            {
+                key: Stat.of(e.values.get(key) for e in group)
+                for key in dict.fromkeys(k for e in group for k in e.values)
+            },
+        )
         for label, group in groups.items()
     ]
     order = list(groups)
@@ -277,7 +358,9 @@ def mark_best(rows: Sequence[Row], columns: Sequence[Column]) -> None:
     Needs two candidates that differ; the reference row never competes.
     """
     for column in columns:
-        candidates = [r for r in rows if not r.reference and column.key in r.stats and r.stats[column.key].mean is not None]
+        candidates = [
+            r for r in rows if not r.reference and column.key in r.stats and r.stats[column.key].mean is not None
+        ]
         means = [r.stats[column.key].mean for r in candidates]
         if len(candidates) < 2 or all(math.isclose(m, means[0], rel_tol=1e-9, abs_tol=1e-12) for m in means):
             continue

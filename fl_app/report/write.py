@@ -80,7 +80,15 @@ def markdown_table(comparison: Comparison) -> str:
 
 
 def _csv_header(columns: Sequence[Column]) -> list[str]:
-    return ["method", "kind", "strategy", "runs", "seeds", *(f"{c.key}_{s}" for c in columns for s in ("mean", "std")), "best"]
+    return [
+        "method",
+        "kind",
+        "strategy",
+        "runs",
+        "seeds",
+        *(f"{c.key}_{s}" for c in columns for s in ("mean", "std")),
+        "best",
+    ]
 
 
 def _csv_row(row: Row, columns: Sequence[Column]) -> list[str]:
@@ -89,7 +97,15 @@ def _csv_row(row: Row, columns: Sequence[Column]) -> list[str]:
         stat = row.stats.get(column.key, Stat(None, None, 0))
         values += ["" if stat.mean is None else repr(stat.mean), "" if stat.std is None else repr(stat.std)]
     seeds = ";".join(str(s) for s in row.seeds)
-    return [row.label, row.kind, row.strategy, str(len(row.entries)), seeds, *values, ";".join(c.key for c in columns if c.key in row.best)]
+    return [
+        row.label,
+        row.kind,
+        row.strategy,
+        str(len(row.entries)),
+        seeds,
+        *values,
+        ";".join(c.key for c in columns if c.key in row.best),
+    ]
 
 
 def write_csv(comparison: Comparison, path: Path) -> Path:
@@ -108,7 +124,10 @@ def _relative(folder: Path, out_dir: Path) -> str:
 
 
 def _runs_table(runs: Sequence[Run], out_dir: Path, settings: Sequence[str]) -> str:
-    lines = ["| folder | strategy | merge | seed | settings | data | status | wall time |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| folder | strategy | merge | seed | settings | data | status | wall time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run, setting in zip(runs, settings):
         r = run.results
         lines.append(

@@ -9,9 +9,9 @@ from typing import Any
 
 from flwr.app import Message, RecordDict
 
+from fl_app.failures import Failure
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.pooled_auc import AUC_BINS, auc_from_histograms, dense_histograms
-from fl_app.failures import Failure
 from fl_app.protocol import HOSPITAL, METRICS, evaluation_content, reply_failure
 from strategies.outcome import ModelVersion
 
@@ -26,14 +26,18 @@ class HospitalScores:
     metrics: dict[str, float]
 
 
-def evaluation_messages(versions: Sequence[ModelVersion], experiment_json: str, node_ids: Iterable[int]) -> list[Message]:
+def evaluation_messages(
+    versions: Sequence[ModelVersion], experiment_json: str, node_ids: Iterable[int]
+) -> list[Message]:
     content = versions_content(versions, experiment_json)
     return [Message(content=content, dst_node_id=node, message_type="evaluate") for node in node_ids]
 
 
 def versions_content(versions: Sequence[ModelVersion], experiment_json: str) -> RecordDict:
     """What every hospital receives to evaluate: all versions in one record dict."""
-    return evaluation_content({v.name: (state_to_arrayrecord(v.state), version_meta(v)) for v in versions}, experiment_json)
+    return evaluation_content(
+        {v.name: (state_to_arrayrecord(v.state), version_meta(v)) for v in versions}, experiment_json
+    )
 
 
 def version_meta(version: ModelVersion) -> dict[str, Any]:
@@ -64,11 +68,15 @@ def hospital_scores(content: RecordDict) -> HospitalScores:
     """
     info = content[HOSPITAL]
     raw = content[METRICS]
-    metrics: dict[str, Any] = {k: float(v) for k, v in raw.items() if not isinstance(v, list) and not k.endswith("/auc-size")}
+    metrics: dict[str, Any] = {
+        k: float(v) for k, v in raw.items() if not isinstance(v, list) and not k.endswith("/auc-size")
+    }
     for key in raw:
         if key.endswith("/auc-size"):
             version = key[: -len("/auc-size")]
-            metrics[f"{version}/auc-hist"] = dense_histograms(raw[f"{version}/auc-bins"], raw[f"{version}/auc-counts"], int(raw[key]))
+            metrics[f"{version}/auc-hist"] = dense_histograms(
+                raw[f"{version}/auc-bins"], raw[f"{version}/auc-counts"], int(raw[key])
+            )
     return HospitalScores(int(info["hospital-id"]), str(info["task"]), int(info["n-test"]), metrics)
 
 
@@ -104,7 +112,12 @@ def per_task_metrics(scores: Sequence[HospitalScores], version: str) -> dict[str
 def per_hospital_metrics(scores: Sequence[HospitalScores], version: str) -> dict[str, dict[str, float | None]]:
     """A version's metrics at each hospital (what the per-task figures pool)."""
     return {
-        str(s.hospital_id): {"task": s.task, "acc": s.metrics[f"{version}/acc"], "auc": s.metrics.get(f"{version}/auc"), "n_test": s.n_test}
+        str(s.hospital_id): {
+            "task": s.task,
+            "acc": s.metrics[f"{version}/acc"],
+            "auc": s.metrics.get(f"{version}/auc"),
+            "n_test": s.n_test,
+        }
         for s in sorted(scores, key=lambda s: s.hospital_id)
         if f"{version}/acc" in s.metrics
     }

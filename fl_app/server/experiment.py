@@ -29,7 +29,9 @@ def wait_for_nodes(grid: Any, minimum: int, timeout: float = 120.0) -> list[int]
             break
         time.sleep(1.0)
     if len(nodes) < minimum:
-        raise RuntimeError(f"Only {len(nodes)} hospital node(s) connected after {timeout:.0f} s; strategy.min_hospitals={minimum}.")
+        raise RuntimeError(
+            f"Only {len(nodes)} hospital node(s) connected after {timeout:.0f} s; strategy.min_hospitals={minimum}."
+        )
     return nodes
 
 
@@ -42,7 +44,9 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         results_dir,
         {
             "strategy": str(cfg.strategy.name),
-            "merge": str(cfg.strategy.merge) if cfg.strategy.name == "one_shot" else ("medforge" if cfg.strategy.name == "medforge" else None),
+            "merge": str(cfg.strategy.merge)
+            if cfg.strategy.name == "one_shot"
+            else ("medforge" if cfg.strategy.name == "medforge" else None),
             "seed": int(cfg.seed),
             "scenario": str(cfg.data.scenario),
             "data_source": None,
@@ -54,11 +58,27 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         counting = CountingGrid(grid)
         nodes = wait_for_nodes(counting, int(cfg.strategy.min_hospitals))
         if len(nodes) != int(cfg.simulation.num_hospitals):
-            log(WARNING, "%d hospital nodes connected; the config says simulation.num_hospitals=%d.", len(nodes), cfg.simulation.num_hospitals)
+            log(
+                WARNING,
+                "%d hospital nodes connected; the config says simulation.num_hospitals=%d.",
+                len(nodes),
+                cfg.simulation.num_hospitals,
+            )
         experiment_json = hospital_payload(cfg)
         if stand_ins := synthetic_stand_ins(cfg.data):
-            log(WARNING, "Data: no MedMNIST file for %s under %s: hospitals use SYNTHETIC MedMNIST-format data (data_source in results.json).", ", ".join(stand_ins), cfg.data.root)
-        log(INFO, "MedForge: strategy=%s, %d hospitals, tasks %s", cfg.strategy.name, len(nodes), list(experiment_tasks(cfg.data)))
+            log(
+                WARNING,
+                "Data: no MedMNIST file for %s under %s: hospitals use SYNTHETIC MedMNIST-format data (data_source in results.json).",
+                ", ".join(stand_ins),
+                cfg.data.root,
+            )
+        log(
+            INFO,
+            "MedForge: strategy=%s, %d hospitals, tasks %s",
+            cfg.strategy.name,
+            len(nodes),
+            list(experiment_tasks(cfg.data)),
+        )
         outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, results)
         hospital_of_node = hospitals_by_node(results)
         results.set(communication=counting.traffic.summary(hospital_of_node, "train"))

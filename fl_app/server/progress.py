@@ -19,7 +19,9 @@ POLL_S = 0.1  # as Flower's own in-memory Grid: a coarser poll adds up to POLL_S
 LOG_EVERY_S = 10.0
 
 
-def replies_as_they_arrive(grid: Any, messages: Iterable[Message], *, timeout: float | None = None, what: str = "messages") -> Iterator[Message]:
+def replies_as_they_arrive(
+    grid: Any, messages: Iterable[Message], *, timeout: float | None = None, what: str = "messages"
+) -> Iterator[Message]:
     """Push `messages`, then yield each reply as soon as it is pulled (asynchronous arrival)."""
     pending = set(grid.push_messages(list(messages)))
     total, started = len(pending), time.time()
@@ -32,7 +34,15 @@ def replies_as_they_arrive(grid: Any, messages: Iterable[Message], *, timeout: f
         failed += sum(1 for reply in arrived if reply.has_error())
         now = time.time()
         if received > logged and (not pending or now - last_log >= LOG_EVERY_S):
-            log(INFO, "%s: %d/%d hospitals replied%s (%.0f s)", what, received, total, f", {failed} with an error" if failed else "", now - started)
+            log(
+                INFO,
+                "%s: %d/%d hospitals replied%s (%.0f s)",
+                what,
+                received,
+                total,
+                f", {failed} with an error" if failed else "",
+                now - started,
+            )
             logged, last_log = received, now
         yield from arrived
         if pending:

@@ -57,7 +57,9 @@ class TrafficLog:
         first = min(replied, key=lambda t: t.replied_at, default=None)
         phases: dict[str, dict[str, float]] = {}
         for t in self.transfers:
-            entry = phases.setdefault(t.phase, {"first_sent_at": t.sent_at, "last_reply_at": 0.0, "messages": 0, "step_seconds": 0.0})
+            entry = phases.setdefault(
+                t.phase, {"first_sent_at": t.sent_at, "last_reply_at": 0.0, "messages": 0, "step_seconds": 0.0}
+            )
             entry["first_sent_at"] = min(entry["first_sent_at"], t.sent_at)
             entry["last_reply_at"] = max(entry["last_reply_at"], t.replied_at or 0.0)
             entry["messages"] += 1
@@ -95,7 +97,9 @@ class CountingGrid:
         for message in messages:
             config = message.content.config_records.get("config")
             server_round = int(config.get("server-round", 0)) if config is not None else 0
-            transfer = Transfer(message.metadata.dst_node_id, message.metadata.message_type, server_round, sent_at=time.time())
+            transfer = Transfer(
+                message.metadata.dst_node_id, message.metadata.message_type, server_round, sent_at=time.time()
+            )
             transfer.down = record_dict_bytes(message.content)
             by_node[transfer.node_id] = transfer
             self.traffic.transfers.append(transfer)

@@ -33,14 +33,24 @@ def save_version(path: Path, cfg: DictConfig, version: ModelVersion, details: di
     return save_adapter(path, version.state, config, extra=details)
 
 
-def save_mixture(path: Path, cfg: DictConfig, version: ModelVersion, by_name: Mapping[str, ModelVersion], details: dict[str, Any]) -> Path:
+def save_mixture(
+    path: Path, cfg: DictConfig, version: ModelVersion, by_name: Mapping[str, ModelVersion], details: dict[str, Any]
+) -> Path:
     """A MedForge-Mixture version: one PEFT adapter per component (its LoRA + the mixture's heads)
     under `components/<name>/`, and `mixture.json` with the coefficients. `fl_app.model.mixture`
     loads it back with PEFT."""
     components = {}
     for name, coefficient in version.mixture.items():
-        component = ModelVersion(name, "component", {**lora_state(by_name[name].state), **version.state}, by_name[name].r, by_name[name].alpha)
+        component = ModelVersion(
+            name,
+            "component",
+            {**lora_state(by_name[name].state), **version.state},
+            by_name[name].r,
+            by_name[name].alpha,
+        )
         save_version(path / "components" / name, cfg, component, {"component_of": version.name})
         components[name] = {"adapter": f"components/{name}", "coefficient": coefficient}
-    (path / MIXTURE_FILE).write_text(json.dumps({"components": components, "tasks": version.tasks, **details}, indent=2, sort_keys=True))
+    (path / MIXTURE_FILE).write_text(
+        json.dumps({"components": components, "tasks": version.tasks, **details}, indent=2, sort_keys=True)
+    )
     return path

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import os
 import sys
 from pathlib import Path
 
@@ -45,16 +44,25 @@ def _write(path: Path, data: bytes, private: bool, force: bool) -> Path:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MedForge"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MedForge"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return builder.not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+    now = datetime.datetime.now(datetime.UTC)
+    return builder.not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(
+        now + datetime.timedelta(days=days)
+    )
 
 
 def make_ca(out: Path, force: bool = False) -> tuple[Path, Path]:
@@ -64,8 +72,17 @@ def make_ca(out: Path, force: bool = False) -> tuple[Path, Path]:
     builder = _validity(builder.public_key(key.public_key()).serial_number(x509.random_serial_number()), CA_DAYS)
     builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
     builder = builder.add_extension(
-        x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                      key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
+        x509.KeyUsage(
+            digital_signature=False,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=True,
+            crl_sign=True,
+            encipher_only=False,
+            decipher_only=False,
+        ),
         critical=True,
     )
     cert = builder.sign(key, hashes.SHA384())
@@ -101,7 +118,9 @@ def make_superlink_cert(out: Path, hosts: list[str], force: bool = False) -> tup
     builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     cert = builder.sign(ca_key, hashes.SHA384())
     key_path = _write(out / "superlink.key", _pem_key(key), private=True, force=force)
-    return _write(out / "superlink.pem", cert.public_bytes(serialization.Encoding.PEM), private=False, force=force), key_path
+    return _write(
+        out / "superlink.pem", cert.public_bytes(serialization.Encoding.PEM), private=False, force=force
+    ), key_path
 
 
 def make_hospital_keys(out: Path, name: str, force: bool = False) -> tuple[Path, Path]:
@@ -109,20 +128,32 @@ def make_hospital_keys(out: Path, name: str, force: bool = False) -> tuple[Path,
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"hospital name {name!r} must be a plain file name such as hospital-0")
     key = ec.generate_private_key(ec.SECP384R1())
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + f" {name}\n".encode()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    public = (
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        + f" {name}\n".encode()
+    )
     private_path = _write(out / name, private, private=True, force=force)
     return private_path, _write(out / f"{name}.pub", public, private=False, force=force)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("deploy-keys"), help="folder for every key and certificate (default: deploy-keys)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("deploy-keys"),
+        help="folder for every key and certificate (default: deploy-keys)",
+    )
     parser.add_argument("--force", action="store_true", help="replace existing files (rotation)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("ca", help="create the CA (ca.pem, ca.key)")
     superlink = commands.add_parser("superlink", help="create the SuperLink TLS certificate signed by the CA")
-    superlink.add_argument("--host", action="append", required=True, help="host name or IP hospitals dial (repeat for several)")
+    superlink.add_argument(
+        "--host", action="append", required=True, help="host name or IP hospitals dial (repeat for several)"
+    )
     hospital = commands.add_parser("hospital", help="create one hospital's node-authentication key pair")
     hospital.add_argument("names", nargs="+", help="file names for the key pairs, e.g. hospital-0 hospital-1")
     args = parser.parse_args(argv)

@@ -29,11 +29,20 @@ def task_heads(hospitals: Sequence[HospitalReply]) -> dict[str, Tensor]:
     per_task: dict[str, list[dict[str, Tensor]]] = {}
     for h in hospitals:
         per_task.setdefault(h.task, []).append(split_heads(h.state)[h.task])
-    return {key: average_tensors([heads[key] for heads in group], [1.0] * len(group)) for group in per_task.values() for key in group[0]}
+    return {
+        key: average_tensors([heads[key] for heads in group], [1.0] * len(group))
+        for group in per_task.values()
+        for key in group[0]
+    }
 
 
 def search_record(result: SearchResult) -> dict[str, Any]:
-    return {"objective": result.objective, "loss": result.loss, "start_objective": result.start_objective, "evaluations": result.evaluations}
+    return {
+        "objective": result.objective,
+        "loss": result.loss,
+        "start_objective": result.start_objective,
+        "evaluations": result.evaluations,
+    }
 
 
 @dataclass
@@ -47,20 +56,43 @@ class FusionBranch:
     main: dict[str, LoraFactors] | None = None
     merged: list[HospitalReply] = field(default_factory=list)
 
-    def _loss(self, adapters: Sequence[Mapping[str, LoraFactors]], heads: Mapping[str, Tensor], hospital_ids: Sequence[int], like: Mapping[str, Tensor]):
+    def _loss(
+        self,
+        adapters: Sequence[Mapping[str, LoraFactors]],
+        heads: Mapping[str, Tensor],
+        hospital_ids: Sequence[int],
+        like: Mapping[str, Tensor],
+    ):
         modules = list(adapters[0])
 
         def loss(flat: np.ndarray) -> float:
-            state, rank = fuse(adapters, coefficients_per_module(flat, modules, len(adapters), self.level), self.form, compact=False, like=like)
+            state, rank = fuse(
+                adapters,
+                coefficients_per_module(flat, modules, len(adapters), self.level),
+                self.form,
+                compact=False,
+                like=like,
+            )
             return self.scorer.cross_entropy(self.scorer.logits({**state, **heads}, rank, rank, hospital_ids))
 
         return loss
 
-    def fuse_searched(self, adapters: Sequence[Mapping[str, LoraFactors]], hospital_ids: Sequence[int], heads: Mapping[str, Tensor], like: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], int, list[float], SearchResult]:
+    def fuse_searched(
+        self,
+        adapters: Sequence[Mapping[str, LoraFactors]],
+        hospital_ids: Sequence[int],
+        heads: Mapping[str, Tensor],
+        like: Mapping[str, Tensor],
+    ) -> tuple[dict[str, Tensor], int, list[float], SearchResult]:
         n = n_coefficients(len(adapters), len(adapters[0]), self.level)
         result = search_coefficients(self._loss(adapters, heads, hospital_ids, like), n, self.search)
         modules = list(adapters[0])
-        state, rank = fuse(adapters, coefficients_per_module(result.coefficients, modules, len(adapters), self.level), self.form, like=like)
+        state, rank = fuse(
+            adapters,
+            coefficients_per_module(result.coefficients, modules, len(adapters), self.level),
+            self.form,
+            like=like,
+        )
         return state, rank, result.coefficients, result
 
     def arrive(self, hospital: HospitalReply, step: int) -> ModelVersion:
@@ -73,7 +105,9 @@ class FusionBranch:
             state, rank = fuse([new], [{m: 1.0 for m in new}], self.form, like=hospital.state)
             details |= {"coefficients": [1.0], "search": None}
         else:
-            state, rank, coefficients, result = self.fuse_searched([self.main, new], [h.hospital_id for h in self.merged], heads, like=hospital.state)
+            state, rank, coefficients, result = self.fuse_searched(
+                [self.main, new], [h.hospital_id for h in self.merged], heads, like=hospital.state
+            )
             details |= {"coefficients": coefficients, "search": search_record(result)}
         self.main = split_lora_modules(state, 1.0)
         return progressive_version(f"fusion-v{step}", {**state, **heads}, rank, rank, hospital, self.merged, details)
@@ -82,9 +116,18 @@ class FusionBranch:
         """One-shot MedForge-Fusion: one coefficient per hospital (per module at level=layer)."""
         adapters = [split_lora_modules(lora_state(h.state), h.lora_scale) for h in hospitals]
         heads = task_heads(hospitals)
-        state, rank, coefficients, result = self.fuse_searched(adapters, [h.hospital_id for h in hospitals], heads, like=hospitals[0].state)
-        details = {"method": "medforge_fusion", "label": "medforge_fusion (one-shot)", "level": self.level, "form": self.form,
-                   "hospitals": [h.hospital_id for h in hospitals], "coefficients": coefficients, "search": search_record(result)}
+        state, rank, coefficients, result = self.fuse_searched(
+            adapters, [h.hospital_id for h in hospitals], heads, like=hospitals[0].state
+        )
+        details = {
+            "method": "medforge_fusion",
+            "label": "medforge_fusion (one-shot)",
+            "level": self.level,
+            "form": self.form,
+            "hospitals": [h.hospital_id for h in hospitals],
+            "coefficients": coefficients,
+            "search": search_record(result),
+        }
         return ModelVersion("fusion-one-shot", "merged", {**state, **heads}, rank, rank, details)
 
 
@@ -97,14 +140,25 @@ class MixtureBranch:
     coefficients: dict[int, float] = field(default_factory=dict)
     merged: list[HospitalReply] = field(default_factory=list)
 
-    def _component_probabilities(self, hospitals: Sequence[HospitalReply], heads: Mapping[str, Tensor], on: Sequence[int]) -> list[dict[int, Tensor]]:
+    def _component_probabilities(
+        self, hospitals: Sequence[HospitalReply], heads: Mapping[str, Tensor], on: Sequence[int]
+    ) -> list[dict[int, Tensor]]:
         """softmax(f_j) of each component on each listed calibration set: one forward pass per adapter."""
-        return [self.scorer.probabilities({**lora_state(h.state), **heads}, h.lora_r, h.lora_alpha, on) for h in hospitals]
+        return [
+            self.scorer.probabilities({**lora_state(h.state), **heads}, h.lora_r, h.lora_alpha, on) for h in hospitals
+        ]
 
     def _loss(self, probabilities: list[dict[int, Tensor]], on: Sequence[int], combine):
         def loss(flat: np.ndarray) -> float:
             coefficients = combine(flat)
-            return float(np.mean([mixture_loss(mixture_scores([p[h] for p in probabilities], coefficients), self.scorer.labels(h)) for h in on]))
+            return float(
+                np.mean(
+                    [
+                        mixture_loss(mixture_scores([p[h] for p in probabilities], coefficients), self.scorer.labels(h))
+                        for h in on
+                    ]
+                )
+            )
 
         return loss
 
@@ -118,12 +172,25 @@ class MixtureBranch:
         else:
             old = [self.coefficients[h.hospital_id] for h in self.merged[:-1]]
             probabilities = self._component_probabilities(self.merged, heads, on)
-            result = search_coefficients(self._loss(probabilities, on, lambda ab: [ab[0] * c for c in old] + [ab[1]]), 2, self.search)
+            result = search_coefficients(
+                self._loss(probabilities, on, lambda ab: [ab[0] * c for c in old] + [ab[1]]), 2, self.search
+            )
             a, b = result.coefficients
-            self.coefficients = {h.hospital_id: a * c for h, c in zip(self.merged[:-1], old)} | {hospital.hospital_id: b}
+            self.coefficients = {h.hospital_id: a * c for h, c in zip(self.merged[:-1], old)} | {
+                hospital.hospital_id: b
+            }
             search = search_record(result) | {"a": a, "b": b}
         details = {"method": "medforge_mixture", "search": search, "coefficients": [self.coefficients[h] for h in on]}
-        return progressive_version(f"mixture-v{step}", heads, int(self.scorer.lora["r"]), float(self.scorer.lora["alpha"]), hospital, self.merged, details, mixture=dict(self.coefficients))
+        return progressive_version(
+            f"mixture-v{step}",
+            heads,
+            int(self.scorer.lora["r"]),
+            float(self.scorer.lora["alpha"]),
+            hospital,
+            self.merged,
+            details,
+            mixture=dict(self.coefficients),
+        )
 
     def merge_all(self, hospitals: Sequence[HospitalReply]) -> ModelVersion:
         """One-shot MedForge-Mixture: one coefficient per hospital, searched on all calibration sets."""
@@ -132,8 +199,22 @@ class MixtureBranch:
         probabilities = self._component_probabilities(hospitals, heads, on)
         result = search_coefficients(self._loss(probabilities, on, list), len(hospitals), self.search)
         mixture = dict(zip(on, result.coefficients))
-        details = {"method": "medforge_mixture", "label": "medforge_mixture (one-shot)", "hospitals": on, "coefficients": result.coefficients, "search": search_record(result)}
-        return ModelVersion("mixture-one-shot", "merged", dict(heads), int(self.scorer.lora["r"]), float(self.scorer.lora["alpha"]), details, mixture=_component_names(mixture))
+        details = {
+            "method": "medforge_mixture",
+            "label": "medforge_mixture (one-shot)",
+            "hospitals": on,
+            "coefficients": result.coefficients,
+            "search": search_record(result),
+        }
+        return ModelVersion(
+            "mixture-one-shot",
+            "merged",
+            dict(heads),
+            int(self.scorer.lora["r"]),
+            float(self.scorer.lora["alpha"]),
+            details,
+            mixture=_component_names(mixture),
+        )
 
 
 def _component_names(coefficients: Mapping[int, float]) -> dict[str, float]:
@@ -141,7 +222,16 @@ def _component_names(coefficients: Mapping[int, float]) -> dict[str, float]:
     return {f"hospital-{h}": c for h, c in coefficients.items()}
 
 
-def progressive_version(name: str, state: dict[str, Tensor], rank: int, alpha: float, hospital: HospitalReply, merged: Sequence[HospitalReply], details: dict[str, Any], mixture: Mapping[int, float] | None = None) -> ModelVersion:
+def progressive_version(
+    name: str,
+    state: dict[str, Tensor],
+    rank: int,
+    alpha: float,
+    hospital: HospitalReply,
+    merged: Sequence[HospitalReply],
+    details: dict[str, Any],
+    mixture: Mapping[int, float] | None = None,
+) -> ModelVersion:
     """A main-branch version with its provenance: who arrived, what is merged so far."""
     provenance = {
         "step": len(merged),
@@ -150,4 +240,12 @@ def progressive_version(name: str, state: dict[str, Tensor], rank: int, alpha: f
         "hospitals_merged": [h.hospital_id for h in merged],
         "tasks_merged": sorted({h.task for h in merged}),
     }
-    return ModelVersion(name, "progressive", state, rank, alpha, provenance | details, mixture=None if mixture is None else _component_names(mixture))
+    return ModelVersion(
+        name,
+        "progressive",
+        state,
+        rank,
+        alpha,
+        provenance | details,
+        mixture=None if mixture is None else _component_names(mixture),
+    )

@@ -26,13 +26,17 @@ LEVELS: tuple[str, ...] = ("whole", "layer")
 Adapter = Mapping[str, LoraFactors]  # LoRA module path -> factors (with their scale)
 
 
-def coefficients_per_module(flat: Sequence[float], modules: Sequence[str], n_adapters: int, level: FusionLevel) -> list[dict[str, float]]:
+def coefficients_per_module(
+    flat: Sequence[float], modules: Sequence[str], n_adapters: int, level: FusionLevel
+) -> list[dict[str, float]]:
     """Searched vector -> per adapter, per module coefficient. `layer` lays them out adapter-major."""
     if level not in LEVELS:
         raise ValueError(f"strategy.level={level!r} is not valid; choose one of {LEVELS}.")
     expected = n_adapters if level == "whole" else n_adapters * len(modules)
     if len(flat) != expected:
-        raise ValueError(f"level {level!r} with {n_adapters} adapters and {len(modules)} modules needs {expected} coefficients, got {len(flat)}.")
+        raise ValueError(
+            f"level {level!r} with {n_adapters} adapters and {len(modules)} modules needs {expected} coefficients, got {len(flat)}."
+        )
     if level == "whole":
         return [{m: float(flat[i]) for m in modules} for i in range(n_adapters)]
     return [{m: float(flat[i * len(modules) + j]) for j, m in enumerate(modules)} for i in range(n_adapters)]

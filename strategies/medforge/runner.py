@@ -31,6 +31,7 @@ from strategies.one_shot import screen
 from strategies.outcome import ModelVersion, StrategyOutcome, merged_version
 from strategies.replies import RoundSink, collect_replies, require_enough
 
+
 def train_messages(experiment_json: str, strategy: DictConfig, nodes: Sequence[int]) -> list[Message]:
     """One train message per node asking for an adapter and a calibration set."""
     calibration = json.dumps(OmegaConf.to_container(strategy.calibration, resolve=True))
@@ -47,7 +48,12 @@ def arrival_order(hospital_ids: Sequence[int], strategy: DictConfig, seed: int) 
     configured = [int(h) for h in strategy.arrival_order or []]
     missing = sorted(set(hospital_ids) - set(configured))
     if missing:
-        log(WARNING, "strategy.arrival_order %s does not list hospital(s) %s; they arrive last, by id.", configured, missing)
+        log(
+            WARNING,
+            "strategy.arrival_order %s does not list hospital(s) %s; they arrive last, by id.",
+            configured,
+            missing,
+        )
     return [h for h in configured if h in hospital_ids] + missing
 
 
@@ -80,7 +86,10 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
     strategy, seed = cfg.strategy, int(cfg.seed)
     scorer = CalibrationScorer(json.loads(experiment_json))
     search = search_settings(strategy, seed)
-    branches = {"fusion": FusionBranch(scorer, search, str(strategy.level), str(strategy.form)), "mixture": MixtureBranch(scorer, search)}
+    branches = {
+        "fusion": FusionBranch(scorer, search, str(strategy.level), str(strategy.form)),
+        "mixture": MixtureBranch(scorer, search),
+    }
     branches = {name: branches[name] for name in strategy.methods}
     delivered: list[HospitalReply] = []
     failures: list[Failure] = []
@@ -91,7 +100,15 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
         hospitals, failed = collect_replies([reply], 1)
         calibration_set = decode_calibration(reply.content) if hospitals else None
         if hospitals and calibration_set is None:
-            failed = [Failure(hospitals[0].hospital_id, "train", "the reply carries no calibration set", node_id=reply.metadata.src_node_id, round=1)]
+            failed = [
+                Failure(
+                    hospitals[0].hospital_id,
+                    "train",
+                    "the reply carries no calibration set",
+                    node_id=reply.metadata.src_node_id,
+                    round=1,
+                )
+            ]
         if failed:
             failures += failed
             log(WARNING, "Hospital %s failed and is left out: %s", failed[0].hospital_id, failed[0].reason)
@@ -113,7 +130,14 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
     by_id = sorted(delivered, key=lambda h: h.hospital_id)
     heads = task_heads(by_id)
     versions = [
-        ModelVersion(f"hospital-{h.hospital_id}", "hospital", {**lora_state(h.state), **heads}, h.lora_r, h.lora_alpha, {"hospital": h.hospital_id, "task": h.task})
+        ModelVersion(
+            f"hospital-{h.hospital_id}",
+            "hospital",
+            {**lora_state(h.state), **heads},
+            h.lora_r,
+            h.lora_alpha,
+            {"hospital": h.hospital_id, "task": h.task},
+        )
         for h in by_id
     ]
     for name in branches:
@@ -122,8 +146,16 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
         versions += [branch.merge_all(by_id) for branch in branches.values()]
     versions += baseline_versions(by_id, list(strategy.baselines or []))
     if any(c["privacy_risk"] for c in calibration.values()):
-        log(WARNING, "Calibration sets were initialised from REAL images (strategy.calibration.init=real): they may contain recognisable patient images.")
-    details = {"rounds": 1, "order": [h.hospital_id for h in delivered], "order_mode": str(strategy.order), "calibration": calibration}
+        log(
+            WARNING,
+            "Calibration sets were initialised from REAL images (strategy.calibration.init=real): they may contain recognisable patient images.",
+        )
+    details = {
+        "rounds": 1,
+        "order": [h.hospital_id for h in delivered],
+        "order_mode": str(strategy.order),
+        "calibration": calibration,
+    }
     return StrategyOutcome(versions=versions, merge="medforge", details=details)
 
 
@@ -132,6 +164,18 @@ def baseline_versions(hospitals: Sequence[HospitalReply], methods: Sequence[str]
     ids = [h.hospital_id for h in hospitals]
     weights = hospital_weights(ids, [h.n_train for h in hospitals], "uniform")
     return [
-        merged_version(method, merge_adapters([h.state for h in hospitals], [h.lora_scale for h in hospitals], weights, [h.task for h in hospitals], method=method), ids, weights, label=method)
+        merged_version(
+            method,
+            merge_adapters(
+                [h.state for h in hospitals],
+                [h.lora_scale for h in hospitals],
+                weights,
+                [h.task for h in hospitals],
+                method=method,
+            ),
+            ids,
+            weights,
+            label=method,
+        )
         for method in methods
     ]

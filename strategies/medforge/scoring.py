@@ -36,7 +36,9 @@ class CalibrationScorer:
         self._pixels[hospital_id] = to_pixels(calibration.images, self.image_size)
 
     @torch.no_grad()
-    def logits(self, state: Mapping[str, Tensor], rank: int, alpha: float, hospital_ids: Sequence[int]) -> dict[int, Tensor]:
+    def logits(
+        self, state: Mapping[str, Tensor], rank: int, alpha: float, hospital_ids: Sequence[int]
+    ) -> dict[int, Tensor]:
         """Logits of the model `state` (LoRA + heads) on each listed hospital's calibration set."""
         name = self.model.use_adapter(self.lora, rank=rank, alpha=alpha)
         tasks = sorted({self.sets[h].task for h in hospital_ids})
@@ -44,12 +46,20 @@ class CalibrationScorer:
         self.model.peft.eval()
         return {h: self.model.peft(pixel_values=self._pixels[h], task=self.sets[h].task) for h in hospital_ids}
 
-    def probabilities(self, state: Mapping[str, Tensor], rank: int, alpha: float, hospital_ids: Sequence[int]) -> dict[int, Tensor]:
-        return {h: task_scores(self.tasks[self.sets[h].task], z) for h, z in self.logits(state, rank, alpha, hospital_ids).items()}
+    def probabilities(
+        self, state: Mapping[str, Tensor], rank: int, alpha: float, hospital_ids: Sequence[int]
+    ) -> dict[int, Tensor]:
+        return {
+            h: task_scores(self.tasks[self.sets[h].task], z)
+            for h, z in self.logits(state, rank, alpha, hospital_ids).items()
+        }
 
     def cross_entropy(self, logits: Mapping[int, Tensor]) -> float:
         """Mean over calibration sets of the cross-entropy on logits."""
-        losses = [float(task_loss(self.tasks[self.sets[h].task], z, torch.from_numpy(self.sets[h].labels))) for h, z in logits.items()]
+        losses = [
+            float(task_loss(self.tasks[self.sets[h].task], z, torch.from_numpy(self.sets[h].labels)))
+            for h, z in logits.items()
+        ]
         return sum(losses) / len(losses)
 
     def labels(self, hospital_id: int) -> Tensor:

@@ -27,7 +27,9 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         if self.optimizer not in ng.optimizers.registry:
-            raise ValueError(f"strategy.search.optimizer={self.optimizer!r} is not a nevergrad optimizer; e.g. NGOpt, CMA, OnePlusOne, RandomSearch.")
+            raise ValueError(
+                f"strategy.search.optimizer={self.optimizer!r} is not a nevergrad optimizer; e.g. NGOpt, CMA, OnePlusOne, RandomSearch."
+            )
         if self.budget < 1:
             raise ValueError(f"strategy.search.budget={self.budget} must be >= 1.")
         if not self.lower < self.upper:
@@ -48,12 +50,20 @@ def objective(loss: float, coefficients: np.ndarray, l1: float) -> float:
     return float(loss + l1 * np.abs(coefficients).mean())
 
 
-def search_coefficients(loss_fn: Callable[[np.ndarray], float], n: int, settings: SearchSettings, start: Sequence[float] | None = None) -> SearchResult:
+def search_coefficients(
+    loss_fn: Callable[[np.ndarray], float], n: int, settings: SearchSettings, start: Sequence[float] | None = None
+) -> SearchResult:
     """Minimise `objective(loss_fn(w), w)` over n coefficients within the bounds."""
-    initial = np.clip(np.full(n, settings.init, dtype=float) if start is None else np.asarray(start, dtype=float), settings.lower, settings.upper)
+    initial = np.clip(
+        np.full(n, settings.init, dtype=float) if start is None else np.asarray(start, dtype=float),
+        settings.lower,
+        settings.upper,
+    )
     parametrization = ng.p.Array(init=initial, lower=settings.lower, upper=settings.upper)
     parametrization.random_state = np.random.RandomState(settings.seed)
-    optimizer = ng.optimizers.registry[settings.optimizer](parametrization=parametrization, budget=settings.budget, num_workers=1)
+    optimizer = ng.optimizers.registry[settings.optimizer](
+        parametrization=parametrization, budget=settings.budget, num_workers=1
+    )
     optimizer.suggest(initial)  # the first point asked is the start
     best: tuple[float, float, np.ndarray] | None = None
     start_objective = None

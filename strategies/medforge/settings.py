@@ -29,7 +29,9 @@ def validate_medforge(strategy: DictConfig, tasks: Sequence[TaskInfo], seed: int
     if not methods or any(m not in METHODS for m in methods):
         raise ValueError(f"strategy.methods={methods} is not valid; choose a non-empty list from {list(METHODS)}.")
     if not (strategy.progressive or strategy.one_shot):
-        raise ValueError("strategy.progressive and strategy.one_shot are both false: nothing to merge; set one to true.")
+        raise ValueError(
+            "strategy.progressive and strategy.one_shot are both false: nothing to merge; set one to true."
+        )
     if strategy.order not in ORDERS:
         raise ValueError(f"strategy.order={strategy.order!r} is not valid; choose one of {ORDERS}.")
     if strategy.order == "configured" and not strategy.arrival_order:
@@ -40,20 +42,30 @@ def validate_medforge(strategy: DictConfig, tasks: Sequence[TaskInfo], seed: int
         raise ValueError(f"strategy.form={strategy.form!r} is not valid; choose one of {FORMS}.")
     unknown = [b for b in strategy.baselines or [] if b not in MERGE_METHODS]
     if unknown:
-        raise ValueError(f"strategy.baselines has unknown merge method(s) {unknown}; choose from {sorted(MERGE_METHODS)}.")
+        raise ValueError(
+            f"strategy.baselines has unknown merge method(s) {unknown}; choose from {sorted(MERGE_METHODS)}."
+        )
     multi_label = [task.name for task in tasks if task.multi_label]
     if multi_label:
-        raise ValueError(f"strategy=medforge distils calibration sets by class; task(s) {multi_label} are multi-label. Use strategy=one_shot for them.")
+        raise ValueError(
+            f"strategy=medforge distils calibration sets by class; task(s) {multi_label} are multi-label. Use strategy=one_shot for them."
+        )
     calibration = OmegaConf.to_container(strategy.calibration, resolve=True)
     try:
         settings = DistillSettings(**calibration)
     except TypeError as error:
-        raise ValueError(f"strategy.calibration: {error}; the keys are {list(DistillSettings.__dataclass_fields__)}.") from error
+        raise ValueError(
+            f"strategy.calibration: {error}; the keys are {list(DistillSettings.__dataclass_fields__)}."
+        ) from error
     if settings.init not in INITS:
         raise ValueError(f"strategy.calibration.init={settings.init!r} is not valid; choose one of {INITS}.")
     if settings.ipc < 1 or settings.iterations < 0 or settings.lr <= 0 or settings.batch_real < 1:
-        raise ValueError(f"strategy.calibration needs ipc >= 1, iterations >= 0, lr > 0, batch_real >= 1; got {calibration}.")
+        raise ValueError(
+            f"strategy.calibration needs ipc >= 1, iterations >= 0, lr > 0, batch_real >= 1; got {calibration}."
+        )
     try:
         search_settings(strategy, seed)
     except TypeError as error:
-        raise ValueError(f"strategy.search: {error}; the keys are {list(SearchSettings.__dataclass_fields__)}.") from error
+        raise ValueError(
+            f"strategy.search: {error}; the keys are {list(SearchSettings.__dataclass_fields__)}."
+        ) from error

@@ -24,6 +24,7 @@ from strategies.merging.registry import MERGE_METHODS, get_merge_method
 from strategies.merging.sparsify import as_generator
 from strategies.merging.weights import average_tensors
 
+
 def split_lora_modules(state: Mapping[str, Tensor], scales: float | Mapping[str, float]) -> dict[str, LoraFactors]:
     """LoRA factors per module path; `scales` is lora_alpha / r, one for all modules or per module path."""
     a_keys = {k[: -len(LORA_A_SUFFIX)]: k for k in state if k.endswith(LORA_A_SUFFIX)}
@@ -41,7 +42,9 @@ def split_lora_modules(state: Mapping[str, Tensor], scales: float | Mapping[str,
         else:
             scale = float(scales)
         try:
-            modules[module] = LoraFactors(A=flat_lora_a(state[a_key]), B=flat_lora_b(state[b_keys[module]]), scale=scale)
+            modules[module] = LoraFactors(
+                A=flat_lora_a(state[a_key]), B=flat_lora_b(state[b_keys[module]]), scale=scale
+            )
         except ValueError as err:
             raise ValueError(f"LoRA module {module!r}: {err}") from err
     return modules
@@ -57,7 +60,9 @@ def flat_lora_b(B: Tensor) -> Tensor:
     if B.dim() == 2:
         return B
     if B.dim() < 2 or B[0, 0].numel() != 1:
-        raise ValueError(f"LoRA B of shape {tuple(B.shape)} is not a (d_out, r) matrix or a 1x1 convolution (d_out, r, 1, 1)")
+        raise ValueError(
+            f"LoRA B of shape {tuple(B.shape)} is not a (d_out, r) matrix or a 1x1 convolution (d_out, r, 1, 1)"
+        )
     return B.reshape(B.shape[0], B.shape[1])
 
 

@@ -46,7 +46,9 @@ def _key_problems(state: Mapping[str, Tensor], expected: set[str], source: str) 
             try:
                 head_task(key)
             except ValueError:
-                problems.append((key, "unexpected tensor: neither a LoRA key (<module>.lora_A/B.weight) nor a head key"))
+                problems.append(
+                    (key, "unexpected tensor: neither a LoRA key (<module>.lora_A/B.weight) nor a head key")
+                )
     return problems
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from fl_app.bench.report import Row, format_row, inrun_ratio, phase_profile, slope, split_startup, startup_parts, summary
+from fl_app.bench.report import (
+    Row,
+    format_row,
+    inrun_ratio,
+    phase_profile,
+    slope,
+    split_startup,
+    startup_parts,
+    summary,
+)
 
 
 def results(server_start: float, wall: float, first_reply: float, first_step: float) -> dict:
@@ -15,7 +24,14 @@ def results(server_start: float, wall: float, first_reply: float, first_step: fl
             "first_reply_at": first_reply,
             "first_sent_at": server_start + 1,
             "first_reply_step_seconds": first_step,
-            "phases": {"train": {"first_sent_at": server_start + 1, "last_reply_at": first_reply + 4, "messages": 3, "step_seconds": 5.0}},
+            "phases": {
+                "train": {
+                    "first_sent_at": server_start + 1,
+                    "last_reply_at": first_reply + 4,
+                    "messages": 3,
+                    "step_seconds": 5.0,
+                }
+            },
         },
     }
 
@@ -30,7 +46,10 @@ def test_start_up_is_launch_to_first_reply_less_its_step_plus_shutdown():
 
     assert start == pytest.approx((118 - 100 - 2) + (133 - 130))
     assert start + rest == pytest.approx(33.0)
-    assert startup_parts(100.0, 133.0, results(108.0, 22.0, 118.0, 2.0)) == "launch to ServerApp 8.0 s, ServerApp to first reply 8.0 s, shutdown 3.0 s"
+    assert (
+        startup_parts(100.0, 133.0, results(108.0, 22.0, 118.0, 2.0))
+        == "launch to ServerApp 8.0 s, ServerApp to first reply 8.0 s, shutdown 3.0 s"
+    )
 
 
 def test_ratio_is_the_rest_over_the_floor_and_the_total_adds_up():
@@ -47,7 +66,12 @@ def test_slope_is_the_least_squares_fit_and_needs_two_ns():
 
 
 def test_summary_checks_each_target_on_the_rows_that_count():
-    rows = [row(n=3, rest=30.0, peak=1006.0), row(n=10, rest=10.5, peak=1020.0, inrun=1.04), row(n=100, rest=12.0, peak=1200.0, inrun=1.03), row("fedavg", n=10, rest=10.2, startup=16.0)]
+    rows = [
+        row(n=3, rest=30.0, peak=1006.0),
+        row(n=10, rest=10.5, peak=1020.0, inrun=1.04),
+        row(n=100, rest=12.0, peak=1200.0, inrun=1.03),
+        row("fedavg", n=10, rest=10.2, startup=16.0),
+    ]
 
     line = summary(rows)
 

@@ -7,23 +7,30 @@ import json
 import numpy as np
 import pytest
 import torch
+from flwr.app import RecordDict
 
 from fl_app.calibration import DistillSettings, calibration_records, decode_calibration, distill_calibration_set
 from fl_app.calibration.augment import augment, sample_augment
 from fl_app.config import hospital_payload
 from fl_app.data import SplitArrays, task_info
 from fl_app.hospital_steps import simulated_hospital
-from flwr.app import RecordDict
 
 FAST = DistillSettings(ipc=4, iterations=30, lr=0.01, batch_real=32)
 
 
 @pytest.fixture(scope="module")
 def breast_hospital(request):
-    from tests.conftest import TINY
     from fl_app.config import compose_experiment
+    from tests.conftest import TINY
 
-    cfg = compose_experiment([*TINY, "data.root=/nonexistent/medforge-test", "data.flags=[breastmnist,bloodmnist]", "simulation.num_hospitals=2"])
+    cfg = compose_experiment(
+        [
+            *TINY,
+            "data.root=/nonexistent/medforge-test",
+            "data.flags=[breastmnist,bloodmnist]",
+            "simulation.num_hospitals=2",
+        ]
+    )
     hospital = simulated_hospital(json.loads(hospital_payload(cfg)), 1, 2)  # bloodmnist: 8 classes, RGB
     hospital.model.use_adapter(hospital.experiment["lora"])
     return hospital
@@ -43,7 +50,9 @@ def test_noise_initialisation_returns_no_real_image(breast_hospital):
     calibration = breast_hospital.calibration_set(FAST)
     real = breast_hospital.data.train.images.reshape(len(breast_hospital.data.train), -1).astype(np.float32)
     synthetic = calibration.images.reshape(len(calibration.images), -1).astype(np.float32)
-    nearest = np.abs(synthetic[:, None, :] - real[None, :, :]).mean(axis=2).min(axis=1)  # mean |pixel diff| to the closest real image
+    nearest = (
+        np.abs(synthetic[:, None, :] - real[None, :, :]).mean(axis=2).min(axis=1)
+    )  # mean |pixel diff| to the closest real image
     assert nearest.min() > 10.0  # out of 255: no synthetic image is (close to) a copy of a training image
     assert not calibration.privacy_risk
 
@@ -90,7 +99,15 @@ def test_distillation_under_the_pretrained_conv_backbone_lowers_the_matching_los
 
     # Prepare
     cfg = compose_experiment(
-        [*TINY_CAPS, "model=efficientnet_lite0", "model.image_size=32", f"data.root={breast_root}", "data.flags=[breastmnist]", "simulation.num_hospitals=1", "strategy.min_hospitals=1"]
+        [
+            *TINY_CAPS,
+            "model=efficientnet_lite0",
+            "model.image_size=32",
+            f"data.root={breast_root}",
+            "data.flags=[breastmnist]",
+            "simulation.num_hospitals=1",
+            "strategy.min_hospitals=1",
+        ]
     )
     hospital = simulated_hospital(json.loads(hospital_payload(cfg)), 0, 1)
     hospital.model.use_adapter(hospital.experiment["lora"])

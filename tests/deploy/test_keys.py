@@ -40,7 +40,9 @@ def test_hospital_keys_are_what_flower_registers_and_loads(tmp_path):
     private, public = keys.make_hospital_keys(tmp_path, "hospital-0")
 
     assert try_load_public_key(public)  # `flwr supernode register` reads it
-    assert isinstance(load_ssh_private_key(private.read_bytes(), None), ec.EllipticCurvePrivateKey)  # as flower-supernode does
+    assert isinstance(
+        load_ssh_private_key(private.read_bytes(), None), ec.EllipticCurvePrivateKey
+    )  # as flower-supernode does
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
@@ -56,7 +58,11 @@ def test_existing_keys_are_replaced_only_with_force(tmp_path):
 
 
 def test_superlink_certificate_needs_the_ca_first(tmp_path):
-    done = subprocess.run([sys.executable, str(KEYS_SCRIPT), "--out", str(tmp_path), "superlink", "--host", "127.0.0.1"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(KEYS_SCRIPT), "--out", str(tmp_path), "superlink", "--host", "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
     assert done.returncode == 2 and "run `python scripts/deploy/keys.py ca" in done.stderr
-

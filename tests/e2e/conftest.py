@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
 import psutil
 import pytest
 
-FLOWER_PROCESSES = ("flower-superlink", "flower-superexec", "flower-supernode", "flwr-simulation", "flwr-serverapp", "flwr-clientapp", "raylet", "gcs_server")
+FLOWER_PROCESSES = (
+    "flower-superlink",
+    "flower-superexec",
+    "flower-supernode",
+    "flwr-simulation",
+    "flwr-serverapp",
+    "flwr-clientapp",
+    "raylet",
+    "gcs_server",
+)
 #: Set in the environment of a test module; every process it starts inherits it. Other people's
 #: Flower processes on the same machine do not carry it, so they are never counted.
 SESSION_TAG = "MEDFORGE_E2E_SESSION"
@@ -43,4 +51,6 @@ def no_leftover_processes():
     deadline = time.time() + 15
     while (left := flower_processes(tag)) and time.time() < deadline:
         time.sleep(0.5)
-    assert not left, f"processes left running: {[' '.join(psutil.Process(p).cmdline()) for p in left if psutil.pid_exists(p)]}"
+    assert not left, (
+        f"processes left running: {[' '.join(psutil.Process(p).cmdline()) for p in left if psutil.pid_exists(p)]}"
+    )

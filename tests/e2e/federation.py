@@ -29,7 +29,9 @@ class LoopbackFederation:
         self.processes: list[subprocess.Popen] = []
 
     def run(self, *command: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(c) for c in command], env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(c) for c in command], env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
 
     def make_keys(self, hospitals: list[str]) -> None:
         """CA, SuperLink certificate for 127.0.0.1, one key pair per hospital (scripts/deploy/keys.py)."""
@@ -40,14 +42,36 @@ class LoopbackFederation:
     def start(self, command: list[str | Path], log_name: str) -> subprocess.Popen:
         """A process in its own session (so its children stop with it), logging to root/<log_name>."""
         with open(self.root / log_name, "wb") as log:
-            process = subprocess.Popen([str(c) for c in command], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                [str(c) for c in command],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes.append(process)
         return process
 
     def start_superlink(self) -> None:
-        process = self.start([DEPLOY / "start_superlink.sh", "--keys", self.keys, "--host", "127.0.0.1", "--port", str(self.port), "--database", ":flwr-in-memory:"], "superlink.log")
+        process = self.start(
+            [
+                DEPLOY / "start_superlink.sh",
+                "--keys",
+                self.keys,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--database",
+                ":flwr-in-memory:",
+            ],
+            "superlink.log",
+        )
         tls = ssl.create_default_context(cafile=str(self.keys / "ca.pem"))
-        wait_until_healthy(process, f"https://127.0.0.1:{self.port}/health", 60, self.root / "superlink.log", verify=tls)
+        wait_until_healthy(
+            process, f"https://127.0.0.1:{self.port}/health", 60, self.root / "superlink.log", verify=tls
+        )
         done = self.run(DEPLOY / "add_connection.sh", CONNECTION, f"127.0.0.1:{self.port}", self.keys / "ca.pem")
         assert done.returncode == 0, done.stderr
 
@@ -59,23 +83,51 @@ class LoopbackFederation:
         """A hospital's SuperNode via start_supernode.sh, or, with ca=False, flower-supernode without the CA."""
         port = str(free_port())
         if ca:
-            command = [DEPLOY / "start_supernode.sh", "--superlink", f"127.0.0.1:{self.port}", "--ca", self.keys / "ca.pem", "--key", self.keys / hospital,
-                       "--node-config", node_config, "--port", port, "--max-wait-time", str(max_wait), "--threads", "1"]
+            command = [
+                DEPLOY / "start_supernode.sh",
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--ca",
+                self.keys / "ca.pem",
+                "--key",
+                self.keys / hospital,
+                "--node-config",
+                node_config,
+                "--port",
+                port,
+                "--max-wait-time",
+                str(max_wait),
+                "--threads",
+                "1",
+            ]
         else:
-            command = ["flower-supernode", "--superlink", f"127.0.0.1:{self.port}", "--auth-supernode-private-key", self.keys / hospital,
-                       "--node-config", node_config, "--port", port, "--max-wait-time", str(max_wait)]
+            command = [
+                "flower-supernode",
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--auth-supernode-private-key",
+                self.keys / hospital,
+                "--node-config",
+                node_config,
+                "--port",
+                port,
+                "--max-wait-time",
+                str(max_wait),
+            ]
         return self.start(command, f"supernode-{hospital}.log")
 
     def online_nodes(self) -> int:
         done = self.run("flwr", "supernode", "list", CONNECTION, "--format", "json")
-        listing = json.loads(done.stdout[done.stdout.index("{"):])
+        listing = json.loads(done.stdout[done.stdout.index("{") :])
         return sum(node["status"] == "online" for node in listing["nodes"])
 
     def wait_online(self, count: int, timeout: float = 60) -> None:
         """Until exactly `count` SuperNodes are online (polls the Control API; bounded by `timeout`)."""
         deadline = time.time() + timeout
         while (online := self.online_nodes()) != count:
-            assert time.time() < deadline, f"{online} SuperNodes online after {timeout:.0f} s, expected {count}; logs in {self.root}"
+            assert time.time() < deadline, (
+                f"{online} SuperNodes online after {timeout:.0f} s, expected {count}; logs in {self.root}"
+            )
             time.sleep(1.0)
 
     def flwr_run(self, run_config: str, timeout: float = 400) -> subprocess.CompletedProcess:

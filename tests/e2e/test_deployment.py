@@ -4,8 +4,6 @@ per hospital reading its own data (two .npz files and one image folder), `flwr r
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from fl_app.data.demo_sites import write_demo_image_folder, write_demo_npz
@@ -28,7 +26,13 @@ def node_config(hospital_id: int, task: str, path) -> str:
 
 
 def run_config(results_dir, *extra: str) -> str:
-    overrides = [*TINY_SITE, "train.local_epochs=1", f"+data.tasks.chest.classes=[{','.join(CHEST_CLASSES)}]", "strategy.min_hospitals=3", *extra]
+    overrides = [
+        *TINY_SITE,
+        "train.local_epochs=1",
+        f"+data.tasks.chest.classes=[{','.join(CHEST_CLASSES)}]",
+        "strategy.min_hospitals=3",
+        *extra,
+    ]
     return f"data='site' results-dir='{results_dir}' overrides='{' '.join(overrides)}'"
 
 
@@ -57,7 +61,9 @@ def federation(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_shot_run(federation):
     """One-shot merge with a 4th hospital whose data path is missing (it fails; the run goes on)."""
-    broken = federation.start_supernode("hospital-3", node_config(3, "breastmnist", federation.root / "no-such-file.npz"))
+    broken = federation.start_supernode(
+        "hospital-3", node_config(3, "breastmnist", federation.root / "no-such-file.npz")
+    )
     try:
         federation.wait_online(4)
         results_dir = federation.root / "one-shot"
@@ -74,7 +80,9 @@ def test_one_shot_merge_completes_over_tls_with_site_data(one_shot_run):
     assert results is not None and results["status"] == "completed", done.stdout[-3000:]
     assert results["scenario"] == "site" and results["data_source"] == "mixed"
     assert [(h["id"], h["task"], h["data_source"]) for h in results["hospitals"]] == [
-        (0, "breastmnist", "medmnist"), (1, "pneumoniamnist", "medmnist"), (2, "chest", "images")
+        (0, "breastmnist", "medmnist"),
+        (1, "pneumoniamnist", "medmnist"),
+        (2, "chest", "images"),
     ]
     assert [v["name"] for v in results["versions"]] == ["hospital-0", "hospital-1", "hospital-2", "merged"]
     assert set(results["versions"][-1]["per_task"]) == {"breastmnist", "pneumoniamnist", "chest"}
@@ -113,7 +121,9 @@ def test_unregistered_key_is_refused(federation):
 
 
 def test_supernode_without_the_ca_certificate_cannot_connect(federation):
-    node = federation.start_supernode("hospital-3", node_config(3, "breastmnist", "/nowhere.npz"), ca=False, max_wait=15)
+    node = federation.start_supernode(
+        "hospital-3", node_config(3, "breastmnist", "/nowhere.npz"), ca=False, max_wait=15
+    )
 
     code = node.wait(timeout=90)
 
@@ -123,8 +133,14 @@ def test_supernode_without_the_ca_certificate_cannot_connect(federation):
 
 def test_medforge_progressive_completes_with_an_image_folder_task(federation, one_shot_run):
     results_dir = federation.root / "medforge"
-    small = ["strategy=medforge", "strategy.methods=[fusion]", "strategy.baselines=[]", "strategy.search.budget=4",
-             "strategy.calibration.ipc=2", "strategy.calibration.iterations=3"]
+    small = [
+        "strategy=medforge",
+        "strategy.methods=[fusion]",
+        "strategy.baselines=[]",
+        "strategy.search.budget=4",
+        "strategy.calibration.ipc=2",
+        "strategy.calibration.iterations=3",
+    ]
 
     done = federation.flwr_run(run_config(results_dir, *small))
 

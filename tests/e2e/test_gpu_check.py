@@ -18,7 +18,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")
 def test_gpu_check_cpu_smoke_prints_the_benchmark_row(tmp_path):
     env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent), "GPU_CHECK_JSON": str(tmp_path / "rows.json")}
 
-    completed = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--cpu-smoke"], cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    completed = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--cpu-smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
 
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     rows = json.loads((tmp_path / "rows.json").read_text())

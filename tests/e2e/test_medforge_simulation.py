@@ -20,8 +20,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")
 
 def test_progressive_medforge_writes_v1_to_v3_with_provenance(tmp_path: Path):
     cfg = compose_experiment(
-        [*TINY, "train.local_epochs=1", f"data.root={tmp_path / 'no-medmnist'}", "strategy=medforge",
-         "strategy.calibration.iterations=10", "strategy.calibration.ipc=2", "strategy.search.budget=10"]
+        [
+            *TINY,
+            "train.local_epochs=1",
+            f"data.root={tmp_path / 'no-medmnist'}",
+            "strategy=medforge",
+            "strategy.calibration.iterations=10",
+            "strategy.calibration.ipc=2",
+            "strategy.search.budget=10",
+        ]
     )
     run_dir = run_simulation(cfg, tmp_path / "medforge", quiet=True)
     results = read_results(run_dir)

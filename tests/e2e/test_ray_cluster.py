@@ -30,10 +30,29 @@ RAY = Path(sys.executable).parent / "ray"
 @pytest.fixture
 def ray_head():
     """A private Ray head (own port and temp dir, so no other process on this machine joins it); stopped after."""
-    port, temp_dir = free_port(), tempfile.mkdtemp(prefix="mf-ray-", dir="/tmp")  # short: Ray's socket paths are limited
-    command = [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats", "--block"]
+    port, temp_dir = (
+        free_port(),
+        tempfile.mkdtemp(prefix="mf-ray-", dir="/tmp"),
+    )  # short: Ray's socket paths are limited
+    command = [
+        str(RAY),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=2",
+        f"--temp-dir={temp_dir}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        "--block",
+    ]
     with open(Path(temp_dir) / "head.log", "w") as log:
-        head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        head = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
     try:
         deadline = time.time() + 120
         while not (Path(temp_dir) / "ray_current_cluster").exists():
@@ -49,9 +68,19 @@ def ray_head():
 def test_a_run_joins_an_existing_ray_cluster_through_ray_address(ray_head, tmp_path):
     address, temp_dir = ray_head
     run_dir = tmp_path / "run"
-    command = [sys.executable, str(REPO / "scripts" / "run.py"), f"hydra.run.dir={run_dir}", *TINY, "train.local_epochs=1", f"data.root={tmp_path / 'none'}", "quiet=true"]
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "run.py"),
+        f"hydra.run.dir={run_dir}",
+        *TINY,
+        "train.local_epochs=1",
+        f"data.root={tmp_path / 'none'}",
+        "quiet=true",
+    ]
 
-    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_ADDRESS": address})
+    completed = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_ADDRESS": address}
+    )
 
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert read_results(run_dir)["status"] == "completed"

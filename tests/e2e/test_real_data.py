@@ -65,13 +65,17 @@ def test_merged_conv_adapter_loads_with_peft_and_is_the_exact_weighted_sum(real_
         )
         own = get_peft_model_state_dict(hospital)
         scale = cfg.lora.alpha / cfg.lora.r
-        expected += weight * scale * own[f"{module}.lora_B.weight"].flatten(1) @ own[f"{module}.lora_A.weight"].flatten(1)
+        expected += (
+            weight * scale * own[f"{module}.lora_B.weight"].flatten(1) @ own[f"{module}.lora_A.weight"].flatten(1)
+        )
     assert torch.allclose(delta, expected, atol=1e-5, rtol=1e-4)
     assert merged(pixel_values=torch.zeros(1, 3, 32, 32), task="retinamnist").shape == (1, 5)
 
 
 def test_centralised_reference_trains_one_adapter_on_the_pooled_data(tmp_path, real_root):
-    cfg = compose_experiment(["experiment=real_multitask", f"data.root={real_root}", "strategy=centralised", *TINY_REAL])
+    cfg = compose_experiment(
+        ["experiment=real_multitask", f"data.root={real_root}", "strategy=centralised", *TINY_REAL]
+    )
 
     run_dir = run_simulation(cfg, tmp_path / "centralised", quiet=True)
 

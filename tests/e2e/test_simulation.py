@@ -21,7 +21,17 @@ from tests.conftest import REPO, TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")]
 
-CONTRACT_KEYS = {"strategy", "merge", "seed", "scenario", "data_source", "hospitals", "versions", "communication", "wall_seconds"}
+CONTRACT_KEYS = {
+    "strategy",
+    "merge",
+    "seed",
+    "scenario",
+    "data_source",
+    "hospitals",
+    "versions",
+    "communication",
+    "wall_seconds",
+}
 
 
 def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
@@ -33,7 +43,13 @@ def one_shot_run(tmp_path_factory):
     """`python scripts/run.py` exactly as a user types it (3 hospitals, tiny model)."""
     tmp = tmp_path_factory.mktemp("one_shot")
     run_dir = tmp / "run"
-    command = [sys.executable, str(REPO / "scripts" / "run.py"), f"hydra.run.dir={run_dir}", "strategy=one_shot", *tiny_overrides(tmp)]
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "run.py"),
+        f"hydra.run.dir={run_dir}",
+        "strategy=one_shot",
+        *tiny_overrides(tmp),
+    ]
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return run_dir, completed.stdout
@@ -92,7 +108,12 @@ def test_merged_adapter_loads_with_peft_and_is_the_exact_task_arithmetic(one_sho
     expected = torch.zeros_like(delta)
     for hospital_id, weight in weights.items():
         hospital = load_file(run_dir / "adapters" / f"hospital-{hospital_id}" / "adapter_model.safetensors")
-        expected += weight * (cfg.lora.alpha / cfg.lora.r) * hospital[f"{module}.lora_B.weight"] @ hospital[f"{module}.lora_A.weight"]
+        expected += (
+            weight
+            * (cfg.lora.alpha / cfg.lora.r)
+            * hospital[f"{module}.lora_B.weight"]
+            @ hospital[f"{module}.lora_A.weight"]
+        )
     assert torch.allclose(delta, expected, atol=1e-5, rtol=1e-4)
     assert merged(pixel_values=torch.zeros(1, 3, 28, 28), task="bloodmnist").shape == (1, 8)
 
@@ -143,7 +164,17 @@ def test_flwr_run_with_run_config_knobs(tmp_path):
     results_dir = tmp_path / "flwr-run"
     overrides = " ".join(tiny_overrides(tmp_path))
     run_config = f"strategy='fedavg' rounds=1 seed=3 results-dir='{results_dir}' overrides='{overrides}'"
-    command = ["flwr", "run", str(PROJECT_ROOT), CONNECTION, "--stream", "--federation-config", "num-supernodes=3", "--run-config", run_config]
+    command = [
+        "flwr",
+        "run",
+        str(PROJECT_ROOT),
+        CONNECTION,
+        "--stream",
+        "--federation-config",
+        "num-supernodes=3",
+        "--run-config",
+        run_config,
+    ]
 
     with local_superlink(tmp_path / "superlink.log") as env:
         completed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -37,7 +37,9 @@ class LocalGrid:
         return [self._reply(mid, self._queued.pop(mid), hospital_id)]
 
     def _reply(self, mid: str, message, hospital_id: int) -> SimpleNamespace:
-        metadata = SimpleNamespace(src_node_id=100 + hospital_id, reply_to_message_id=mid, message_type=message.metadata.message_type)
+        metadata = SimpleNamespace(
+            src_node_id=100 + hospital_id, reply_to_message_id=mid, message_type=message.metadata.message_type
+        )
         if hospital_id in self.failing:
             error = SimpleNamespace(reason=f"hospital-id={hospital_id}: RuntimeError: disk full")
             return SimpleNamespace(error=error, metadata=metadata, has_error=lambda: True, has_content=lambda: False)

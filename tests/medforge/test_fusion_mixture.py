@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from strategies.medforge.fusion import coefficients_per_module, fuse
 from fl_app.model.mixture import mixture_loss, mixture_probabilities, mixture_scores
+from strategies.medforge.fusion import coefficients_per_module, fuse
 from strategies.medforge.search import SearchSettings, search_coefficients
 from strategies.merging import LoraFactors, split_lora_modules
 
@@ -16,7 +16,12 @@ MODULES = ["layers.0.q_proj", "layers.1.q_proj"]
 
 def adapter(seed: int, rank: int = 4, scale: float = 2.0) -> dict[str, LoraFactors]:
     generator = torch.Generator().manual_seed(seed)
-    return {m: LoraFactors(A=torch.randn(rank, 12, generator=generator), B=torch.randn(10, rank, generator=generator), scale=scale) for m in MODULES}
+    return {
+        m: LoraFactors(
+            A=torch.randn(rank, 12, generator=generator), B=torch.randn(10, rank, generator=generator), scale=scale
+        )
+        for m in MODULES
+    }
 
 
 def delta(state: dict[str, torch.Tensor], module: str) -> torch.Tensor:

@@ -20,8 +20,15 @@ from fl_app.validation import validate_experiment
 from tests.conftest import TINY
 from tests.medforge.local_grid import LocalGrid
 
-FAST = [*TINY, "data.root=/nonexistent/medforge-test", "strategy=medforge", "train.local_epochs=1",
-        "strategy.calibration.iterations=5", "strategy.calibration.ipc=2", "strategy.search.budget=8"]
+FAST = [
+    *TINY,
+    "data.root=/nonexistent/medforge-test",
+    "strategy=medforge",
+    "train.local_epochs=1",
+    "strategy.calibration.iterations=5",
+    "strategy.calibration.ipc=2",
+    "strategy.search.budget=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +65,9 @@ def test_each_arrival_makes_a_version_with_provenance(configured):
             assert v["hospitals_merged"] == [2, 0, 1][:step]
             assert v["tasks_merged"] == sorted({tasks[h] for h in [2, 0, 1][:step]})
             assert sorted(v["per_task"]) == v["tasks_merged"]  # scored only on the tasks merged so far
-            assert len(v["coefficients"]) == (2 if method == "fusion" and step > 1 else step if method == "mixture" else 1)
+            assert len(v["coefficients"]) == (
+                2 if method == "fusion" and step > 1 else step if method == "mixture" else 1
+            )
     assert results["strategy_details"]["order"] == [2, 0, 1]
     for name in ("fusion-one-shot", "mixture-one-shot", "task_arithmetic", "ties"):
         assert versions[name]["kind"] == "merged" and len(versions[name]["per_task"]) == 3
@@ -104,7 +113,9 @@ def test_saved_mixture_loads_with_peft_and_predicts_like_its_component(configure
     torch.manual_seed(0)
     images = to_pixels(torch.randint(0, 255, (4, 28, 28, 3), dtype=torch.uint8).numpy(), 28)
     mixture = load_mixture(MedForgeClassifier(build_backbone(cfg.model), tasks), folder / "adapters" / "mixture-v1")
-    single = PeftModel.from_pretrained(MedForgeClassifier(build_backbone(cfg.model), tasks), str(folder / "adapters" / "hospital-2")).eval()
+    single = PeftModel.from_pretrained(
+        MedForgeClassifier(build_backbone(cfg.model), tasks), str(folder / "adapters" / "hospital-2")
+    ).eval()
     with torch.no_grad():
         expected = torch.softmax(single(pixel_values=images, task="bloodmnist"), -1)
     torch.testing.assert_close(mixture(images, "bloodmnist"), expected, rtol=1e-4, atol=1e-5)
@@ -113,7 +124,13 @@ def test_saved_mixture_loads_with_peft_and_predicts_like_its_component(configure
 
 
 def test_arrival_order_follows_the_replies_and_a_failed_hospital_is_left_out(tmp_path_factory, flower_identity):
-    results, _ = run(tmp_path_factory, LocalGrid(3, reply_order=[1, 2, 0], failing=(2,)), "strategy.one_shot=false", "strategy.methods=[fusion]", "strategy.baselines=[]")
+    results, _ = run(
+        tmp_path_factory,
+        LocalGrid(3, reply_order=[1, 2, 0], failing=(2,)),
+        "strategy.one_shot=false",
+        "strategy.methods=[fusion]",
+        "strategy.baselines=[]",
+    )
     assert results["strategy_details"]["order"] == [1, 0]
     assert [v["name"] for v in results["versions"]] == ["hospital-0", "hospital-1", "fusion-v1", "fusion-v2"]
     assert results["failures"][0]["hospital_id"] == 2 and "disk full" in results["failures"][0]["error"]
@@ -149,10 +166,13 @@ def test_an_arriving_adapter_with_nan_is_screened_out(tmp_path_factory, flower_i
             values = arrays[key].numpy().copy()
             values[0, 0] = float("nan")
             from flwr.app import Array
+
             arrays[key] = Array(values)
         return reply
 
     monkeypatch.setattr(Hospital, "train", poisoned_train)
-    results, _ = run(tmp_path_factory, LocalGrid(3), "strategy.one_shot=false", "strategy.methods=[fusion]", "strategy.baselines=[]")
+    results, _ = run(
+        tmp_path_factory, LocalGrid(3), "strategy.one_shot=false", "strategy.methods=[fusion]", "strategy.baselines=[]"
+    )
     assert results["strategy_details"]["order"] == [0, 2]
     assert results["failures"][0]["hospital_id"] == 1 and results["failures"][0]["phase"] == "screen"

@@ -36,7 +36,9 @@ def conv_peft_model(r: int, alpha: int, seed: int):
     torch.manual_seed(0)
     base = TinyConvNet()
     torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(MODULES), modules_to_save=["heads.task"], init_lora_weights=False)
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=list(MODULES), modules_to_save=["heads.task"], init_lora_weights=False
+    )
     return get_peft_model(base, config)
 
 

@@ -7,7 +7,6 @@ from strategies.merging.knots import knots, shared_basis
 from strategies.merging.lowrank import LoraFactors, task_arithmetic
 from tests.merging.factories import random_adapter, rel
 
-
 MIXED = [(2, 2.0, 0), (3, 0.5, 1), (5, 1.0, 2)]
 
 

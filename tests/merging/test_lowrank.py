@@ -297,7 +297,9 @@ def test_refactor_dense_lossless(d_out, d_in, dtype, tol):
     cap = min(d_out, d_in)
     assert B.shape == (d_out, cap) and A.shape == (cap, d_in) and B.dtype == A.dtype == dtype
     assert error == 0.0 and rel(B @ A, delta) < tol
-    torch.testing.assert_close(torch.linalg.norm(B.double(), dim=0), torch.linalg.norm(A.double(), dim=1), rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        torch.linalg.norm(B.double(), dim=0), torch.linalg.norm(A.double(), dim=1), rtol=tol, atol=tol
+    )
 
 
 @pytest.mark.parametrize(("d_out", "d_in"), [(12, 8), (8, 12)])

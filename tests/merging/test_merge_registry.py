@@ -57,9 +57,17 @@ def test_only_fedit_is_inexact():
         ("ties", {"density": 0.2, "majority_sign_method": "total", "normalize": "weights"}, {"pipeline": "ties"}),
         ("ties_svd", {"density": 0.2, "majority_sign_method": "total", "normalize": "weights"}, {"pipeline": "ties"}),
         ("dare_linear", {"density": 0.5, "seed": 0}, {"pipeline": "dare_linear"}),
-        ("dare_ties_svd", {"density": 0.5, "seed": 0, "majority_sign_method": "total", "normalize": "weights"}, {"pipeline": "dare_ties"}),
+        (
+            "dare_ties_svd",
+            {"density": 0.5, "seed": 0, "majority_sign_method": "total", "normalize": "weights"},
+            {"pipeline": "dare_ties"},
+        ),
         ("magnitude_prune_svd", {"density": 0.2}, {"pipeline": "magnitude_prune"}),
-        ("knots", {"inner": "ties", "density": 0.2, "seed": 0, "majority_sign_method": "total", "normalize": "weights"}, {}),
+        (
+            "knots",
+            {"inner": "ties", "density": 0.2, "seed": 0, "majority_sign_method": "total", "normalize": "weights"},
+            {},
+        ),
         ("linear", {}, {}),
     ],
 )
@@ -90,7 +98,8 @@ def test_resolve_overrides_defaults_and_rejects_unknown_parameters():
     ties = get_merge_method("ties")
     assert ties.resolve({"density": 0.7})["density"] == 0.7
     with pytest.raises(
-        ValueError, match=r"merge method 'ties' has no parameter 'seed'; its parameters are \['density', 'majority_sign_method', 'normalize'\]"
+        ValueError,
+        match=r"merge method 'ties' has no parameter 'seed'; its parameters are \['density', 'majority_sign_method', 'normalize'\]",
     ):
         ties.resolve({"seed": 1})
     with pytest.raises(ValueError, match=r"merge method 'cat' has no parameter 'form'; it takes no parameters"):
@@ -147,7 +156,11 @@ def peft_model(r: int, alpha: int, seed: int):
     base = TinyModel()
     torch.manual_seed(seed)
     config = LoraConfig(
-        r=r, lora_alpha=alpha, target_modules=["q_proj", "v_proj"], modules_to_save=["breastmnist", "pneumonia"], init_lora_weights=False
+        r=r,
+        lora_alpha=alpha,
+        target_modules=["q_proj", "v_proj"],
+        modules_to_save=["breastmnist", "pneumonia"],
+        init_lora_weights=False,
     )
     return get_peft_model(base, config)
 
@@ -165,7 +178,9 @@ def test_every_method_gives_a_loadable_adapter(hospitals, name):
     rank = None if name == "cat" else 3
 
     # Execute
-    merged = merge_adapters(states, scales, [0.5, 0.3, 0.2], ["breastmnist", "pneumonia", "breastmnist"], rank=rank, method=name)
+    merged = merge_adapters(
+        states, scales, [0.5, 0.3, 0.2], ["breastmnist", "pneumonia", "breastmnist"], rank=rank, method=name
+    )
     model = peft_model(merged.rank, merged.lora_alpha, seed=9)
     loaded = set_peft_model_state_dict(model, merged.state)
 
@@ -186,7 +201,9 @@ def test_seed_fixes_dare_across_modules(hospitals):
     again = merge_adapters(*args, rank=4, method="dare_ties", params={"seed": 5})
     other = merge_adapters(*args, rank=4, method="dare_ties", params={"seed": 6})
     assert all(torch.equal(first.state[k], again.state[k]) for k in first.state)
-    assert not torch.equal(first.state["base_model.model.q_proj.lora_A.weight"], other.state["base_model.model.q_proj.lora_A.weight"])
+    assert not torch.equal(
+        first.state["base_model.model.q_proj.lora_A.weight"], other.state["base_model.model.q_proj.lora_A.weight"]
+    )
 
 
 def test_sparse_pipeline_is_shared():

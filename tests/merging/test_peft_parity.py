@@ -249,7 +249,9 @@ def test_fedit_refuses_mixed_ranks_like_peft_linear(mixed):
 def test_fedit_function_matches_formula():
     # FedIT with one scaling s: ΔW = s (Σ w_i B_i)(Σ w_i A_i)
     g = torch.Generator().manual_seed(0)
-    adapters = [LoraFactors(A=torch.randn(3, 5, generator=g), B=torch.randn(4, 3, generator=g), scale=2.0) for _ in range(3)]
+    adapters = [
+        LoraFactors(A=torch.randn(3, 5, generator=g), B=torch.randn(4, 3, generator=g), scale=2.0) for _ in range(3)
+    ]
     merged, error = fedit(adapters, WEIGHTS)
     expected = 2.0 * sum(w * a.B for a, w in zip(adapters, WEIGHTS)) @ sum(w * a.A for a, w in zip(adapters, WEIGHTS))
     assert error == 0.0

@@ -41,7 +41,13 @@ adapter_specs = st.lists(st.tuples(st.integers(1, 4), st.floats(0.25, 4.0)), min
 
 
 @SMALL
-@given(d_out=st.integers(2, 7), d_in=st.integers(2, 7), r=st.integers(1, 4), s=st.floats(0.25, 4.0), seed=st.integers(0, 999))
+@given(
+    d_out=st.integers(2, 7),
+    d_in=st.integers(2, 7),
+    r=st.integers(1, 4),
+    s=st.floats(0.25, 4.0),
+    seed=st.integers(0, 999),
+)
 @pytest.mark.parametrize("name", ALL)
 def test_one_adapter_merges_to_itself(name, d_out, d_in, r, s, seed):
     # Prepare: nothing trimmed or dropped (density 1)
@@ -77,7 +83,9 @@ def test_negating_the_weights_negates_the_merge(name, specs, data):
 def test_the_order_of_hospitals_does_not_matter(name, specs, data):
     # Prepare
     adapters = hospital_adapters(name, specs, first_seed=10)
-    weights = data.draw(st.lists(st.floats(-2.0, 2.0).filter(lambda w: abs(w) > 0.05), min_size=len(specs), max_size=len(specs)))
+    weights = data.draw(
+        st.lists(st.floats(-2.0, 2.0).filter(lambda w: abs(w) > 0.05), min_size=len(specs), max_size=len(specs))
+    )
     order = data.draw(st.permutations(range(len(specs))))
 
     # Execute

@@ -15,7 +15,6 @@ from strategies.merging.sparsify import (
 )
 from tests.merging.factories import random_adapter, rel
 
-
 # pieces
 
 
@@ -163,7 +162,9 @@ def test_dare_is_reproducible_and_unbiased_on_average():
     exact, _ = task_arithmetic(adapters, [0.5, 0.5])
 
     # Execute
-    runs = [sparse_task_arithmetic(adapters, [0.5, 0.5], pipeline="dare_linear", density=0.5, seed=s)[0] for s in range(20)]
+    runs = [
+        sparse_task_arithmetic(adapters, [0.5, 0.5], pipeline="dare_linear", density=0.5, seed=s)[0] for s in range(20)
+    ]
     again, _ = sparse_task_arithmetic(adapters, [0.5, 0.5], pipeline="dare_linear", density=0.5, seed=0)
 
     # Assert: a seed fixes the result; the mean over seeds approaches the exact sum (error ~ 1/sqrt(20))
@@ -186,7 +187,10 @@ def test_float32_adapters_give_float32_factors():
         ({"pipeline": "ties", "density": 0.0}, r"density .* must be in \(0, 1\], got 0.0"),
         ({"pipeline": "ties", "density": 1.5}, r"must be in \(0, 1\], got 1.5"),
         ({"pipeline": "tie", "density": 0.5}, r"unknown pipeline 'tie'; choose one of \['dare_linear'"),
-        ({"pipeline": "ties", "density": 0.5, "majority_sign_method": "mean"}, r"choose one of \['total', 'frequency'\]"),
+        (
+            {"pipeline": "ties", "density": 0.5, "majority_sign_method": "mean"},
+            r"choose one of \['total', 'frequency'\]",
+        ),
         ({"pipeline": "ties", "density": 0.5, "normalize": "sum"}, r"choose one of \['weights', 'count'\]"),
         ({"pipeline": "dare_ties", "density": 0.5, "seed": 1.5}, "seed must be an int"),
     ],

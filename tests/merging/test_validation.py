@@ -59,7 +59,10 @@ def test_missing_and_extra_lora_keys():
     # Assert
     assert accepted == [0, 3]
     assert Rejection(11, f"{V}.lora_B.weight", "missing: most hospitals send this LoRA tensor") in rejections
-    assert Rejection(12, "base_model.model.k_proj.lora_A.weight", "unexpected LoRA tensor: most hospitals do not send it") in rejections
+    assert (
+        Rejection(12, "base_model.model.k_proj.lora_A.weight", "unexpected LoRA tensor: most hospitals do not send it")
+        in rejections
+    )
 
 
 def test_reference_keys_decide_instead_of_the_majority():
@@ -75,7 +78,9 @@ def test_reference_keys_decide_instead_of_the_majority():
     # Assert
     assert accepted == [3]
     assert {r.hospital_id for r in rejections} == {10, 11, 12}
-    assert str(rejections[0]) == f"hospital 10: {V}.lora_A.weight: missing: the reference adapters send this LoRA tensor"
+    assert (
+        str(rejections[0]) == f"hospital 10: {V}.lora_A.weight: missing: the reference adapters send this LoRA tensor"
+    )
 
 
 def test_shape_and_dtype_mismatches():
@@ -91,7 +96,9 @@ def test_shape_and_dtype_mismatches():
     # Assert
     assert accepted == [0]
     assert Rejection(11, f"{Q}.lora_A.weight", "shape (4, 12), but most hospitals send (r, 16)") in rejections
-    assert Rejection(12, f"{V}.lora_B.weight", "dtype torch.float64, but most hospitals send torch.float32") in rejections
+    assert (
+        Rejection(12, f"{V}.lora_B.weight", "dtype torch.float64, but most hospitals send torch.float32") in rejections
+    )
     assert Rejection(13, head("breastmnist", "weight"), "shape (5, 8), but most hospitals send (2, 8)") in rejections
 
 
@@ -131,7 +138,9 @@ def test_norm_far_above_the_others():
     # Assert
     assert accepted == [0, 1, 2] and lenient == [0, 1, 2, 3]
     assert [(r.hospital_id, r.key) for r in rejections] == [(13, Q), (13, V)]
-    assert "ΔW norm ||s·B·A|| =" in rejections[0].problem and "of the other hospitals (limit 10x)" in rejections[0].problem
+    assert (
+        "ΔW norm ||s·B·A|| =" in rejections[0].problem and "of the other hospitals (limit 10x)" in rejections[0].problem
+    )
 
 
 def test_norm_uses_the_scales():

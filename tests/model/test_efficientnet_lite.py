@@ -10,7 +10,14 @@ from fl_app.model.backbone import build_backbone, feature_dim, pooled_features
 from fl_app.model.efficientnet_lite import EfficientNetLite0, pretrained_efficientnet_lite0, timm_names
 from fl_app.model.lora import HospitalModel, resolve_lora_targets
 
-MODEL = {"name": "efficientnet_lite0", "source": "efficientnet_lite0", "weights": None, "image_size": 64, "init_seed": 0, "preset": {}}
+MODEL = {
+    "name": "efficientnet_lite0",
+    "source": "efficientnet_lite0",
+    "weights": None,
+    "image_size": 64,
+    "init_seed": 0,
+    "preset": {},
+}
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["conv_pw", "conv_pwl", "conv_head"]}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import torch
-
 from flwr.app import ConfigRecord, RecordDict
 
 import fl_app.model.lora as lora_module
@@ -25,7 +24,9 @@ def test_backbone_is_built_once_per_process_for_all_hospitals(tiny_experiment, m
     hospitals = [simulated_hospital(experiment, i, 3) for i in range(3)]
     replies = [hospital.train(None, server_round=1) for hospital in hospitals]
     versions = {f"hospital-{i}": {"r": 4, "alpha": 16} for i in range(3)}
-    content = RecordDict({CONFIG: ConfigRecord({"experiment": json.dumps(experiment), "versions": json.dumps(versions)})})
+    content = RecordDict(
+        {CONFIG: ConfigRecord({"experiment": json.dumps(experiment), "versions": json.dumps(versions)})}
+    )
     for i, reply in enumerate(replies):
         content[version_key(f"hospital-{i}")] = reply["arrays"]
     for i in (2, 0, 1):  # a worker's next messages: every hospital evaluates every version
@@ -36,12 +37,24 @@ def test_backbone_is_built_once_per_process_for_all_hospitals(tiny_experiment, m
 
 
 def test_training_then_evaluating_real_breastmnist(breast_root, tiny_experiment):
-    cfg = tiny_experiment("data=multi_center", "data.flags=[breastmnist]", f"data.root={breast_root}", "data.max_train=null", "data.max_eval=null")
+    cfg = tiny_experiment(
+        "data=multi_center",
+        "data.flags=[breastmnist]",
+        f"data.root={breast_root}",
+        "data.max_train=null",
+        "data.max_eval=null",
+    )
     experiment = json.loads(hospital_payload(cfg))
     hospital = simulated_hospital(experiment, 0, 3)
 
     reply = hospital.train(None, server_round=1)
-    content = RecordDict({CONFIG: ConfigRecord({"experiment": json.dumps(experiment), "versions": json.dumps({"mine": {"r": 4, "alpha": 16}})})})
+    content = RecordDict(
+        {
+            CONFIG: ConfigRecord(
+                {"experiment": json.dumps(experiment), "versions": json.dumps({"mine": {"r": 4, "alpha": 16}})}
+            )
+        }
+    )
     content[version_key("mine")] = reply["arrays"]
     scores = hospital.evaluate(content)
     decoded = hospital_scores(scores)

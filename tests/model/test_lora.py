@@ -7,7 +7,14 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from transformers import ViTConfig, ViTModel
 
-from fl_app.model import MedForgeClassifier, arrayrecord_to_state, build_backbone, resolve_lora_targets, save_adapter, state_to_arrayrecord
+from fl_app.model import (
+    MedForgeClassifier,
+    arrayrecord_to_state,
+    build_backbone,
+    resolve_lora_targets,
+    save_adapter,
+    state_to_arrayrecord,
+)
 from fl_app.model.lora import HospitalModel, is_lora_key, linear_module_names, lora_config
 
 MODEL = {
@@ -15,7 +22,14 @@ MODEL = {
     "pretrained": None,
     "image_size": 28,
     "init_seed": 0,
-    "preset": {"architecture": "vit", "patch_size": 7, "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 3, "intermediate_size": 96},
+    "preset": {
+        "architecture": "vit",
+        "patch_size": 7,
+        "hidden_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 3,
+        "intermediate_size": 96,
+    },
 }
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]}
 TASKS = {"breastmnist": 2, "bloodmnist": 8}
@@ -53,7 +67,10 @@ def test_hospital_adapter_holds_lora_and_only_its_own_head():
     state = model.adapter_state(name, ["breastmnist"])
 
     assert any(is_lora_key(k) for k in state)
-    assert {k for k in state if not is_lora_key(k)} == {"base_model.model.heads.breastmnist.weight", "base_model.model.heads.breastmnist.bias"}
+    assert {k for k in state if not is_lora_key(k)} == {
+        "base_model.model.heads.breastmnist.weight",
+        "base_model.model.heads.breastmnist.bias",
+    }
     assert not any("backbone" in k and not is_lora_key(k) for k in state)  # the backbone is never sent
 
 
@@ -107,7 +124,17 @@ def test_saved_adapter_loads_with_peft_from_pretrained(tmp_path):
 
 
 def test_pretrained_path_loads_through_from_pretrained(tmp_path):
-    saved = ViTModel(ViTConfig(image_size=28, patch_size=7, hidden_size=48, num_hidden_layers=1, num_attention_heads=3, intermediate_size=96), add_pooling_layer=False)
+    saved = ViTModel(
+        ViTConfig(
+            image_size=28,
+            patch_size=7,
+            hidden_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=3,
+            intermediate_size=96,
+        ),
+        add_pooling_layer=False,
+    )
     saved.save_pretrained(tmp_path / "vit")
 
     backbone = build_backbone({"source": "pretrained", "pretrained": str(tmp_path / "vit"), "image_size": 28})

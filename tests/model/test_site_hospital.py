@@ -29,13 +29,21 @@ def test_image_folder_site_trains_and_evaluates_its_adapter(tmp_path, site_exper
     hospital = hospital_for(site_experiment, {"hospital-id": 7, "task": "chest", "data-path": str(folder)})
 
     reply = hospital.train(None, server_round=1)
-    content = RecordDict({CONFIG: ConfigRecord({"experiment": json.dumps(site_experiment), "versions": json.dumps({"mine": {"r": 4, "alpha": 16}})})})
+    content = RecordDict(
+        {
+            CONFIG: ConfigRecord(
+                {"experiment": json.dumps(site_experiment), "versions": json.dumps({"mine": {"r": 4, "alpha": 16}})}
+            )
+        }
+    )
     content[version_key("mine")] = reply["arrays"]
     scores = hospital.evaluate(content)
 
     assert reply["hospital"]["hospital-id"] == 7 and reply["hospital"]["task"] == "chest"
     assert reply["hospital"]["data-source"] == "images"
-    assert any("heads.chest." in key for key in reply["arrays"]) and not any("heads.breastmnist." in key for key in reply["arrays"])
+    assert any("heads.chest." in key for key in reply["arrays"]) and not any(
+        "heads.breastmnist." in key for key in reply["arrays"]
+    )
     assert 0.0 <= scores["metrics"]["mine/acc"] <= 1.0
 
 

@@ -16,6 +16,12 @@ def sweep_runs() -> list[Run]:
     return [
         Run(Path("sweep/0"), one_shot_results(0, {"breastmnist": 0.6, "bloodmnist": 0.4}, wall=40.0)),
         Run(Path("sweep/1"), one_shot_results(1, {"breastmnist": 0.8, "bloodmnist": 0.6}, wall=60.0)),
-        Run(Path("sweep/2"), fedavg_results(0, [{"breastmnist": 0.5, "bloodmnist": 0.5}, {"breastmnist": 0.7, "bloodmnist": 0.7}])),
-        Run(Path("sweep/3"), fedavg_results(1, [{"breastmnist": 0.5, "bloodmnist": 0.3}, {"breastmnist": 0.9, "bloodmnist": 0.7}])),
+        Run(
+            Path("sweep/2"),
+            fedavg_results(0, [{"breastmnist": 0.5, "bloodmnist": 0.5}, {"breastmnist": 0.7, "bloodmnist": 0.7}]),
+        ),
+        Run(
+            Path("sweep/3"),
+            fedavg_results(1, [{"breastmnist": 0.5, "bloodmnist": 0.3}, {"breastmnist": 0.9, "bloodmnist": 0.7}]),
+        ),
     ]

@@ -54,7 +54,9 @@ def test_pretrained_gpu_composes_and_fails_clearly_without_a_gpu(monkeypatch):
     assert cfg.model.pretrained == "google/vit-base-patch16-224-in21k" and cfg.data.size == 224
     assert cfg.simulation.client_gpus == 0.25
 
-    with pytest.raises(ValueError, match=r"simulation.client_gpus=0.25 but no CUDA GPU is visible here; use simulation.client_gpus=0"):
+    with pytest.raises(
+        ValueError, match=r"simulation.client_gpus=0.25 but no CUDA GPU is visible here; use simulation.client_gpus=0"
+    ):
         validate_experiment(cfg)
 
 
@@ -66,9 +68,14 @@ def test_gpus_on_other_nodes_of_a_ray_cluster_pass_validation_here(monkeypatch):
 
 def test_pretrained_gpu_fails_clearly_when_the_hub_cannot_be_reached(monkeypatch):
     monkeypatch.setattr(hf_constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    cfg = compose_experiment(["experiment=pretrained_gpu", "simulation.client_gpus=0", "model.pretrained=medforge-test/not-cached"])
+    cfg = compose_experiment(
+        ["experiment=pretrained_gpu", "simulation.client_gpus=0", "model.pretrained=medforge-test/not-cached"]
+    )
 
-    with pytest.raises(RuntimeError, match=r"model.pretrained='medforge-test/not-cached': it is not in the Hugging Face cache .* cannot be reached .*save_pretrained"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"model.pretrained='medforge-test/not-cached': it is not in the Hugging Face cache .* cannot be reached .*save_pretrained",
+    ):
         validate_experiment(cfg)
 
 

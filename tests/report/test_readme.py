@@ -14,7 +14,13 @@ README = (REPO / "README.md").read_text()
 GUIDES = sorted((REPO / "docs").glob("*.md"))
 TEXTS = {"README.md": README, **{f"docs/{g.name}": g.read_text() for g in GUIDES}}
 ALL_TEXT = "\n".join(TEXTS.values())
-COMMANDS = [line.strip() for text in TEXTS.values() for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines() if line.strip()]
+COMMANDS = [
+    line.strip()
+    for text in TEXTS.values()
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+    for line in block.splitlines()
+    if line.strip()
+]
 
 
 def test_every_script_the_readme_runs_exists():
@@ -72,11 +78,19 @@ def test_scripts_fail_clearly_on_a_folder_without_results(script, tmp_path, caps
     assert exit_info.value.code == 2 and "results.json" in capsys.readouterr().err
 
 
-
 def test_ci_lints_then_runs_the_readme_test_command():
-    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    ci = [
+        line.strip()
+        for line in (REPO / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     install, test = "bash scripts/install.sh", ".venv/bin/python -m pytest"
 
     assert f"{install} && {test}" in README  # the README's command: install, then every test
-    assert ci.index(install) < ci.index(".venv/bin/ruff check .") < ci.index(".venv/bin/ruff format --check .") < ci.index(test)
+    assert (
+        ci.index(install)
+        < ci.index(".venv/bin/ruff check .")
+        < ci.index(".venv/bin/ruff format --check .")
+        < ci.index(test)
+    )
     assert ci[-1] == test

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fl_app.report import Run, compare_runs, write_report
-from fl_app.report.write import format_cell
 from fl_app.report.table import Stat
+from fl_app.report.write import format_cell
 from tests.report.synthetic_results import fedavg_results, version
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,7 +39,16 @@ def test_report_files_are_written_and_the_csv_holds_the_table(sweep_runs, tmp_pa
 
 def test_the_progressive_plot_is_written_when_a_run_has_progressive_versions(tmp_path):
     progressive = [version(f"v{k}", "progressive", {"breastmnist": 0.2 * k, "bloodmnist": 0.1 * k}) for k in (1, 2, 3)]
-    runs = [Run(tmp_path / "p", {**fedavg_results(0, [{"breastmnist": 0.5, "bloodmnist": 0.5}]), "strategy": "progressive", "versions": progressive})]
+    runs = [
+        Run(
+            tmp_path / "p",
+            {
+                **fedavg_results(0, [{"breastmnist": 0.5, "bloodmnist": 0.5}]),
+                "strategy": "progressive",
+                "versions": progressive,
+            },
+        )
+    ]
 
     written = write_report(runs, tmp_path / "out")
 

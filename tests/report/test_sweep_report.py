@@ -29,7 +29,9 @@ TASKS = ["breastmnist", "pneumoniamnist", "bloodmnist"]
 
 
 def script(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    completed = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *args], cwd=REPO, capture_output=True, text=True, timeout=1800
+    )
     if check:
         assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return completed
@@ -41,8 +43,16 @@ def sweep(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("sweep")
     sweep_dir = tmp / "multirun"
     completed = script(
-        "run.py", "-m", "strategy=one_shot,fedavg", "seed=0,1", f"hydra.sweep.dir={sweep_dir}",
-        *TINY, "train.local_epochs=1", "strategy.rounds=2", f"data.root={tmp / 'no-medmnist'}", "quiet=true",
+        "run.py",
+        "-m",
+        "strategy=one_shot,fedavg",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep_dir}",
+        *TINY,
+        "train.local_epochs=1",
+        "strategy.rounds=2",
+        f"data.root={tmp / 'no-medmnist'}",
+        "quiet=true",
     )
     printed = [Path(line) for line in completed.stdout.split() if line.startswith(str(sweep_dir))]
     assert len(printed) == 4 and all(p.parent == sweep_dir for p in printed)
@@ -55,7 +65,11 @@ def runs_of(sweep_dir: Path) -> dict[tuple[str, int], dict]:
 
 def folder_of(sweep_dir: Path, strategy: str, seed: int) -> Path:
     """The job folder of one combination (Hydra names it <job>_<overrides>)."""
-    (folder,) = [p.parent for p in sweep_dir.glob("*/results.json") if f"seed={seed}," in p.parent.name and f",strategy={strategy}," in p.parent.name]
+    (folder,) = [
+        p.parent
+        for p in sweep_dir.glob("*/results.json")
+        if f"seed={seed}," in p.parent.name and f",strategy={strategy}," in p.parent.name
+    ]
     return folder
 
 
@@ -90,13 +104,17 @@ def test_the_report_numbers_equal_those_in_the_results_folders(report):
             accs = [v["per_task"][task]["acc"] for v in versions]
             assert float(row[f"{task}/acc_mean"]) == pytest.approx(statistics.fmean(accs), abs=1e-12)
             assert float(row[f"{task}/acc_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-12)
-        assert float(row["mean/acc_mean"]) == pytest.approx(statistics.fmean(v["mean_acc"] for v in versions), abs=1e-12)
+        assert float(row["mean/acc_mean"]) == pytest.approx(
+            statistics.fmean(v["mean_acc"] for v in versions), abs=1e-12
+        )
     for strategy, label in (("one_shot", "task_arithmetic"), ("fedavg", "fedavg (2 rounds)")):
         communication = [runs[(strategy, s)]["communication"] for s in (0, 1)]
         assert float(rows[label]["upload_bytes_mean"]) == statistics.fmean(c["upload_bytes"] for c in communication)
         assert float(rows[label]["download_bytes_mean"]) == statistics.fmean(c["download_bytes"] for c in communication)
         assert float(rows[label]["rounds_mean"]) == communication[0]["rounds"]
-        assert float(rows[label]["wall_seconds_mean"]) == pytest.approx(statistics.fmean(runs[(strategy, s)]["wall_seconds"] for s in (0, 1)))
+        assert float(rows[label]["wall_seconds_mean"]) == pytest.approx(
+            statistics.fmean(runs[(strategy, s)]["wall_seconds"] for s in (0, 1))
+        )
     assert "| task_arithmetic | 2 |" in (report / "report.md").read_text()
 
 
@@ -108,7 +126,11 @@ def test_the_plots_are_written_and_not_empty(report):
 
 def snapshot(run_dir: Path) -> tuple[str, dict[str, str]]:
     """The run's results.json text and a hash of every adapter file it had."""
-    hashes = {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run_dir / "adapters").rglob("*")) if p.is_file()}
+    hashes = {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((run_dir / "adapters").rglob("*"))
+        if p.is_file()
+    }
     return (run_dir / "results.json").read_text(), hashes
 
 
@@ -150,7 +172,9 @@ def test_remerge_with_the_runs_own_method_reproduces_its_scores(remerged):
     versions = {v["name"]: v for v in read_results(remerged[0])["versions"]}
 
     for task in TASKS:
-        assert versions["remerge-task_arithmetic"]["per_task"][task]["acc"] == pytest.approx(versions["merged"]["per_task"][task]["acc"], abs=1e-12)
+        assert versions["remerge-task_arithmetic"]["per_task"][task]["acc"] == pytest.approx(
+            versions["merged"]["per_task"][task]["acc"], abs=1e-12
+        )
 
 
 def test_a_remerged_adapter_loads_with_peft(remerged):

@@ -10,7 +10,14 @@ import pytest
 
 from fl_app.report import Run, compare_runs, cumulative_bytes, fedavg_curves, progressive_curves
 from fl_app.report.table import HOSPITAL_REFERENCE, Stat
-from tests.report.synthetic_results import ADAPTER_BYTES, INSTRUCTION_BYTES, communication, fedavg_results, one_shot_results, version
+from tests.report.synthetic_results import (
+    ADAPTER_BYTES,
+    INSTRUCTION_BYTES,
+    communication,
+    fedavg_results,
+    one_shot_results,
+    version,
+)
 
 
 def rows_by_label(comparison):
@@ -30,7 +37,9 @@ def test_rows_average_each_method_over_seeds(sweep_runs):
     rows = rows_by_label(comparison)
     assert list(rows) == ["task_arithmetic", "fedavg (2 rounds)", HOSPITAL_REFERENCE]
     merged = rows["task_arithmetic"].stats
-    assert merged["breastmnist/acc"].mean == pytest.approx(0.7) and merged["breastmnist/acc"].std == pytest.approx(statistics.stdev([0.6, 0.8]))
+    assert merged["breastmnist/acc"].mean == pytest.approx(0.7) and merged["breastmnist/acc"].std == pytest.approx(
+        statistics.stdev([0.6, 0.8])
+    )
     assert merged["mean/acc"].mean == pytest.approx((0.5 + 0.7) / 2)
     assert merged["wall_seconds"].mean == pytest.approx(50.0)
     assert rows["task_arithmetic"].seeds == [0, 1]
@@ -72,7 +81,24 @@ def test_best_is_marked_per_column_and_the_reference_never_competes(sweep_runs):
 
 
 def test_a_column_where_all_methods_tie_marks_nothing():
-    runs = [Run(Path("a"), one_shot_results(0, {"breastmnist": 0.5, "bloodmnist": 0.5}, extra_versions=[version("remerge-ties", "merged", {"breastmnist": 0.5, "bloodmnist": 0.6}, method="ties", label="ties (density=0.5)")]))]
+    runs = [
+        Run(
+            Path("a"),
+            one_shot_results(
+                0,
+                {"breastmnist": 0.5, "bloodmnist": 0.5},
+                extra_versions=[
+                    version(
+                        "remerge-ties",
+                        "merged",
+                        {"breastmnist": 0.5, "bloodmnist": 0.6},
+                        method="ties",
+                        label="ties (density=0.5)",
+                    )
+                ],
+            ),
+        )
+    ]
 
     rows = rows_by_label(compare_runs(runs))
 
@@ -81,7 +107,11 @@ def test_a_column_where_all_methods_tie_marks_nothing():
 
 
 def test_runs_that_differ_beyond_the_seed_are_separate_rows():
-    runs = [Run(Path(f"r{r}s{s}"), one_shot_results(s, {"breastmnist": 0.1 * r, "bloodmnist": 0.5}, lora_r=r)) for r in (4, 8) for s in (0, 1)]
+    runs = [
+        Run(Path(f"r{r}s{s}"), one_shot_results(s, {"breastmnist": 0.1 * r, "bloodmnist": 0.5}, lora_r=r))
+        for r in (4, 8)
+        for s in (0, 1)
+    ]
 
     comparison = compare_runs(runs)
 
@@ -97,14 +127,29 @@ def test_fedavg_curve_has_one_point_per_round_with_cumulative_bytes(sweep_runs):
     (curve,) = fedavg_curves(sweep_runs, comparison)
 
     assert curve.label == "fedavg (2 rounds)" and [p.step for p in curve.points] == ["1", "2"]
-    assert [p.total_bytes.mean for p in curve.points] == [2 * (ADAPTER_BYTES + INSTRUCTION_BYTES), 4 * (ADAPTER_BYTES + INSTRUCTION_BYTES)]
+    assert [p.total_bytes.mean for p in curve.points] == [
+        2 * (ADAPTER_BYTES + INSTRUCTION_BYTES),
+        4 * (ADAPTER_BYTES + INSTRUCTION_BYTES),
+    ]
     assert curve.points[0].mean_acc.mean == pytest.approx((0.5 + 0.4) / 2)
 
 
 def test_progressive_versions_make_a_curve_and_their_absence_makes_none(sweep_runs):
     assert progressive_curves(sweep_runs, compare_runs(sweep_runs)) == []
-    progressive = [version(f"v{k}", "progressive", {"breastmnist": 0.2 * k, "bloodmnist": 0.1 * k}, method="task_arithmetic") for k in (1, 2, 3)]
-    runs = [Run(Path("p"), {**fedavg_results(0, [{"breastmnist": 0.5, "bloodmnist": 0.5}]), "strategy": "progressive", "versions": progressive})]
+    progressive = [
+        version(f"v{k}", "progressive", {"breastmnist": 0.2 * k, "bloodmnist": 0.1 * k}, method="task_arithmetic")
+        for k in (1, 2, 3)
+    ]
+    runs = [
+        Run(
+            Path("p"),
+            {
+                **fedavg_results(0, [{"breastmnist": 0.5, "bloodmnist": 0.5}]),
+                "strategy": "progressive",
+                "versions": progressive,
+            },
+        )
+    ]
 
     comparison = compare_runs(runs)
     (curve,) = progressive_curves(runs, comparison)
@@ -114,7 +159,13 @@ def test_progressive_versions_make_a_curve_and_their_absence_makes_none(sweep_ru
 
 
 def test_a_remerge_repeating_the_runs_own_merge_is_counted_once():
-    again = version("remerge-task_arithmetic", "merged", {"breastmnist": 0.6, "bloodmnist": 0.4}, method="task_arithmetic", label="task_arithmetic")
+    again = version(
+        "remerge-task_arithmetic",
+        "merged",
+        {"breastmnist": 0.6, "bloodmnist": 0.4},
+        method="task_arithmetic",
+        label="task_arithmetic",
+    )
     runs = [Run(Path("a"), one_shot_results(0, {"breastmnist": 0.6, "bloodmnist": 0.4}, extra_versions=[again]))]
 
     rows = rows_by_label(compare_runs(runs))
@@ -136,7 +187,11 @@ def test_centralised_reference_is_a_row_that_never_competes():
     # Prepare: a centralised run whose accuracy beats every other method
     central = one_shot_results(0, {"breastmnist": 0.1, "bloodmnist": 0.1})
     central |= {"strategy": "centralised", "merge": None, "communication": {}}
-    central["versions"] = [version("centralised", "reference", {"breastmnist": 0.99, "bloodmnist": 0.99}, label="centralised (pooled data)")]
+    central["versions"] = [
+        version(
+            "centralised", "reference", {"breastmnist": 0.99, "bloodmnist": 0.99}, label="centralised (pooled data)"
+        )
+    ]
     runs = [
         Run(Path("a"), one_shot_results(0, {"breastmnist": 0.6, "bloodmnist": 0.4})),
         Run(Path("b"), fedavg_results(0, [{"breastmnist": 0.5, "bloodmnist": 0.3}])),

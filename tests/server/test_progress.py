@@ -18,7 +18,9 @@ class TrickleGrid:
         if not self.pending:
             return []
         reply_to = self.pending.pop(0)
-        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=reply_to), has_error=lambda: reply_to == "1")]
+        return [
+            SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=reply_to), has_error=lambda: reply_to == "1")
+        ]
 
 
 def test_replies_are_reported_throttled_and_once_complete(monkeypatch):
@@ -41,4 +43,7 @@ def test_every_arrival_is_reported_when_the_interval_allows(monkeypatch):
 
     list(progress.replies_as_they_arrive(TrickleGrid(), ["m0", "m1"], what="evaluate"))
 
-    assert [line.split(" (")[0] for line in lines] == ["evaluate: 1/2 hospitals replied", "evaluate: 2/2 hospitals replied, 1 with an error"]
+    assert [line.split(" (")[0] for line in lines] == [
+        "evaluate: 1/2 hospitals replied",
+        "evaluate: 2/2 hospitals replied, 1 with an error",
+    ]

@@ -13,7 +13,10 @@ from strategies.fedavg import keywise_average
 def test_keywise_average_equals_flower_fedavg_when_keys_agree():
     states = [{"a": torch.randn(3, 2), "b": torch.randn(4)} for _ in range(3)]
     examples = [10, 30, 60]
-    contents = [RecordDict({"arrays": state_to_arrayrecord(s), "metrics": MetricRecord({"num-examples": n})}) for s, n in zip(states, examples)]
+    contents = [
+        RecordDict({"arrays": state_to_arrayrecord(s), "metrics": MetricRecord({"num-examples": n})})
+        for s, n in zip(states, examples)
+    ]
 
     ours = keywise_average(states, examples)
     flowers = aggregate_arrayrecords(contents, "num-examples").to_torch_state_dict()
@@ -22,7 +25,10 @@ def test_keywise_average_equals_flower_fedavg_when_keys_agree():
 
 
 def test_keywise_average_averages_each_task_head_over_its_own_hospitals():
-    states = [{"lora": torch.ones(2), "heads.a.w": torch.ones(2)}, {"lora": 3 * torch.ones(2), "heads.b.w": 5 * torch.ones(2)}]
+    states = [
+        {"lora": torch.ones(2), "heads.a.w": torch.ones(2)},
+        {"lora": 3 * torch.ones(2), "heads.b.w": 5 * torch.ones(2)},
+    ]
 
     averaged = keywise_average(states, [1, 1])
 

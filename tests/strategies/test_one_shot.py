@@ -6,12 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from flwr.app import RecordDict
+from flwr.app import MetricRecord, RecordDict
 
 from fl_app.config import compose_experiment
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import ARRAYS, HOSPITAL, METRICS, hospital_record
-from flwr.app import MetricRecord
 from strategies.one_shot import OneShotMerge
 from strategies.replies import NotEnoughHospitals
 
@@ -36,7 +35,9 @@ def reply(hospital_id: int, state: dict[str, torch.Tensor], n_train: int = 100) 
             HOSPITAL: hospital_record(hospital_id, "breastmnist", n_train, 10, 10, "synthetic", 4, 8.0),
         }
     )
-    return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=100 + hospital_id), has_error=lambda: False)
+    return SimpleNamespace(
+        content=content, metadata=SimpleNamespace(src_node_id=100 + hospital_id), has_error=lambda: False
+    )
 
 
 class Sink:
