@@ -8,6 +8,7 @@
 #
 #   bash scripts/headline.sh                          # 3 seeds, both presets, into results/headline/
 #   SEEDS=0 PRESETS=real_multitask bash scripts/headline.sh   # a quick subset
+#   SEEDS="1 2" STRATEGIES="one_shot fedavg centralised" bash scripts/headline.sh   # skip MedForge
 #   DATA_ROOT=/data/medmnist OUT=results/mine bash scripts/headline.sh
 #
 # Each preset ends with `scripts/compare.py` writing OUT/<preset>/report.md, report.csv and the plots.
@@ -21,6 +22,9 @@ SEEDS="${SEEDS:-0 1 2}"
 PRESETS="${PRESETS:-real_multitask real_multicenter}"
 REMERGE="${REMERGE:-ties dare_ties knots fedit}"
 FEDAVG_ROUNDS="${FEDAVG_ROUNDS:-10}"
+STRATEGIES="${STRATEGIES:-one_shot medforge fedavg centralised}"
+
+wanted() { [[ " $STRATEGIES " == *" $1 "* ]]; }
 
 run() {  # run FOLDER OVERRIDES...: one experiment, skipped when FOLDER already completed
   local folder="$1"; shift
@@ -34,14 +38,16 @@ run() {  # run FOLDER OVERRIDES...: one experiment, skipped when FOLDER already 
 for preset in $PRESETS; do
   for seed in $SEEDS; do
     base="$OUT/$preset/seed$seed"
-    run "$base/one_shot" "experiment=$preset" "seed=$seed" strategy=one_shot
-    if [ -f "$base/one_shot/results.json" ]; then
-      "$PYTHON" scripts/remerge.py "$base/one_shot" --merge $REMERGE --quiet \
-        || echo "headline: remerge failed for $base/one_shot"
+    if wanted one_shot; then
+      run "$base/one_shot" "experiment=$preset" "seed=$seed" strategy=one_shot
+      if [ -f "$base/one_shot/results.json" ]; then
+        "$PYTHON" scripts/remerge.py "$base/one_shot" --merge $REMERGE --quiet \
+          || echo "headline: remerge failed for $base/one_shot"
+      fi
     fi
-    run "$base/medforge" "experiment=$preset" "seed=$seed" strategy=medforge
-    run "$base/fedavg" "experiment=$preset" "seed=$seed" strategy=fedavg "strategy.rounds=$FEDAVG_ROUNDS" train.local_epochs=1
-    run "$base/centralised" "experiment=$preset" "seed=$seed" strategy=centralised
+    wanted medforge && run "$base/medforge" "experiment=$preset" "seed=$seed" strategy=medforge
+    wanted fedavg && run "$base/fedavg" "experiment=$preset" "seed=$seed" strategy=fedavg "strategy.rounds=$FEDAVG_ROUNDS" train.local_epochs=1
+    wanted centralised && run "$base/centralised" "experiment=$preset" "seed=$seed" strategy=centralised
   done
   "$PYTHON" scripts/compare.py "$OUT/$preset" --fedavg-rounds 1 3 --quiet
 done
