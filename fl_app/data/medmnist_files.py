@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
+import urllib.request
 
 import medmnist
 import numpy as np
@@ -43,13 +46,13 @@ def load_medmnist_split(
     dataset_class = getattr(medmnist, INFO[flag]["python_class"], None)
     if dataset_class is None:  # medmnist swallows import errors of torch/PIL in its __init__
         raise ImportError(f"medmnist.{INFO[flag]['python_class']} is missing: check that torch and Pillow import")
-    # medmnist's download() needs torchvision even when the file is already there: skip it then
-    fetch = download and not os.path.exists(os.path.join(root, npz_name(flag, size)))
+    # medmnist's own download() imports torchvision, which this project does not install: fetch here
+    if download and not os.path.exists(os.path.join(root, npz_name(flag, size))):
+        download_medmnist_file(flag, size, root)
     try:
-        ds = dataset_class(split=split, root=root, size=size, download=fetch)
+        ds = dataset_class(split=split, root=root, size=size, download=False)
     except RuntimeError as e:
-        reason = "download failed" if fetch else f"{npz_name(flag, size)} not found"
-        raise MedMNISTUnavailable(flag, size, root, reason, download, missing=True) from e
+        raise MedMNISTUnavailable(flag, size, root, f"{npz_name(flag, size)} not found", download, missing=True) from e
     except (KeyError, ValueError, OSError) as e:  # unreadable archive or missing keys
         raise MedMNISTUnavailable(flag, size, root, f"unreadable file ({e})", download) from e
     try:
@@ -77,3 +80,27 @@ def load_medmnist_task(
         split: load_medmnist_split(flag, split, root, size, download=download and i == 0)
         for i, split in enumerate(SPLITS)
     }
+
+
+def download_medmnist_file(flag: str, size: int, root: str, timeout: float = 60.0) -> str:
+    """Fetch `{flag}[_{size}].npz` from MedMNIST's Zenodo record into `root`, checked against the
+    MD5 medmnist publishes (a wrong or partial file never replaces anything: temp file + rename)."""
+    suffix = "" if size == 28 else f"_{size}"
+    url, md5 = INFO[flag][f"url{suffix}"], INFO[flag][f"MD5{suffix}"]
+    target = os.path.join(root, npz_name(flag, size))
+    handle, partial = tempfile.mkstemp(dir=root, prefix=f".{npz_name(flag, size)}.", suffix=".part")
+    try:
+        digest = hashlib.md5()
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != md5:
+            raise MedMNISTUnavailable(flag, size, root, f"download from {url} has MD5 {digest.hexdigest()}, expected {md5}", True)
+        os.replace(partial, target)
+    except (OSError, ValueError) as error:  # urllib's URLError and timeouts are OSErrors
+        raise MedMNISTUnavailable(flag, size, root, f"download from {url} failed ({error})", True, missing=True) from error
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target

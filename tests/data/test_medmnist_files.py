@@ -84,16 +84,39 @@ def test_wrong_split_size_is_rejected(tmp_path):
         load_medmnist_task("breastmnist", tmp_path)
 
 
-def test_failed_download_raises_unavailable(tmp_path, monkeypatch):
-    # Prepare: stand in for an offline machine without touching the network
-    def offline(self):
-        raise RuntimeError("Automatic download failed!")
-
-    monkeypatch.setattr(medmnist.dataset.MedMNIST, "download", offline)
+def test_failed_download_raises_unavailable_and_leaves_nothing(tmp_path, monkeypatch):
+    # Prepare: the Zenodo address points at a file that does not exist (no network touched)
+    info = {**medmnist.INFO["breastmnist"], "url": (tmp_path / "nowhere.npz").as_uri()}
+    monkeypatch.setitem(medmnist.INFO, "breastmnist", info)
 
     # Execute / Assert
-    with pytest.raises(MedMNISTUnavailable, match=r"download failed"):
+    with pytest.raises(MedMNISTUnavailable, match=r"download from file:.*nowhere.npz failed"):
         load_medmnist_task("breastmnist", tmp_path, download=True)
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+def test_download_fetches_the_file_and_checks_its_md5(tmp_path, monkeypatch, breast_root):
+    # Prepare: "Zenodo" serves the real BreastMNIST file from the shared folder
+    info = {**medmnist.INFO["breastmnist"], "url": (breast_root / "breastmnist.npz").as_uri()}
+    monkeypatch.setitem(medmnist.INFO, "breastmnist", info)
+    monkeypatch.setattr(medmnist.dataset.MedMNIST, "download", lambda self: pytest.fail("medmnist's torchvision download called"))
+
+    # Execute
+    task = load_medmnist_task("breastmnist", tmp_path, download=True)
+
+    # Assert
+    assert len(task["train"]) == 546 and (tmp_path / "breastmnist.npz").exists()
+
+
+def test_download_with_a_wrong_md5_is_refused_and_not_kept(tmp_path, monkeypatch, breast_root):
+    # Prepare: a file whose MD5 is not the published one
+    info = {**medmnist.INFO["breastmnist"], "url": (breast_root / "pneumoniamnist.npz").as_uri()}
+    monkeypatch.setitem(medmnist.INFO, "breastmnist", info)
+
+    # Execute / Assert
+    with pytest.raises(MedMNISTUnavailable, match=r"MD5 28209eda.*expected 750601b1"):
+        load_medmnist_task("breastmnist", tmp_path, download=True)
+    assert not (tmp_path / "breastmnist.npz").exists()
 
 
 def test_existing_file_is_used_without_downloading(tmp_path, monkeypatch):
