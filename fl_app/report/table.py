@@ -206,6 +206,8 @@ def entries_of_run(
             seen = set()
             for v in group:
                 label = str(v.get("label") or v.get("method") or results.get("merge") or v["name"])
+                if strategy == "medforge" and not v.get("label"):  # a data-free baseline inside a MedForge run
+                    label = f"{label} (medforge baseline)"
                 if label in seen:  # a remerge repeating the run's own merge is the same model: counted once
                     continue
                 seen.add(label)
@@ -314,15 +316,27 @@ def run_settings(results: Sequence[Mapping[str, Any]]) -> list[str]:
     return [", ".join(f"{key}={f[key]}" for key in sorted(varying) if key in f) for f in flat]
 
 
+def _without_duplicates(entries: Sequence[Entry]) -> list[Entry]:
+    """One entry per (label, seed, figures): two runs of one seed that carry the same model (e.g. the
+    hospitals' own adapters in a one_shot and a medforge run) count once, not as two seeds."""
+    kept, seen = [], set()
+    for e in entries:
+        key = (e.label, e.seed, tuple(sorted((k, v) for k, v in e.values.items() if "/" in k)))
+        if key not in seen:
+            seen.add(key)
+            kept.append(e)
+    return kept
+
+
 def compare_runs(runs: Sequence[Run], fedavg_rounds: Sequence[int] = ()) -> Comparison:
     """Rows over the runs (mean ± std over seeds), tasks in order of first appearance, best marked.
 
     fedavg_rounds: FedAvg rounds shown as rows of their own besides each run's last round."""
     results = [run.results for run in runs]
     settings = run_settings(results)
-    entries = [
-        e for run, s in zip(runs, settings) for e in entries_of_run(run.results, str(run.folder), s, fedavg_rounds)
-    ]
+    entries = _without_duplicates(
+        [e for run, s in zip(runs, settings) for e in entries_of_run(run.results, str(run.folder), s, fedavg_rounds)]
+    )
     tasks = list(dict.fromkeys(t for r in results for t in (r.get("tasks") or [])))
     tasks += [
         t

@@ -203,3 +203,19 @@ def test_centralised_reference_is_a_row_that_never_competes():
     row = rows_by_label(comparison)["centralised (pooled data)"]
     assert row.reference and row.stats["mean/acc"].mean == pytest.approx(0.99)
     assert "mean/acc" not in row.best and "mean/acc" in rows_by_label(comparison)["task_arithmetic"].best
+
+
+def test_the_same_model_in_two_runs_of_one_seed_counts_once_and_medforge_baselines_are_named():
+    # Prepare: a one_shot and a medforge run of seed 0 share the hospitals' adapters; medforge adds a baseline
+    one_shot = one_shot_results(0, {"breastmnist": 0.6, "bloodmnist": 0.4})
+    medforge = one_shot_results(0, {"breastmnist": 0.5, "bloodmnist": 0.5}) | {
+        "strategy": "medforge",
+        "merge": "medforge",
+    }
+    runs = [Run(Path("a"), one_shot), Run(Path("b"), medforge)]
+    # Execute
+    rows = rows_by_label(compare_runs(runs))
+    # Assert
+    assert rows[HOSPITAL_REFERENCE].stats["breastmnist/acc"].n == 1
+    assert rows["task_arithmetic"].stats["breastmnist/acc"].mean == pytest.approx(0.6)
+    assert rows["task_arithmetic (medforge baseline)"].stats["breastmnist/acc"].mean == pytest.approx(0.5)
