@@ -206,7 +206,9 @@ def entries_of_run(
             seen = set()
             for v in group:
                 label = str(v.get("label") or v.get("method") or results.get("merge") or v["name"])
-                if strategy == "medforge" and not v.get("label"):  # a data-free baseline inside a MedForge run
+                if strategy == "medforge" and not label.startswith(
+                    "medforge"
+                ):  # a data-free baseline in a MedForge run
                     label = f"{label} (medforge baseline)"
                 if label in seen:  # a remerge repeating the run's own merge is the same model: counted once
                     continue

@@ -19,7 +19,6 @@ from flwr.app import Message, RecordDict
 from flwr.common import log
 from omegaconf import DictConfig, OmegaConf
 
-from fl_app.adapter_keys import lora_state
 from fl_app.calibration import CalibrationSet, decode_calibration
 from fl_app.failures import Failure
 from fl_app.protocol import CONFIG, HOSPITAL, HospitalReply, instructions
@@ -133,7 +132,7 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
         ModelVersion(
             f"hospital-{h.hospital_id}",
             "hospital",
-            {**lora_state(h.state), **heads},
+            {**heads, **h.state},  # its own LoRA and head; other tasks' heads from the merge (as one_shot does)
             h.lora_r,
             h.lora_alpha,
             {"hospital": h.hospital_id, "task": h.task},

@@ -176,3 +176,35 @@ def test_an_arriving_adapter_with_nan_is_screened_out(tmp_path_factory, flower_i
     )
     assert results["strategy_details"]["order"] == [0, 2]
     assert results["failures"][0]["hospital_id"] == 1 and results["failures"][0]["phase"] == "screen"
+
+
+def test_in_multi_center_each_hospital_version_keeps_its_own_head(tmp_path_factory, flower_identity):
+    """Hospitals sharing one task: `hospital-<id>` is that hospital's adapter, not its LoRA with the merged head."""
+    from safetensors.torch import load_file
+
+    # Prepare / Execute
+    results, folder = run(
+        tmp_path_factory,
+        LocalGrid(3),
+        "data=multi_center",
+        "data.flags=[breastmnist]",
+        "strategy.methods=[fusion]",
+        "strategy.progressive=false",
+        "strategy.baselines=[]",
+    )
+    # Assert: the three hospitals' saved heads differ (each trained its own), none is the merged head
+    heads = [
+        next(
+            t
+            for k, t in load_file(folder / "adapters" / f"hospital-{i}" / "adapter_model.safetensors").items()
+            if k.endswith("heads.breastmnist.weight")
+        )
+        for i in range(3)
+    ]
+    merged = next(
+        t
+        for k, t in load_file(folder / "adapters" / "fusion-one-shot" / "adapter_model.safetensors").items()
+        if k.endswith("heads.breastmnist.weight")
+    )
+    assert not torch.equal(heads[0], heads[1]) and not torch.equal(heads[1], heads[2])
+    assert not any(torch.equal(h, merged) for h in heads)
