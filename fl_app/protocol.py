@@ -67,15 +67,24 @@ class HospitalReply:
 
     def summary(self) -> dict[str, Any]:
         """The hospital as results.json lists it."""
-        return {
-            "id": self.hospital_id,
-            "node_id": self.node_id,
-            "task": self.task,
-            "n_train": self.n_train,
-            "n_val": self.n_val,
-            "n_test": self.n_test,
-            "data_source": self.data_source,
-        }
+        return hospital_summary(
+            self.hospital_id, self.node_id, self.task, self.n_train, self.n_val, self.n_test, self.data_source
+        )
+
+
+def hospital_summary(
+    hospital_id: int, node_id: int | None, task: str, n_train: int, n_val: int, n_test: int, data_source: str
+) -> dict[str, Any]:
+    """A hospital as results.json lists it (node_id None: no node trained, e.g. the centralised reference)."""
+    return {
+        "id": hospital_id,
+        "node_id": node_id,
+        "task": task,
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_test": n_test,
+        "data_source": data_source,
+    }
 
 
 def hospital_record(

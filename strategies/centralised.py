@@ -25,6 +25,7 @@ from fl_app.data import HospitalData, experiment_tasks, load_hospital
 from fl_app.data.arrays import SplitArrays
 from fl_app.model.backbone import backbone_image_size
 from fl_app.model.lora import hospital_model
+from fl_app.protocol import hospital_summary
 from fl_app.training import (
     medmnist_metrics,
     pick_device,
@@ -101,20 +102,12 @@ def run_centralised(grid: Any, cfg: DictConfig, experiment_json: str, results: A
     experiment = OmegaConf.to_container(cfg, resolve=True)
     n = int(cfg.simulation.num_hospitals)
     hospitals = [load_hospital(experiment["data"], i, n, int(cfg.seed)) for i in range(n)]
-    results.data["hospitals"] = [
-        {
-            "id": h.hospital_id,
-            "node_id": None,
-            "task": h.task.name,
-            "n_train": len(h.train),
-            "n_val": len(h.val),
-            "n_test": len(h.test),
-            "data_source": h.data_source,
-        }
-        for h in hospitals
-    ]
-    sources = {h.data_source for h in hospitals}
-    results.data["data_source"] = sources.pop() if len(sources) == 1 else "mixed"
+    results.set_hospitals(
+        [
+            hospital_summary(h.hospital_id, None, h.task.name, len(h.train), len(h.val), len(h.test), h.data_source)
+            for h in hospitals
+        ]
+    )
     log(INFO, "Centralised reference: one adapter on the pooled training data of %d hospitals", n)
     state, details = train_centralised(experiment, hospitals)
     results.write()

@@ -86,14 +86,18 @@ class RunResults:
         """A training round arrived: keep who delivered (adapters saved at once) and who failed."""
         for hospital in hospitals:
             self.hospitals[hospital.hospital_id] = hospital
-        self.data["hospitals"] = [h.summary() for _, h in sorted(self.hospitals.items())]
-        sources = {h.data_source for h in self.hospitals.values()}
-        self.data["data_source"] = sources.pop() if len(sources) == 1 else ("mixed" if sources else None)
+        self.set_hospitals([h.summary() for _, h in sorted(self.hospitals.items())])
         self.record_failures(failures)
         self.data.setdefault("train_metrics", {})[str(server_round)] = {
             str(h.hospital_id): h.metrics for h in hospitals
         }
         self.write()
+
+    def set_hospitals(self, summaries: list[dict[str, Any]]) -> None:
+        """The hospitals (`protocol.hospital_summary` dicts) and the data source they report together."""
+        self.data["hospitals"] = summaries
+        sources = {h["data_source"] for h in summaries}
+        self.data["data_source"] = sources.pop() if len(sources) == 1 else ("mixed" if sources else None)
 
     def record_failures(self, failures: list[Failure]) -> None:
         """Hospitals left out of a step, as results.json lists them."""
