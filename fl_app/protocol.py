@@ -123,9 +123,9 @@ def decode_train_content(content: RecordDict, node_id: int) -> HospitalReply:
     info = content[HOSPITAL]
     fields = _reported_fields(info, node_id)
     metrics = {}
-    for name, value in content[METRICS].items():
-        if isinstance(value, list) or not math.isfinite(float(value)):
-            raise ValueError(f"Train reply from node {node_id}: metric {name!r}={value!r} is not a finite number.")
+    for name, value in content[METRICS].items():  # NaN is a fair report (e.g. AUC of a one-class split); lists are not
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"Train reply from node {node_id}: metric {name!r}={value!r} is not a number.")
         metrics[name] = float(value)
     return HospitalReply(
         node_id=node_id,

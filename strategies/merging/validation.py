@@ -13,7 +13,8 @@ Order of the checks, each on the hospitals still accepted:
 4. among hospitals of the same task, only when there are at least `MIN_MAJORITY` of them (with
    fewer there is no majority to speak for the task, and the record says so): a module's ΔW norm
    above `norm_factor` x the task's median is rejected, and a head likewise; an adapter whose whole
-   ΔW points away from the task's coordinate-wise median ΔW (cosine <= `min_cosine`) is rejected;
+   ΔW points away from the task's median direction (the coordinate-wise median of the unit ΔWs) is
+   rejected: cosine <= `min_cosine`, or below `min_relative_cosine` x the task's median cosine;
    a module's ΔW above `clip_factor` x the median is scaled down to it (Sun et al. 2019, "Can you
    really backdoor federated learning?", norm bounding).
 """
@@ -57,6 +58,7 @@ class ScreenSettings:
     norm_factor: float = 10.0
     clip_factor: float | None = 2.0
     min_cosine: float | None = 0.0
+    min_relative_cosine: float | None = 0.5
     max_update_ratio: float = 1.0
     max_head_ratio: float = 100.0
 
@@ -75,6 +77,10 @@ class ScreenSettings:
             )
         if self.min_cosine is not None and not -1 <= self.min_cosine < 1:
             raise ValueError(f"strategy.screen.min_cosine must be null or in [-1, 1), got {self.min_cosine}")
+        if self.min_relative_cosine is not None and not 0 <= self.min_relative_cosine < 1:
+            raise ValueError(
+                f"strategy.screen.min_relative_cosine must be null or in [0, 1), got {self.min_relative_cosine}"
+            )
 
     @staticmethod
     def from_config(screen: Mapping[str, object] | None) -> ScreenSettings:
@@ -244,23 +250,30 @@ def _task_group_screen(
     kept = [i for i in group if not problems[i]]
     if len(kept) < MIN_MAJORITY:
         return problems, actions
-    # direction: the whole ΔW against the coordinate-wise median of the task's ΔW
-    if s.min_cosine is not None:
-        deltas = {i: torch.cat([module_delta(states[i], m, subs[i].scale).flatten() for m in modules]) for i in kept}
-        median = torch.stack(list(deltas.values())).median(dim=0).values
-        for i, delta in deltas.items():
-            if float(delta.norm()) == 0.0 or float(median.norm()) == 0.0:
-                continue  # no direction to compare: a zero update moves nothing
-            cosine = float(torch.nn.functional.cosine_similarity(delta, median, dim=0))
-            if cosine <= s.min_cosine:
+    # direction: each whole ΔW, scaled to unit norm (so no one's magnitude drags the reference), against
+    # the coordinate-wise median of the task's unit ΔWs; too low in absolute terms or against the task's own spread
+    if s.min_cosine is not None or s.min_relative_cosine is not None:
+        units = {}
+        for i in kept:
+            delta = torch.cat([module_delta(states[i], m, subs[i].scale).flatten() for m in modules])
+            norm = float(delta.norm())
+            if norm > 0:  # a zero update moves nothing and has no direction
+                units[i] = delta / norm
+        if len(units) >= MIN_MAJORITY:
+            median = torch.stack(list(units.values())).median(dim=0).values
+            cosines = {i: float(torch.nn.functional.cosine_similarity(u, median, dim=0)) for i, u in units.items()}
+            typical = statistics.median(cosines.values())
+            for i, cosine in cosines.items():
+                if s.min_cosine is not None and cosine <= s.min_cosine:
+                    limit = f"strategy.screen.min_cosine={s.min_cosine:g}"
+                elif s.min_relative_cosine is not None and cosine < s.min_relative_cosine * typical:
+                    limit = f"strategy.screen.min_relative_cosine={s.min_relative_cosine:g} x the task's median cosine {typical:.3f}"
+                else:
+                    continue
                 problems[i].append(
-                    (
-                        "<ΔW>",
-                        f"points away from its task's coordinate-wise median ΔW: cosine {cosine:.3f} "
-                        f"(limit strategy.screen.min_cosine={s.min_cosine:g})",
-                    )
+                    ("<ΔW>", f"points away from its task's median direction: cosine {cosine:.3f} (limit {limit})")
                 )
-        kept = [i for i in kept if not problems[i]]
+            kept = [i for i in kept if not problems[i]]
     # clip each module's ΔW to clip_factor x the median norm
     if s.clip_factor is not None and len(kept) >= MIN_MAJORITY:
         for module in modules:

@@ -179,7 +179,9 @@ def test_sign_flip_below_the_norm_factor_is_caught_by_direction():
     states[4] = {k: (-8.0 * v if k.endswith("lora_B.weight") else v) for k, v in adapter(4).items()}
     # Execute
     result = screen_adapters(submit(states), layout(1e6))
-    off = screen_adapters(submit(states), layout(1e6), ScreenSettings(min_cosine=None, clip_factor=None))
+    off = screen_adapters(
+        submit(states), layout(1e6), ScreenSettings(min_cosine=None, min_relative_cosine=None, clip_factor=None)
+    )
     # Assert
     assert result.accepted == [0, 1, 2, 3]
     assert "points away" in rejected(result)[14][0]
