@@ -20,6 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from fl_app.attack.attacks import ATTACKS
 from fl_app.attack.defences import DEFENCES
 from fl_app.attack.experiment import attack_cases, run_attacks
@@ -48,13 +50,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--data-root", default=None, help="the run's data folder, if it moved")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run = load_stored_run(args.run_dir)
-    if args.data_root:
-        from omegaconf import OmegaConf
-
-        run.experiment = OmegaConf.merge(run.experiment, {"data": {"root": args.data_root}})
-    cases = attack_cases(args.methods, args.defences, args.attacks, args.factors, args.attackers)
-    outcomes = run_attacks(run, cases, args.hospitals, args.merge_rank)
+    try:
+        run = load_stored_run(args.run_dir)
+        if args.data_root:
+            run.experiment = OmegaConf.merge(run.experiment, {"data": {"root": args.data_root}})
+        cases = attack_cases(args.methods, args.defences, args.attacks, args.factors, args.attackers)
+        outcomes = run_attacks(run, cases, args.hospitals, args.merge_rank)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        parser.exit(2, f"attack.py: error: {error}\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "outcomes.json").write_text(json.dumps([o.as_row() for o in outcomes], indent=1))
     table = markdown_table(outcomes)

@@ -8,6 +8,7 @@ are returned for the caller to write elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -17,13 +18,14 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from fl_app.adapter_keys import lora_state
 from fl_app.attack.attacks import honest_median_norms, make_attacker
 from fl_app.attack.defences import defence_strategy
 from fl_app.protocol import HospitalReply
 from fl_app.remerge.evaluate import evaluate_at_hospitals
 from fl_app.remerge.stored import StoredHospital, StoredRun
 from fl_app.server.evaluation import evaluation_fields
-from strategies.merging import MergeResult, split_lora_modules
+from strategies.merging import split_lora_modules
 from strategies.outcome import ModelVersion, merged_version
 from strategies.screening import expected_layout, merge_hospitals, screen, weigh
 
@@ -97,9 +99,9 @@ def _reply(hospital: StoredHospital, state: dict[str, torch.Tensor], n_train: in
     )
 
 
-def merged_delta(result: MergeResult) -> torch.Tensor:
-    """All LoRA modules' ΔW of a merge, flattened into one vector (scale 1 after merging)."""
-    modules = split_lora_modules(result.state, 1.0)
+def merged_delta(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """All LoRA modules' ΔW of a merged state (scale 1 after merging), flattened into one vector."""
+    modules = split_lora_modules(lora_state(state), 1.0)
     return torch.cat([modules[m].delta().double().flatten() for m in sorted(modules)])
 
 
@@ -138,7 +140,7 @@ def run_attacks(run: StoredRun, cases: Sequence[AttackCase], num_hospitals: int,
     chosen = run.hospitals[:num_hospitals]
     layout = expected_layout(run.experiment)
     base = {**OmegaConf.to_container(run.experiment.strategy, resolve=True), "merge_rank": merge_rank}
-    honest_refs: dict[tuple[str, int], torch.Tensor] = {}
+    honest_refs: dict[tuple[str, int], ModelVersion] = {}
     outcomes, versions = [], []
     for case in cases:
         n_bad = case.attackers if case.attack else 0
@@ -148,9 +150,7 @@ def run_attacks(run: StoredRun, cases: Sequence[AttackCase], num_hospitals: int,
             )
         honest, malicious = chosen[: num_hospitals - n_bad], chosen[num_hospitals - n_bad :]
         if (case.method, n_bad) not in honest_refs:  # the honest-only merge: the honest hospitals, no defence
-            plain = defence_strategy("none", case.method, base)
-            replies = [_reply(h, h.state, h.n_train) for h in honest]
-            honest_refs[(case.method, n_bad)] = merged_delta(merge_hospitals(replies, weigh(replies, plain), plain))
+            honest_refs[(case.method, n_bad)] = _honest_version(honest, case.method, n_bad, base)
         medians = honest_median_norms([h.state for h in honest], [h.scale for h in honest])
         replies = [_reply(h, h.state, h.n_train) for h in honest]
         for j, h in enumerate(malicious):
@@ -174,7 +174,8 @@ def run_attacks(run: StoredRun, cases: Sequence[AttackCase], num_hospitals: int,
         outcome.attacker_weight = (
             math.fsum(abs(w) for h, w in zip(accepted, weights) if h.hospital_id in bad_ids) / total
         )
-        outcome.cosine, outcome.norm_ratio = _compare(merged_delta(result), honest_refs[(case.method, n_bad)])
+        reference = honest_refs[(case.method, n_bad)]
+        outcome.cosine, outcome.norm_ratio = _compare(merged_delta(result.state), merged_delta(reference.state))
         outcome.merged = True
         versions.append(merged_version(case.name, result, outcome.accepted, weights, label=case.name))
         outcomes.append(outcome)
@@ -185,28 +186,37 @@ def run_attacks(run: StoredRun, cases: Sequence[AttackCase], num_hospitals: int,
             outcome.norm_ratio,
             outcome.rejected,
         )
-    references = _honest_versions(chosen, honest_refs, base, cases)
-    _evaluate(run, versions + references, outcomes)
+    _evaluate(run, versions + list(honest_refs.values()), outcomes)
     return outcomes
 
 
-def _honest_versions(chosen, honest_refs, base, cases) -> list[ModelVersion]:
-    """The honest-only merges themselves, evaluated as references (`attack-<method>-honest-only-k<n>`)."""
-    versions = []
-    for method, n_bad in honest_refs:
-        honest = chosen[: len(chosen) - n_bad]
-        plain = defence_strategy("none", method, base)
-        replies = [_reply(h, h.state, h.n_train) for h in honest]
-        weights = weigh(replies, plain)
-        name = f"attack-{method}-honest-only-k{n_bad}"
-        versions.append(merged_version(name, merge_hospitals(replies, weights, plain), [h.id for h in honest], weights))
-    return versions
+def _honest_version(honest: Sequence[StoredHospital], method: str, n_bad: int, base: dict[str, Any]) -> ModelVersion:
+    """The honest hospitals merged by `method` without any defence: the reference (`attack-<method>-honest-only-k<n>`)."""
+    plain = defence_strategy("none", method, base)
+    replies = [_reply(h, h.state, h.n_train) for h in honest]
+    weights = weigh(replies, plain)
+    name = f"attack-{method}-honest-only-k{n_bad}"
+    return merged_version(name, merge_hospitals(replies, weights, plain), [h.id for h in honest], weights)
+
+
+def _digest(version: ModelVersion) -> str:
+    """Identical merged states (e.g. an attacker rejected at every strength) are evaluated once."""
+    digest = hashlib.sha1()
+    for key in sorted(version.state):
+        digest.update(key.encode())
+        digest.update(version.state[key].detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _evaluate(run: StoredRun, versions: list[ModelVersion], outcomes: list[CaseOutcome]) -> None:
     recorded = {int(h["id"]): h for h in run.results.get("hospitals", [])}
-    scores = evaluate_at_hospitals(run.experiment, versions, run.evaluated_hospitals, recorded)
-    metrics = {v.name: evaluation_fields(scores, v.name) for v in versions}
+    unique: dict[str, ModelVersion] = {}
+    alias = {}
+    for version in versions:
+        alias[version.name] = unique.setdefault(_digest(version), version).name
+    logger.info("Evaluating %d distinct merged models (%d cases)", len(unique), len(versions))
+    scores = evaluate_at_hospitals(run.experiment, list(unique.values()), run.evaluated_hospitals, recorded)
+    metrics = {name: evaluation_fields(scores, alias[name]) for name in alias}
     for outcome in outcomes:
         found = metrics.get(outcome.case.name)
         if found:
