@@ -47,3 +47,52 @@ def test_every_arrival_is_reported_when_the_interval_allows(monkeypatch):
         "evaluate: 1/2 hospitals replied",
         "evaluate: 2/2 hospitals replied, 1 with an error",
     ]
+
+
+class SilentAfterFirst:
+    """Answers the first pushed message only: the second hospital never replies."""
+
+    def push_messages(self, messages):
+        for i, message in enumerate(messages):
+            message.metadata.__dict__["_message_id"] = f"m{i}"
+        self.answered = False
+        return [f"m{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, message_ids):
+        if self.answered:
+            return []
+        self.answered = True
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id="m0"), has_error=lambda: False)]
+
+
+def test_a_hospital_silent_past_the_timeout_gets_a_timeout_error_reply(monkeypatch):
+    from flwr.app import Message, Metadata, RecordDict
+
+    from fl_app.failures import ERROR_CODE_TIMEOUT, TIMEOUT, failure_cause
+
+    monkeypatch.setattr(progress, "POLL_S", 0.01)
+    messages = [
+        Message(
+            content=RecordDict(),
+            metadata=Metadata(
+                run_id=1,
+                message_id="",
+                src_node_id=0,
+                dst_node_id=node,
+                reply_to_message_id="",
+                group_id="",
+                created_at=0.0,
+                ttl=3600.0,
+                message_type="train",
+            ),
+        )
+        for node in (11, 12)
+    ]
+
+    replies = list(progress.replies_as_they_arrive(SilentAfterFirst(), messages, timeout=0.3, what="train round 1"))
+
+    assert len(replies) == 2
+    late = replies[1]
+    assert late.has_error() and late.error.code == ERROR_CODE_TIMEOUT
+    assert late.metadata.src_node_id == 12 and late.metadata.reply_to_message_id == "m1"
+    assert failure_cause(late.error.code, late.error.reason) == TIMEOUT
