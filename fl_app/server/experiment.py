@@ -71,7 +71,16 @@ class RunRecorder:
                 {"hospital": hospital.hospital_id, "task": hospital.task, "round": server_round},
             )
             save_version(self.results.folder / folder, self.cfg, version, version_provenance(version))
-            received.append({"round": server_round, "hospital": hospital.hospital_id, "adapter": str(folder)})
+            received.append(
+                {
+                    "round": server_round,
+                    "hospital": hospital.hospital_id,
+                    "task": hospital.task,
+                    "r": hospital.lora_r,
+                    "lora_alpha": hospital.lora_alpha,
+                    "adapter": str(folder),
+                }
+            )
         refused = {f.node_id for f in failures if f.cause == REJECTED and f.node_id is not None}
         if refused:
             self.grid.exclude(refused)
