@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from fl_app.adapter_keys import adapter_state
 from fl_app.protocol import HospitalReply
 from fl_app.remerge.evaluate import evaluate_at_hospitals
-from fl_app.remerge.stored import ADAPTER_FILE
+from fl_app.remerge.stored import ADAPTER_FILE, received_adapters
 from fl_app.server.evaluation import evaluation_fields
 from fl_app.server.results import RESULTS_FILE, read_results, version_entry, write_json_atomic
 from fl_app.server.versions import save_version, version_provenance
@@ -37,28 +37,24 @@ RESUMABLE = ("one_shot", "fedavg")
 
 
 def received_hospitals(folder: Path, results: dict[str, Any], server_round: int) -> list[HospitalReply]:
-    """The adapters of `server_round` as the server received them (saved under received/)."""
-    recorded = {int(h["id"]): h for h in results.get("hospitals", [])}
+    """The adapters of `server_round` as the server received them (received/), refused nodes left out."""
     hospitals = []
-    for entry in sorted(results.get("received", []), key=lambda r: int(r["hospital"])):
-        if int(entry["round"]) != server_round:
-            continue
+    for entry in received_adapters(results, server_round):
         hospital_id, task = int(entry["hospital"]), str(entry["task"])
         path = folder / entry["adapter"] / ADAPTER_FILE
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} is missing: hospital {hospital_id}'s round-{server_round} adapter is lost."
             )
-        record = recorded[hospital_id]
         hospitals.append(
             HospitalReply(
-                node_id=record.get("node_id"),
+                node_id=entry.get("node_id"),
                 hospital_id=hospital_id,
                 task=task,
-                n_train=int(record["n_train"]),
-                n_val=int(record["n_val"]),
-                n_test=int(record["n_test"]),
-                data_source=str(record["data_source"]),
+                n_train=int(entry["n_train"]),
+                n_val=int(entry["n_val"]),
+                n_test=int(entry["n_test"]),
+                data_source=str(entry["data_source"]),
                 metrics={},
                 state=adapter_state(load_file(path), [task]),
                 lora_r=int(entry["r"]),
@@ -82,7 +78,7 @@ def _one_shot(folder: Path, results: dict[str, Any], cfg: DictConfig) -> tuple[l
 
 def _fedavg(folder: Path, results: dict[str, Any], cfg: DictConfig) -> tuple[list[ModelVersion], list[str]]:
     rounds = int(cfg.strategy.rounds)
-    done = sorted({int(r) for r in results.get("train_metrics", {})})
+    done = sorted({int(r) for r in results.get("train_metrics", {})})  # rounds that finished (all replies in)
     versions = []
     for server_round in done:
         hospitals = received_hospitals(folder, results, server_round)
@@ -127,7 +123,7 @@ def resume_run(folder: Path) -> Path:
         raise ValueError(f"{folder} received no adapter before it stopped ({status}); run the experiment again.")
     cfg = OmegaConf.load(folder / "config.yaml")
     versions, not_resumed = (_one_shot if strategy == "one_shot" else _fedavg)(folder, results, cfg)
-    delivered = sorted({int(r["hospital"]) for r in results["received"]})
+    delivered = sorted({int(r["hospital"]) for r in received_adapters(results)})
     never = sorted(set(range(int(cfg.simulation.num_hospitals))) - set(delivered))
     if never:
         not_resumed.append(f"hospitals {never} never delivered an adapter and are not asked again (no training here)")

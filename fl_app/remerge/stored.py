@@ -71,7 +71,7 @@ def load_stored_run(folder: Path) -> StoredRun:
     text = results_path.read_text()
     results = json.loads(text)
     stored = stored_adapters(folder, results)
-    n_train = {int(h["id"]): int(h["n_train"]) for h in results.get("hospitals", [])}
+    n_train = {int(h["id"]): int(h["n_train"]) for h in [*results.get("received", []), *results.get("hospitals", [])]}
     hospitals = []
     for entry in sorted(stored, key=lambda v: int(v["hospital"])):
         path = folder / entry["adapter"] / ADAPTER_FILE
@@ -100,7 +100,7 @@ def stored_adapters(folder: Path, results: dict[str, Any], server_round: int = 1
     if results.get("status") == "completed":
         stored = [v for v in results.get("versions", []) if v.get("kind") == "hospital"]
     elif results.get("status") in ("interrupted", "failed") and strategy in ONE_ROUND_STRATEGIES:
-        stored = [r for r in results.get("received", []) if int(r["round"]) == server_round]
+        stored = received_adapters(results, server_round)
     else:
         raise ValueError(
             f"{folder} has status={results.get('status')!r} and strategy={strategy!r}; remerge needs a completed run, "
@@ -113,3 +113,14 @@ def stored_adapters(folder: Path, results: dict[str, Any], server_round: int = 1
             "adapters/hospital-<id>/ (and received/round-1/ as they arrive)."
         )
     return stored
+
+
+def received_adapters(results: dict[str, Any], server_round: int | None = None) -> list[dict[str, Any]]:
+    """results.json `received` entries (of one round), one per hospital, nodes the server refused left out."""
+    refused = {f["node_id"] for f in results.get("failures", []) if f.get("reason") == "rejected"}
+    entries = {}
+    for entry in results.get("received", []):
+        if entry.get("node_id") in refused or (server_round is not None and int(entry["round"]) != server_round):
+            continue
+        entries[(int(entry["round"]), int(entry["hospital"]))] = entry
+    return [entries[key] for key in sorted(entries)]

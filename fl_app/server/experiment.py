@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from fl_app.config import hospital_payload, save_experiment
 from fl_app.data import experiment_tasks, synthetic_stand_ins
 from fl_app.failures import REJECTED, Failure
-from fl_app.protocol import HospitalReply
+from fl_app.protocol import HospitalReply, decode_train_reply
 from fl_app.server.evaluation import decode_scores, evaluation_fields, evaluation_messages
 from fl_app.server.results import RunResults, version_entry
 from fl_app.server.traffic import CountingGrid
@@ -58,29 +58,38 @@ class RunRecorder:
     def bound_nodes(self) -> dict[int, int]:
         return dict(self.results.hospital_of_node)
 
+    def save_arrival(self, reply: Any, server_round: int) -> None:
+        """A train reply just arrived: its adapter goes to received/round-<k>/hospital-<id>/ at once,
+        so an interrupted run keeps it (`scripts/run.py +resume`, `scripts/remerge.py`)."""
+        try:
+            hospital = decode_train_reply(reply)
+        except (KeyError, ValueError):
+            return  # recorded as a failure by the strategy
+        folder = (
+            Path(RECEIVED) / f"round-{server_round or 1}" / f"hospital-{hospital.hospital_id}-node-{hospital.node_id}"
+        )
+        version = ModelVersion(
+            f"hospital-{hospital.hospital_id}",
+            "hospital",
+            hospital.state,
+            hospital.lora_r,
+            hospital.lora_alpha,
+            {"hospital": hospital.hospital_id, "task": hospital.task, "round": server_round or 1},
+        )
+        save_version(self.results.folder / folder, self.cfg, version, version_provenance(version))
+        self.results.data.setdefault("received", []).append(
+            {
+                "round": server_round or 1,
+                "hospital": hospital.hospital_id,
+                **hospital.summary(),
+                "r": hospital.lora_r,
+                "lora_alpha": hospital.lora_alpha,
+                "adapter": str(folder),
+            }
+        )
+        self.results.write()
+
     def record_round(self, server_round: int, hospitals: list[HospitalReply], failures: list[Failure]) -> None:
-        received = self.results.data.setdefault("received", [])
-        for hospital in hospitals:
-            folder = Path(RECEIVED) / f"round-{server_round}" / f"hospital-{hospital.hospital_id}"
-            version = ModelVersion(
-                f"hospital-{hospital.hospital_id}",
-                "hospital",
-                hospital.state,
-                hospital.lora_r,
-                hospital.lora_alpha,
-                {"hospital": hospital.hospital_id, "task": hospital.task, "round": server_round},
-            )
-            save_version(self.results.folder / folder, self.cfg, version, version_provenance(version))
-            received.append(
-                {
-                    "round": server_round,
-                    "hospital": hospital.hospital_id,
-                    "task": hospital.task,
-                    "r": hospital.lora_r,
-                    "lora_alpha": hospital.lora_alpha,
-                    "adapter": str(folder),
-                }
-            )
         refused = {f.node_id for f in failures if f.cause == REJECTED and f.node_id is not None}
         if refused:
             self.grid.exclude(refused)
@@ -138,6 +147,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         )
         results.set(stage="train")
         recorder = RunRecorder(results, cfg, counting)
+        counting.on_train_reply = recorder.save_arrival
         outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, recorder)
         results.set(communication=counting.traffic.summary(hospitals_by_node(results), "train"))
         _save_versions(results, cfg, outcome.versions)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,8 @@ class CountingGrid:
         self._grid = grid
         self.traffic = log or TrafficLog()
         self.excluded: set[int] = set()
+        # Called with (reply, round) for every train reply as it arrives (the results folder saves its adapter).
+        self.on_train_reply: Callable[[Message, int], None] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -126,4 +128,6 @@ class CountingGrid:
                     metrics = reply.content.metric_records.get("metrics")
                     if metrics is not None and "step-seconds" in metrics:
                         transfer.step_seconds = float(metrics["step-seconds"])
+                    if self.on_train_reply is not None and transfer.phase == "train":
+                        self.on_train_reply(reply, transfer.round)
             yield reply
