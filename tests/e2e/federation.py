@@ -5,6 +5,7 @@ Deployment section says (scripts/deploy/), with every process owned by the test 
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import subprocess
 import sys
@@ -75,9 +76,11 @@ class LoopbackFederation:
         done = self.run(DEPLOY / "add_connection.sh", CONNECTION, f"127.0.0.1:{self.port}", self.keys / "ca.pem")
         assert done.returncode == 0, done.stderr
 
-    def register(self, hospital: str) -> None:
+    def register(self, hospital: str) -> int:
+        """Register the hospital's public key; the node id the SuperLink gave it."""
         done = self.run("flwr", "supernode", "register", self.keys / f"{hospital}.pub", CONNECTION)
         assert done.returncode == 0 and "registered successfully" in done.stdout, done.stdout + done.stderr
+        return int(re.search(r"SuperNode (\d+) registered", done.stdout).group(1))
 
     def start_supernode(self, hospital: str, node_config: str, ca: bool = True, max_wait: int = 60) -> subprocess.Popen:
         """A hospital's SuperNode via start_supernode.sh, or, with ca=False, flower-supernode without the CA."""

@@ -4,12 +4,17 @@ per hospital reading its own data (two .npz files and one image folder), `flwr r
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import time
+
 import pytest
 
 from fl_app.data.demo_sites import write_demo_image_folder, write_demo_npz
 from fl_app.server.results import read_results
-from tests.conftest import TINY_SITE
-from tests.e2e.federation import LoopbackFederation
+from tests.conftest import REPO, TINY_SITE
+from tests.e2e.federation import CONNECTION, LoopbackFederation
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")]
 
@@ -46,12 +51,14 @@ def federation(tmp_path_factory):
     write_demo_image_folder(data / "chest", CHEST_CLASSES, n_images=60)
     fed = LoopbackFederation(root)
     try:
-        fed.make_keys([*SITES, "hospital-3", "unregistered"])
+        fed.make_keys([*SITES, "hospital-3", "rogue", "unregistered"])
         fed.start_superlink()
+        fed.node_ids = {}
         for name, (hospital_id, task, path) in SITES.items():
-            fed.register(name)
+            fed.node_ids[hospital_id] = fed.register(name)
             fed.start_supernode(name, node_config(hospital_id, task, data / path))
-        fed.register("hospital-3")
+        fed.node_ids[3] = fed.register("hospital-3")
+        fed.rogue_node = fed.register("rogue")
         fed.wait_online(3)
         yield fed
     finally:
@@ -148,3 +155,63 @@ def test_medforge_progressive_completes_with_an_image_folder_task(federation, on
     assert results is not None and results["status"] == "completed", done.stdout[-3000:]
     assert {h["task"] for h in results["hospitals"]} == {"breastmnist", "pneumoniamnist", "chest"}
     assert any(v["kind"] != "hospital" for v in results["versions"]) and results["failures"] == []
+
+
+def binding(federation) -> str:
+    """The coordinator's node -> hospital map, as a Hydra override."""
+    return "hospital_nodes={" + ",".join(f"{node}:{hospital}" for hospital, node in federation.node_ids.items()) + "}"
+
+
+def test_fedavg_goes_on_when_a_site_dies_and_refuses_an_impostor(federation, one_shot_run):
+    """Hospital 3's SuperNode is killed (SIGKILL, by PID) mid-round 1, and a registered 'rogue' node
+    claims hospital 0: round 2 runs with the sites left, the dead one is named, the impostor is
+    refused and never evaluated."""
+    data = federation.root / "sites"
+    dying = federation.start_supernode("hospital-3", node_config(3, "breastmnist", data / "breastmnist.npz"))
+    rogue = federation.start_supernode("rogue", node_config(0, "breastmnist", data / "breastmnist.npz"))
+    results_dir = federation.root / "fedavg-faults"
+    try:
+        federation.wait_online(5)
+        run = federation.start(
+            [
+                "flwr",
+                "run",
+                REPO,
+                CONNECTION,
+                "--stream",
+                "--run-config",
+                run_config(
+                    results_dir,
+                    "strategy=fedavg",
+                    "strategy.rounds=2",
+                    "strategy.train_timeout_s=120",
+                    "strategy.evaluate_timeout_s=120",
+                    "simulation.num_hospitals=5",
+                    "simulation.slow_hospitals={3:300}",
+                    binding(federation),
+                ),
+            ],
+            "fedavg-faults.log",
+        )
+        deadline = time.time() + 300
+        while (read_results(results_dir) or {}).get("stage") != "train":
+            assert time.time() < deadline and run.poll() is None, federation.log("fedavg-faults.log")[-3000:]
+            time.sleep(1.0)
+        time.sleep(5.0)  # hospital 3 is sleeping in its round-1 ClientApp
+        os.killpg(dying.pid, signal.SIGKILL)
+        dying.wait(timeout=30)
+        run.wait(timeout=600)
+    finally:
+        federation.stop(dying)
+        federation.stop(rogue)
+
+    results = read_results(results_dir)
+    assert results["status"] == "completed", federation.log("fedavg-faults.log")[-3000:]
+    assert [v["name"] for v in results["versions"]] == ["fedavg-round-1", "fedavg-round-2"]
+    dead = [f for f in results["failures"] if f["node_id"] == federation.node_ids[3]]
+    assert dead and all(f["hospital_id"] == 3 and f["reason"] in ("unavailable", "timeout") for f in dead)
+    refused = [f for f in results["failures"] if f["node_id"] == federation.rogue_node]
+    assert [(f["hospital_id"], f["phase"], f["reason"]) for f in refused] == [(0, "train", "rejected")]
+    assert results["versions"][-1]["per_task"]["breastmnist"]["hospitals"] == 1  # the impostor's scores never pooled
+    assert str(federation.rogue_node) not in json.dumps(results["evaluation_traffic"])
+    assert "node-" not in json.dumps(results["communication"])  # every node named as its hospital
