@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     # --out and --force are accepted after the command too (`keys.py hospital hospital-0 --force`)
     anywhere = argparse.ArgumentParser(add_help=False)
     anywhere.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="as --out before the command")
-    anywhere.add_argument("--force", action="store_true", default=argparse.SUPPRESS, help="replace existing files (rotation)")
+    anywhere.add_argument(
+        "--force", action="store_true", default=argparse.SUPPRESS, help="replace existing files (rotation)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("ca", parents=[anywhere], help="create the CA (ca.pem, ca.key)")
     superlink = commands.add_parser(

@@ -82,8 +82,11 @@ class LoopbackFederation:
         assert done.returncode == 0 and "registered successfully" in done.stdout, done.stdout + done.stderr
         return int(re.search(r"SuperNode (\d+) registered", done.stdout).group(1))
 
-    def start_supernode(self, hospital: str, node_config: str, ca: bool = True, max_wait: int = 60) -> subprocess.Popen:
-        """A hospital's SuperNode via start_supernode.sh, or, with ca=False, flower-supernode without the CA."""
+    def start_supernode(
+        self, hospital: str, node_config: str, ca: bool = True, max_wait: int = 60, check: bool = True
+    ) -> subprocess.Popen:
+        """A hospital's SuperNode via start_supernode.sh (check=False: --skip-check, start with bad data),
+        or, with ca=False, flower-supernode without the CA."""
         port = str(free_port())
         if ca:
             command = [
@@ -102,6 +105,7 @@ class LoopbackFederation:
                 str(max_wait),
                 "--threads",
                 "1",
+                *([] if check else ["--skip-check"]),
             ]
         else:
             command = [

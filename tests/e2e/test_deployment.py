@@ -69,7 +69,7 @@ def federation(tmp_path_factory):
 def one_shot_run(federation):
     """One-shot merge with a 4th hospital whose data path is missing (it fails; the run goes on)."""
     broken = federation.start_supernode(
-        "hospital-3", node_config(3, "breastmnist", federation.root / "no-such-file.npz")
+        "hospital-3", node_config(3, "breastmnist", federation.root / "no-such-file.npz"), check=False
     )
     try:
         federation.wait_online(4)
@@ -99,12 +99,24 @@ def test_one_shot_merge_completes_over_tls_with_site_data(one_shot_run):
 
 
 def test_missing_data_path_is_reported_by_the_run(one_shot_run):
-    results, _ = one_shot_run
+    results, done = one_shot_run
 
     failures = [f for f in results["failures"] if f["hospital_id"] == 3]
 
     assert {f["phase"] for f in failures} == {"train", "evaluate"}
     assert all("no-such-file.npz does not exist at this site" in f["error"] for f in failures)
+    streamed = done.stdout  # the coordinator sees it in `flwr run --stream`, not only in results.json
+    assert "train round 1: hospital 3 (node" in streamed and "no-such-file.npz does not exist" in streamed
+
+
+def test_a_site_whose_data_fails_the_check_does_not_start(federation):
+    node = federation.start_supernode("hospital-3", node_config(3, "breastmnist", federation.root / "missing.npz"))
+
+    code = node.wait(timeout=120)
+
+    log = federation.log("supernode-hospital-3.log")
+    assert code == 1 and "check_site: ERROR: data-path=" in log and "missing.npz does not exist" in log
+    assert "pass --skip-check" in log
 
 
 def test_fedavg_two_rounds_completes(federation, one_shot_run):
@@ -119,12 +131,15 @@ def test_fedavg_two_rounds_completes(federation, one_shot_run):
 
 
 def test_unregistered_key_is_refused(federation):
-    node = federation.start_supernode("unregistered", node_config(9, "breastmnist", "/nowhere.npz"), max_wait=15)
+    node = federation.start_supernode(
+        "unregistered", node_config(9, "breastmnist", "/nowhere.npz"), max_wait=15, check=False
+    )
 
     code = node.wait(timeout=90)
 
     assert code != 0
-    assert "Failed to activate SuperNode" in federation.log("supernode-unregistered.log")
+    log = federation.log("supernode-unregistered.log")
+    assert "Failed to activate SuperNode" in log and "unregistered.pub is not registered" in log
 
 
 def test_supernode_without_the_ca_certificate_cannot_connect(federation):
