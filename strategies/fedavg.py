@@ -17,7 +17,14 @@ from omegaconf import DictConfig
 from fl_app.model.adapter import arrayrecord_to_state, state_to_arrayrecord
 from fl_app.protocol import instructions
 from strategies.outcome import ModelVersion, StrategyOutcome
-from strategies.replies import RoundSink, collect_replies, require_enough, train_messages, train_timeout
+from strategies.replies import (
+    EvaluateAfterTraining,
+    RoundSink,
+    collect_replies,
+    require_enough,
+    train_messages,
+    train_timeout,
+)
 
 
 def keywise_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -31,14 +38,14 @@ def keywise_average(states: list[dict[str, torch.Tensor]], weights: list[float])
     return averaged
 
 
-class AdapterFedAvg(FedAvg):
+class AdapterFedAvg(EvaluateAfterTraining, FedAvg):
     """FedAvg (weighted by `num-examples`) that keeps every round's global adapter."""
 
     def __init__(self, cfg: DictConfig, sink: RoundSink) -> None:
         min_hospitals = int(cfg.strategy.min_hospitals)
         super().__init__(
             fraction_train=1.0,
-            fraction_evaluate=0.0,
+            fraction_evaluate=1.0,  # see EvaluateAfterTraining
             min_train_nodes=min_hospitals,
             min_available_nodes=min_hospitals,
         )

@@ -21,17 +21,24 @@ from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import HospitalReply, instructions
 from strategies.merging import hospital_weights, merge_adapters, screen_adapters
 from strategies.outcome import ModelVersion, StrategyOutcome, merged_version
-from strategies.replies import RoundSink, collect_replies, require_enough, train_messages, train_timeout
+from strategies.replies import (
+    EvaluateAfterTraining,
+    RoundSink,
+    collect_replies,
+    require_enough,
+    train_messages,
+    train_timeout,
+)
 
 
-class OneShotMerge(FedAvg):
+class OneShotMerge(EvaluateAfterTraining, FedAvg):
     """Collect every hospital's adapter in one round and merge them in one step."""
 
     def __init__(self, cfg: DictConfig, sink: RoundSink) -> None:
         strategy = cfg.strategy
         super().__init__(
             fraction_train=1.0,
-            fraction_evaluate=0.0,
+            fraction_evaluate=1.0,  # see EvaluateAfterTraining
             min_train_nodes=int(strategy.min_hospitals),
             min_available_nodes=int(strategy.min_hospitals),
         )

@@ -32,6 +32,15 @@ class RoundSink(Protocol):
         ...
 
 
+class EvaluateAfterTraining:
+    """Mixed into a Flower FedAvg: no per-round evaluation by Flower (which, with fraction_evaluate=0,
+    would announce "Federated evaluation will be skipped"); every version is evaluated once, at every
+    hospital, after training (fl_app/server/evaluation.py)."""
+
+    def configure_evaluate(self, server_round: int, arrays: Any, config: Any, grid: Any) -> list[Message]:
+        return []
+
+
 def train_messages(grid: Any, strategy: Any, server_round: int, content: RecordDict) -> list[Message]:
     """One train message with `content` to every node online (at least `strategy.min_hospitals`, within the deadline)."""
     nodes = nodes_for_round(grid, int(strategy.min_hospitals), train_timeout(strategy), server_round)

@@ -260,3 +260,15 @@ def test_labels_that_do_not_fit_the_task_hint_at_task(tmp_path):
 
     with pytest.raises(SiteDataError, match="is task= the right task for this file"):
         load_site(SITE_DATA, site(path), image_size=28, seed=0)
+
+
+def test_preflight_reads_the_site_as_the_supernode_will_and_names_a_missing_file(tmp_path):
+    from fl_app.data.site import preflight
+
+    folder = write_demo_image_folder(tmp_path / "chest", ["normal", "pneumonia"], n_images=40)
+
+    summary = preflight({"hospital-id": 2, "task": "chest", "data-path": str(folder)})
+
+    assert summary.startswith("hospital 2: task chest (2 classes), synthetic data") and "test images" in summary
+    with pytest.raises(SiteDataError, match="missing.npz does not exist at this site"):
+        preflight({"hospital-id": 0, "task": "breastmnist", "data-path": str(tmp_path / "missing.npz")})

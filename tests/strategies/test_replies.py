@@ -54,3 +54,16 @@ def test_too_few_hospitals_online_fails_the_round_at_the_deadline():
         nodes_for_round(Nodes(5), minimum=2, timeout=0.2, server_round=2)
 
     assert time.time() - started < 5
+
+
+@pytest.mark.parametrize("strategy_class", [AdapterFedAvg, OneShotMerge])
+def test_flower_does_not_announce_a_skipped_evaluation_that_then_happens(strategy_class, monkeypatch):
+    import flwr.serverapp.strategy.fedavg as flower_fedavg
+
+    lines = []
+    monkeypatch.setattr(flower_fedavg, "log", lambda level, fmt, *args: lines.append(fmt % args if args else fmt))
+
+    strategy = strategy_class(compose_experiment([]), sink=Sink())
+
+    assert not [line for line in lines if "evaluation will be skipped" in line]
+    assert strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), Nodes(1, 2)) == []
