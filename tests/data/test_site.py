@@ -272,3 +272,11 @@ def test_preflight_reads_the_site_as_the_supernode_will_and_names_a_missing_file
     assert summary.startswith("hospital 2: task chest (2 classes), synthetic data") and "test images" in summary
     with pytest.raises(SiteDataError, match="missing.npz does not exist at this site"):
         preflight({"hospital-id": 0, "task": "breastmnist", "data-path": str(tmp_path / "missing.npz")})
+
+
+def test_the_site_preset_declares_only_tasks_the_demo_sites_hold():
+    from fl_app.config import compose_experiment
+
+    declared = set(compose_experiment(["data=site"]).data.tasks)
+
+    assert declared == {"breastmnist", "pneumoniamnist"}  # + chest, declared by the rehearsal's override
