@@ -26,6 +26,7 @@ class LoopbackFederation:
         self.root = root
         self.keys = root / "keys"
         self.port = free_port()
+        self.fleet_port: int | None = None  # with start_fleet_proxy(): the only port SuperNodes dial
         self.env = {**flower_env(root / "flwr-home"), "PYTHONPATH": str(REPO)}
         self.processes: list[subprocess.Popen] = []
 
@@ -76,6 +77,27 @@ class LoopbackFederation:
         done = self.run(DEPLOY / "add_connection.sh", CONNECTION, f"127.0.0.1:{self.port}", self.keys / "ca.pem")
         assert done.returncode == 0, done.stderr
 
+    def start_fleet_proxy(self) -> None:
+        """scripts/deploy/fleet_proxy.py in front of the SuperLink: SuperNodes dial it, not the SuperLink."""
+        self.fleet_port = free_port()
+        process = self.start(
+            [
+                sys.executable,
+                DEPLOY / "fleet_proxy.py",
+                "--listen",
+                f"127.0.0.1:{self.fleet_port}",
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--keys",
+                self.keys,
+            ],
+            "fleet-proxy.log",
+        )
+        tls = ssl.create_default_context(cafile=str(self.keys / "ca.pem"))
+        wait_until_healthy(
+            process, f"https://127.0.0.1:{self.fleet_port}/health", 60, self.root / "fleet-proxy.log", verify=tls
+        )
+
     def register(self, hospital: str) -> int:
         """Register the hospital's public key; the node id the SuperLink gave it."""
         done = self.run("flwr", "supernode", "register", self.keys / f"{hospital}.pub", CONNECTION)
@@ -92,7 +114,7 @@ class LoopbackFederation:
             command = [
                 DEPLOY / "start_supernode.sh",
                 "--superlink",
-                f"127.0.0.1:{self.port}",
+                f"127.0.0.1:{self.fleet_port or self.port}",
                 "--ca",
                 self.keys / "ca.pem",
                 "--key",
