@@ -16,8 +16,10 @@ terminates TLS with the SuperLink's own certificate and key, and verifies the Su
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ssl
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -60,8 +62,13 @@ def fleet_proxy(upstream: str, ca: Path) -> Starlette:
         kept = {k: v for k, v in reply.headers.items() if k.lower() not in DROPPED_HEADERS | {"content-encoding"}}
         return Response(reply.content, status_code=reply.status_code, headers=kept)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
     route = Route("/{path:path}", forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
-    return Starlette(routes=[route], on_shutdown=[client.aclose])
+    return Starlette(routes=[route], lifespan=lifespan)
 
 
 def main(argv: list[str] | None = None) -> int:
