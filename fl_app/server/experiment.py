@@ -190,7 +190,11 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
 def hospitals_by_node(results: RunResults) -> dict[int, int]:
     """Node id -> hospital id, for the traffic figures: what the server knows (binding, replies),
     then nodes that named themselves failing."""
-    failed = {f["node_id"]: f["hospital_id"] for f in results.data["failures"] if f.get("hospital_id") is not None}
+    failed = {
+        f["node_id"]: f["hospital_id"]
+        for f in results.data["failures"]
+        if f.get("hospital_id") is not None and f.get("reason") != REJECTED  # an impostor is not its claimed hospital
+    }
     return {**failed, **results.hospital_of_node}
 
 

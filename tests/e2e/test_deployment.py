@@ -229,4 +229,6 @@ def test_fedavg_goes_on_when_a_site_dies_and_refuses_an_impostor(federation, one
     assert [(f["hospital_id"], f["phase"], f["reason"]) for f in refused] == [(0, "train", "rejected")]
     assert results["versions"][-1]["per_task"]["breastmnist"]["hospitals"] == 1  # the impostor's scores never pooled
     assert str(federation.rogue_node) not in json.dumps(results["evaluation_traffic"])
-    assert "node-" not in json.dumps(results["communication"])  # every node named as its hospital
+    per_hospital = results["communication"]["per_hospital"]
+    assert per_hospital["3"]["download_bytes"] > 0  # the dead site's traffic is filed under its hospital id
+    assert set(per_hospital) == {"0", "1", "2", "3", f"node-{federation.rogue_node}"}  # never under hospital 0
