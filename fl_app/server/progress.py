@@ -36,7 +36,7 @@ def replies_as_they_arrive(
     received = failed = logged = 0
     last_log = started
     while pending and (timeout is None or time.time() - started < timeout):
-        arrived = list(grid.pull_messages(pending))
+        arrived = [_from_node_asked(reply, sent) for reply in grid.pull_messages(pending)]
         pending -= {reply.metadata.reply_to_message_id for reply in arrived}
         received += len(arrived)
         failed += sum(1 for reply in arrived if reply.has_error())
@@ -65,18 +65,29 @@ def replies_as_they_arrive(
             timeout,
         )
     for message_id in sorted(pending):
-        yield timeout_reply(sent[message_id], timeout)
+        yield timeout_reply(sent[message_id], message_id, timeout)
 
 
-def timeout_reply(message: Message, timeout: float | None) -> Message:
-    """The error reply standing in for a hospital that did not answer `message` within `timeout` seconds."""
+def _from_node_asked(reply: Message, sent: dict[str, Message]) -> Message:
+    """The reply as coming from the node that was asked. When a node stops, the SuperLink answers
+    for it ("Node Unavailable") with its own id as sender; without this the lost hospital could not
+    be named and its traffic would be filed under the SuperLink."""
+    asked = sent.get(reply.metadata.reply_to_message_id)
+    if asked is not None and reply.metadata.src_node_id != asked.metadata.dst_node_id:
+        reply.metadata.__dict__["_src_node_id"] = asked.metadata.dst_node_id
+    return reply
+
+
+def timeout_reply(message: Message, message_id: str, timeout: float | None) -> Message:
+    """The error reply standing in for a hospital that did not answer `message` (pushed as
+    `message_id`) within `timeout` seconds."""
     meta = message.metadata
     reply = Metadata(
         run_id=meta.run_id,
         message_id="",
         src_node_id=meta.dst_node_id,
         dst_node_id=meta.src_node_id,
-        reply_to_message_id=meta.message_id,
+        reply_to_message_id=message_id,
         group_id=meta.group_id,
         created_at=time.time(),
         ttl=meta.ttl,

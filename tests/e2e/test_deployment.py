@@ -177,7 +177,7 @@ def binding(federation) -> str:
     return "hospital_nodes={" + ",".join(f"{node}:{hospital}" for hospital, node in federation.node_ids.items()) + "}"
 
 
-def test_fedavg_goes_on_when_a_site_dies_and_refuses_an_impostor(federation, one_shot_run):
+def test_fedavg_goes_on_when_a_site_dies_and_refuses_an_impostor(federation):
     """Hospital 3's SuperNode is killed (SIGKILL, by PID) mid-round 1, and a registered 'rogue' node
     claims hospital 0: round 2 runs with the sites left, the dead one is named, the impostor is
     refused and never evaluated."""
