@@ -95,7 +95,8 @@ class RunRecorder:
             self.grid.exclude(refused)
             log(WARNING, "Node(s) %s refused: left out of every later phase", sorted(refused))
         for failure in failures:
-            log(WARNING, "train round %d: %s left out (%s)", server_round, failure.describe(), failure.cause)
+            named = failure.named(self.results.hospital_of_node)
+            log(WARNING, "train round %d: %s left out (%s)", server_round, named.describe(), failure.cause)
         self.results.record_round(server_round, hospitals, failures)
 
 
