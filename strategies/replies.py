@@ -11,7 +11,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.common import log
 
 from fl_app.failures import REJECTED, Failure
-from fl_app.protocol import HospitalReply, decode_train_reply, reply_failure
+from fl_app.protocol import HospitalReply, claimed_hospital_id, decode_train_reply, reply_failure
 
 DEFAULT_TRAIN_TIMEOUT_S = 1800.0
 DEFAULT_EVALUATE_TIMEOUT_S = 1800.0
@@ -90,7 +90,13 @@ def collect_replies(
             hospitals.append(decode_train_reply(message))
         except (KeyError, ValueError) as error:
             failures.append(
-                Failure(None, "train", str(error), node_id=message.metadata.src_node_id, round=server_round)
+                Failure(
+                    claimed_hospital_id(message.content),
+                    "train",
+                    str(error),
+                    node_id=message.metadata.src_node_id,
+                    round=server_round,
+                )
             )
     hospitals.sort(key=lambda h: (h.hospital_id, h.node_id))
     return _bound_hospitals(hospitals, failures, server_round, dict(bound or {}))

@@ -27,10 +27,10 @@ from fl_app.server.evaluation import evaluation_fields
 from fl_app.server.results import RESULTS_FILE, read_results, version_entry, write_json_atomic
 from fl_app.server.versions import save_version, version_provenance
 from strategies.fedavg import keywise_average
-from strategies.merging import hospital_weights
-from strategies.one_shot import merge_hospitals, one_shot_versions, screen
+from strategies.one_shot import one_shot_versions
 from strategies.outcome import ModelVersion
 from strategies.replies import require_enough
+from strategies.screening import expected_layout, merge_hospitals, screen, weigh
 
 logger = logging.getLogger("medforge.resume")
 RESUMABLE = ("one_shot", "fedavg")
@@ -65,12 +65,11 @@ def received_hospitals(folder: Path, results: dict[str, Any], server_round: int)
 
 
 def _one_shot(folder: Path, results: dict[str, Any], cfg: DictConfig) -> tuple[list[ModelVersion], list[str]]:
+    """The run's own merge of the received adapters, screened as the run would have."""
     strategy = cfg.strategy
-    hospitals, failures = screen(received_hospitals(folder, results, 1), float(strategy.screen.norm_factor))
+    hospitals, failures, _ = screen(received_hospitals(folder, results, 1), expected_layout(cfg), strategy)
     require_enough(hospitals, failures, int(strategy.min_hospitals), 1)
-    weights = hospital_weights(
-        [h.hospital_id for h in hospitals], [h.n_train for h in hospitals], str(strategy.weighting), strategy.weights
-    )
+    weights = weigh(hospitals, strategy)
     logger.info("Merging %d received adapters with %s", len(hospitals), strategy.merge)
     versions = one_shot_versions(hospitals, weights, merge_hospitals(hospitals, weights, strategy), cfg)
     return versions, []
