@@ -22,6 +22,7 @@ from strategies import get_strategy
 from strategies.outcome import ModelVersion
 from strategies.replies import evaluate_timeout
 
+STOPPED_BY_USER = "Stopped by user"  # Flower's reason when `flwr stop` ended the run
 RECEIVED = "received"  # received/round-<k>/hospital-<id>/: every adapter as it arrived (PEFT format)
 
 
@@ -183,7 +184,9 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         results.finish("interrupted", error=f"stopped during {results.data.get('stage')}")
         raise
     except Exception as error:
-        results.finish("failed", error=f"{type(error).__name__}: {error}")
+        # `flwr stop`: the SuperLink refuses the ServerApp's next call with "... Stopped by user."
+        status = "interrupted" if STOPPED_BY_USER in str(error) else "failed"
+        results.finish(status, error=f"{type(error).__name__}: {error} (during {results.data.get('stage')})")
         raise
     return results
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -232,3 +233,39 @@ def test_fedavg_goes_on_when_a_site_dies_and_refuses_an_impostor(federation):
     per_hospital = results["communication"]["per_hospital"]
     assert per_hospital["3"]["download_bytes"] > 0  # the dead site's traffic is filed under its hospital id
     assert set(per_hospital) == {"0", "1", "2", "3", f"node-{federation.rogue_node}"}  # never under hospital 0
+
+
+def test_flwr_stop_leaves_results_interrupted_with_the_adapters_received(federation):
+    """`flwr stop` while hospital 2 is still training: results.json must not stay `running`."""
+    results_dir = federation.root / "stopped"
+    run = federation.start(
+        [
+            "flwr",
+            "run",
+            REPO,
+            CONNECTION,
+            "--stream",
+            "--run-config",
+            run_config(results_dir, "strategy=fedavg", "strategy.rounds=2", "simulation.slow_hospitals={2:600}"),
+        ],
+        "stopped.log",
+    )
+    try:
+        deadline = time.time() + 300
+        while len((read_results(results_dir) or {}).get("received", [])) < 2:
+            assert time.time() < deadline and run.poll() is None, federation.log("stopped.log")[-3000:]
+            time.sleep(1.0)
+        run_id = re.search(r"Successfully started run (\d+)", federation.log("stopped.log")).group(1)
+
+        stopped = federation.run("flwr", "stop", run_id, CONNECTION)
+
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        while (read_results(results_dir) or {}).get("status") == "running":
+            assert time.time() < deadline + 120, "results.json still says running after flwr stop"
+            time.sleep(1.0)
+    finally:
+        federation.stop(run)
+    results = read_results(results_dir)
+    assert results["status"] == "interrupted", results.get("error")
+    assert sorted(r["hospital"] for r in results["received"]) == [0, 1]
+    assert all((results_dir / r["adapter"] / "adapter_model.safetensors").is_file() for r in results["received"])
