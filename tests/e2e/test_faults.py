@@ -32,7 +32,9 @@ def assert_no_run_processes_left() -> None:
 
 
 def test_a_straggler_past_the_deadline_is_left_out_and_the_merge_goes_on(tmp_path):
-    overrides = ["simulation.slow_hospitals={2:60}", "strategy.train_timeout_s=20", "strategy.min_hospitals=2"]
+    # Two Ray workers: one sleeps with hospital 2, the other trains hospitals 0 and 1 (imports included,
+    # 10-25 s each on busy cores) well before the deadline; hospital 2 evaluates once awake (it is named then).
+    overrides = ["simulation.slow_hospitals={2:150}", "strategy.train_timeout_s=75", "strategy.min_hospitals=2"]
     cfg = compose_experiment(tiny_overrides(tmp_path, *overrides))
 
     run_dir = run_simulation(cfg, tmp_path / "straggler", quiet=True)
