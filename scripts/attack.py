@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from fl_app.attack.attacks import ATTACKS
 from fl_app.attack.defences import DEFENCES
 from fl_app.attack.experiment import attack_cases, run_attacks
-from fl_app.attack.report import legend, markdown_table, plot_accuracy_vs_strength
+from fl_app.attack.report import legend, markdown_table, outcomes_from_rows, plot_accuracy_vs_strength
 from fl_app.remerge import load_stored_run
 
 
@@ -48,8 +48,14 @@ def main(argv: list[str] | None = None) -> Path:
         help="rank of every merged adapter (40 = lossless task arithmetic for 5 hospitals at r=8; TIES/median truncated)",
     )
     parser.add_argument("--data-root", default=None, help="the run's data folder, if it moved")
+    parser.add_argument(
+        "--from-outcomes", type=Path, default=None, help="redraw table and plots from an outcomes.json (no merging)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.from_outcomes:  # redraw only
+        outcomes = outcomes_from_rows(json.loads(args.from_outcomes.read_text()))
+        return write_report(outcomes, args)
     try:
         run = load_stored_run(args.run_dir)
         if args.data_root:
@@ -58,13 +64,17 @@ def main(argv: list[str] | None = None) -> Path:
         outcomes = run_attacks(run, cases, args.hospitals, args.merge_rank)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         parser.exit(2, f"attack.py: error: {error}\n")
+    return write_report(outcomes, args)
+
+
+def write_report(outcomes, args) -> Path:
+    """outcomes.json, table.md and one plot per method and attacker count under --out."""
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "outcomes.json").write_text(json.dumps([o.as_row() for o in outcomes], indent=1))
     table = markdown_table(outcomes)
     (args.out / "table.md").write_text(f"# Poisoning on {args.run_dir}\n\n{table}\n\n{legend()}")
-    for method in args.methods:
-        for k in args.attackers:
-            plot_accuracy_vs_strength(outcomes, method, k, args.out / f"accuracy-vs-strength-{method}-k{k}.png")
+    for method, k in dict.fromkeys((o.case.method, o.case.attackers) for o in outcomes if o.case.attack):
+        plot_accuracy_vs_strength(outcomes, method, k, args.out / f"accuracy-vs-strength-{method}-k{k}.png")
     print(table)
     print(args.out)
     return args.out

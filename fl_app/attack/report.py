@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fl_app.attack.attacks import DESCRIPTIONS  # noqa: E402
 from fl_app.attack.defences import DEFENCES  # noqa: E402
-from fl_app.attack.experiment import CaseOutcome  # noqa: E402
+from fl_app.attack.experiment import AttackCase, CaseOutcome  # noqa: E402
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -60,33 +60,56 @@ def legend() -> str:
     return f"Attacks:\n{attacks}\n\nDefences:\n{defences}\n"
 
 
+def outcomes_from_rows(rows: Sequence[dict]) -> list[CaseOutcome]:
+    """Outcomes read back from outcomes.json (to redraw the table and plots without merging again)."""
+    outcomes = []
+    for r in rows:
+        attack = None if r["attack"] == "none" else r["attack"]
+        case = AttackCase(r["method"], r["defence"], attack, float(r["factor"]), int(r["attackers"]))
+        fields = {
+            k: r[k] for k in ("merged", "cosine", "norm_ratio", "mean_acc", "mean_auc", "attacker_weight", "error")
+        }
+        rejected = {int(h): why for h, why in (r.get("rejected") or {}).items()}
+        outcomes.append(
+            CaseOutcome(case, accepted=r["accepted"], rejected=rejected, honest_rejected=r["honest_rejected"], **fields)
+        )
+    return outcomes
+
+
+METRICS = (("mean_acc", "mean test ACC"), ("mean_auc", "mean test AUC"))
+
+
 def plot_accuracy_vs_strength(outcomes: Sequence[CaseOutcome], method: str, attackers: int, path: Path) -> Path | None:
-    """One panel per attack: factor (log x) vs mean test ACC, one curve per defence, the honest-only merge dashed."""
+    """One column per attack: factor (log x) vs the merged model's test ACC (top) and AUC (bottom), one curve per
+    defence, the honest-only merge dashed."""
     attacked = [o for o in outcomes if o.case.method == method and o.case.attack and o.case.attackers == attackers]
     attacks = list(dict.fromkeys(o.case.attack for o in attacked))
     if not attacks:
         return None
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(2, len(attacks), figsize=(4 * len(attacks), 6.4), sharey="row", squeeze=False)
     ref = honest_reference(outcomes, method, attackers)
-    for ax, attack in zip(axes[0], attacks):
-        for defence in dict.fromkeys(o.case.defence for o in attacked):
-            points = sorted(
-                (o.case.factor, o.mean_acc if o.mean_acc is not None else float("nan"))
-                for o in attacked
-                if o.case.attack == attack and o.case.defence == defence
-            )
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=defence)
-        if ref is not None and ref.mean_acc is not None:
-            ax.axhline(ref.mean_acc, color="black", linestyle="--", linewidth=1, label="honest-only")
-        ax.set_xscale("log")
-        ax.set_title(attack)
-        ax.set_xlabel("attack strength (x honest median norm)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("merged model: mean test ACC")
+    for row, (metric, label) in enumerate(METRICS):
+        for ax, attack in zip(axes[row], attacks):
+            for defence in dict.fromkeys(o.case.defence for o in attacked):
+                points = sorted(
+                    (o.case.factor, getattr(o, metric) if getattr(o, metric) is not None else float("nan"))
+                    for o in attacked
+                    if o.case.attack == attack and o.case.defence == defence
+                )
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=defence)
+            if ref is not None and getattr(ref, metric) is not None:
+                ax.axhline(getattr(ref, metric), color="black", linestyle="--", linewidth=1, label="honest-only")
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(attack)
+            else:
+                ax.set_xlabel("attack strength (x honest median norm)")
+        axes[row][0].set_ylabel(f"merged model: {label}")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.suptitle(f"{method}: {attackers} malicious hospital(s)")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
