@@ -8,6 +8,7 @@ that is importing the ServerApp; a light ClientApp lets Ray and its workers star
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from types import ModuleType
 
@@ -17,6 +18,7 @@ from flwr.clientapp import ClientApp
 app = ClientApp()
 
 ERROR_CODE_HOSPITAL = 1001
+CRASH_EXIT_CODE = 70
 
 
 def _steps() -> ModuleType:
@@ -43,6 +45,9 @@ def train(msg: Message, context: Context) -> Message:
         hospital = steps.hospital_for(experiment, context.node_config)
         if hospital.id in experiment.get("fail_hospitals", []):
             raise RuntimeError("simulated failure (simulation.fail_hospitals)")
+        if hospital.id in experiment.get("crash_hospitals", []):
+            os._exit(CRASH_EXIT_CODE)  # rehearse a hospital process dying mid-round (simulation.crash_hospitals)
+        time.sleep(float(experiment.get("slow_hospitals", {}).get(str(hospital.id), 0)))  # a straggler
         server_round = int(msg.content["config"].get("server-round", 1))
         start = msg.content[steps.ARRAYS] if steps.ARRAYS in msg.content else None
         content = hospital.train(start, server_round, _protocol().calibration_request(msg.content))

@@ -71,7 +71,12 @@ def hospital_payload(cfg: DictConfig) -> str:
     """JSON of what hospitals need to train and evaluate (never anything secret)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     payload = {key: container[key] for key in HOSPITAL_KEYS}
+    # Rehearsals of faults (simulation.*): raise, die mid-round, reply late.
     payload["fail_hospitals"] = list(container["simulation"].get("fail_hospitals") or [])
+    payload["crash_hospitals"] = list(container["simulation"].get("crash_hospitals") or [])
+    payload["slow_hospitals"] = {
+        str(k): float(v) for k, v in (container["simulation"].get("slow_hospitals") or {}).items()
+    }
     payload["data_cache_size"] = int(container["simulation"].get("data_cache_size", DEFAULT_DATA_CACHE))
     return json.dumps(payload, sort_keys=True)
 

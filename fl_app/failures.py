@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+# Why a hospital was left out (results.json `reason`), from the error its reply carries.
+TIMEOUT = "timeout"  # no reply before the phase's deadline (strategy.train_timeout_s / evaluate_timeout_s)
+UNAVAILABLE = "unavailable"  # the SuperLink lost the node (no heartbeat): a SuperNode that stopped or lost its network
+CRASHED = "crashed"  # the hospital's process died (simulation: its Ray worker; deployment: the ClientApp process)
+REJECTED = "rejected"  # the server refused the node (a hospital id it may not claim, or claimed twice)
+ERROR = "error"  # the hospital reported an error (its data, its training) or sent a reply that does not decode
+
+# Error codes of replies the server makes up itself (Flower's own codes are 0-8).
+ERROR_CODE_TIMEOUT = 1002
+# Flower's ErrorCode values (flwr.common.constant.ErrorCode), read without importing Flower here.
+_FLOWER_NODE_UNAVAILABLE, _FLOWER_CLIENT_APP_CRASHED = 5, 8
+_CRASH_MARKERS = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError")
+
+
+def failure_cause(code: int, reason: str) -> str:
+    """The `reason` of a failed reply from its error code (and, for Ray's crashes, its text)."""
+    if code == ERROR_CODE_TIMEOUT:
+        return TIMEOUT
+    if code == _FLOWER_NODE_UNAVAILABLE:
+        return UNAVAILABLE
+    if code == _FLOWER_CLIENT_APP_CRASHED or any(marker in reason for marker in _CRASH_MARKERS):
+        return CRASHED
+    return ERROR
 
 
 @dataclass(frozen=True)
 class Failure:
-    """One hospital left out of a step. `hospital_id` is None when the node never named its hospital."""
+    """One hospital left out of a step. `hospital_id` is None when the server cannot tell which hospital a node is."""
 
     hospital_id: int | None
     phase: str  # train | screen | evaluate
@@ -17,19 +41,27 @@ class Failure:
     round: int | None = None  # the server round (0 for the evaluation)
     tensor: str | None = None  # screen: the offending tensor's key
     problem: str | None = None  # screen: what is wrong with it
+    cause: str = ERROR  # timeout | unavailable | crashed | rejected | error (results.json `reason`)
 
     def as_dict(self) -> dict[str, Any]:
-        """As results.json records it (the reason under `error`; screen details only when set)."""
+        """As results.json records it (the cause under `reason`, the text under `error`; screen details only when set)."""
         record = {
             "node_id": self.node_id,
             "hospital_id": self.hospital_id,
             "round": self.round,
             "phase": self.phase,
+            "reason": self.cause,
             "error": self.reason,
         }
         if self.tensor is not None or self.problem is not None:
             record |= {"tensor": self.tensor, "problem": self.problem}
         return record
+
+    def named(self, hospital_of_node: dict[int, int]) -> Failure:
+        """This failure with its hospital filled in from what the server knows of its node."""
+        if self.hospital_id is not None or self.node_id not in hospital_of_node:
+            return self
+        return replace(self, hospital_id=hospital_of_node[self.node_id])
 
     def describe(self) -> str:
         return f"hospital {self.hospital_id} (node {self.node_id}): {self.reason}"

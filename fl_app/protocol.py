@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fl_app.failures import Failure
+from fl_app.failures import ERROR, Failure, failure_cause
 from fl_app.model.adapter import arrayrecord_to_state, record_dict_bytes
 
 ARRAYS = "arrays"
@@ -186,6 +186,7 @@ def reply_failure(message: Message, server_round: int, phase: str) -> Failure:
         reason=reason.strip().splitlines()[-1][:500] if reason.strip() else reason,
         node_id=message.metadata.src_node_id,
         round=server_round,
+        cause=failure_cause(int(message.error.code), reason) if message.has_error() else ERROR,
     )
 
 

@@ -1,7 +1,11 @@
 """Run an experiment as a real Flower simulation: a private SuperLink, then `flwr run --stream`.
 
 Each run gets its own SuperLink on a free loopback port and its own FLWR_HOME, so runs never
-share state with a user's `~/.flwr`, and every process is stopped (by process group) at the end.
+share state with a user's `~/.flwr`. Every process of the run (the SuperLink, SuperExec,
+flwr-simulation, Ray's raylet, GCS and workers) carries a run tag in its environment; at the end,
+and on SIGINT/SIGTERM, each is stopped and waited on by PID, so none outlives the run. An
+interrupted run's results.json says `status: interrupted`; the adapters it received are on disk
+(`received/`), and `scripts/run.py +resume=<folder>` merges and evaluates them.
 """
 
 from __future__ import annotations
@@ -15,15 +19,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 from omegaconf import DictConfig
 
 from fl_app.config import save_experiment
-from fl_app.server.results import RESULTS_FILE, read_results
+from fl_app.server.results import RESULTS_FILE, read_results, write_json_atomic
 from fl_app.validation import validate_experiment
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -54,20 +60,78 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the whole process group (SuperLink, SuperExec, simulation, Ray), then SIGKILL."""
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
+RUN_TAG = "MEDFORGE_RUN_TAG"  # in the environment of every process a run starts (Ray's included)
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached the run (`signal_name` says which)."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(f"interrupted by {signal_name}")
+        self.signal_name = signal_name
+
+
+def tagged_processes(tag: str) -> list[psutil.Process]:
+    """Live processes whose environment carries `RUN_TAG=tag` (even those re-parented to init)."""
+    found = []
+    for process in psutil.process_iter(["pid", "status"]):
+        if process.pid == os.getpid() or process.info["status"] == psutil.STATUS_ZOMBIE:
             continue
+        try:
+            if process.environ().get(RUN_TAG) == tag:
+                found.append(process)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+def process_tree(process: subprocess.Popen, tag: str | None = None) -> list[psutil.Process]:
+    """`process`, its descendants, and (with `tag`) every process carrying the run tag."""
+    tree: dict[int, psutil.Process] = {}
+    try:
+        root = psutil.Process(process.pid)
+        tree[root.pid] = root
+        tree.update({child.pid: child for child in root.children(recursive=True)})
+    except psutil.NoSuchProcess:
+        pass
+    if tag is not None:
+        tree.update({p.pid: p for p in tagged_processes(tag)})
+    tree.pop(os.getpid(), None)
+    return list(tree.values())
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 10.0, tag: str | None = None) -> list[str]:
+    """Stop `process` and everything it started, waiting on each PID: SIGTERM to the process group
+    and to every process of the tree (and of the run tag), then SIGKILL to what is left after
+    `grace` seconds. Returns the command lines of processes that survived even SIGKILL (none)."""
+    for _ in range(3):  # a process may start children while being stopped: look again
+        tree = process_tree(process, tag)
+        if not tree:
+            break
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            for member in tree:
+                try:
+                    member.send_signal(sig)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            _, tree = psutil.wait_procs(tree, timeout=wait)
+            if not tree:
+                break
+    try:
+        process.wait(timeout=10.0)  # reap the direct child
+    except subprocess.TimeoutExpired:
+        pass
+    survivors = []
+    for member in process_tree(process, tag):
+        try:
+            survivors.append(" ".join(member.cmdline()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return survivors
 
 
 @contextmanager
@@ -78,7 +142,7 @@ def local_superlink(log_path: Path, startup_timeout: float = 60.0) -> Iterator[d
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
-    env = flower_env(flwr_home)
+    env = {**flower_env(flwr_home), RUN_TAG: uuid.uuid4().hex}
     command = [
         "flower-superlink",
         "--insecure",
@@ -100,8 +164,10 @@ def local_superlink(log_path: Path, startup_timeout: float = 60.0) -> Iterator[d
         wait_until_healthy(process, f"http://127.0.0.1:{port}/health", startup_timeout, log_path)
         yield env
     finally:
-        stop_process_group(process)
+        survivors = stop_process_group(process, tag=env[RUN_TAG])
         shutil.rmtree(flwr_home, ignore_errors=True)
+        if survivors:
+            raise RuntimeError(f"processes of the run survived SIGKILL: {survivors}")
 
 
 def wait_until_healthy(
@@ -141,8 +207,48 @@ def flwr_run_command(cfg: DictConfig, config_path: Path, results_dir: Path) -> l
     ]
 
 
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` in the main thread while the run is under way (once:
+    a second Ctrl-C does not cut short the teardown the first one started)."""
+    received: list[str] = []
+
+    def handler(signum: int, _frame) -> None:
+        if received:
+            return
+        received.append(signal.Signals(signum).name)
+        raise Interrupted(received[0])
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def mark_interrupted(results_dir: Path, signal_name: str) -> dict | None:
+    """After every process of the run has stopped: results.json says `interrupted`, when, and what was done."""
+    results = read_results(results_dir)
+    if results is None:
+        return None
+    if results.get("status") in ("running", "failed", "interrupted"):
+        received = sorted({r["hospital"] for r in results.get("received", [])})
+        results["status"] = "interrupted"
+        results["error"] = (
+            f"interrupted by {signal_name} during {results.get('stage', 'start-up')}; "
+            f"adapters received from hospitals {received} are under received/"
+        )
+        results["interrupted"] = {"signal": signal_name, "stage": results.get("stage"), "at": time.time()}
+        write_json_atomic(results_dir / RESULTS_FILE, results)
+    return results
+
+
 def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> Path:
-    """Validate, write the resolved config, run the Flower simulation, return the results folder."""
+    """Validate, write the resolved config, run the Flower simulation, return the results folder.
+
+    SIGINT/SIGTERM stop every process of the run (waited on by PID), mark results.json
+    `interrupted` and raise `Interrupted`."""
     validate_experiment(cfg)
     results_dir = results_dir.resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -152,21 +258,29 @@ def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> P
         )
     config_path = save_experiment(cfg, results_dir / "config.yaml")
     log_path = results_dir / "flower.log"
-    with local_superlink(log_path) as env:
-        with open(log_path, "ab") as log:
+    process = None
+    try:
+        with signals_interrupt(), local_superlink(log_path) as env, open(log_path, "ab") as log:
             process = subprocess.Popen(
                 flwr_run_command(cfg, config_path, results_dir),
                 env=env,
                 cwd=PROJECT_ROOT,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # a terminal's Ctrl-C reaches this process only; it stops the CLI itself
             )
-            for line in process.stdout:
-                log.write(line)
-                if not quiet:
-                    sys.stdout.write(line.decode(errors="replace"))
-                    sys.stdout.flush()
-            process.wait()
+            try:
+                for line in process.stdout:
+                    log.write(line)
+                    if not quiet:
+                        sys.stdout.write(line.decode(errors="replace"))
+                        sys.stdout.flush()
+                process.wait()
+            finally:
+                stop_process_group(process, grace=5.0)
+    except Interrupted as interrupted:
+        mark_interrupted(results_dir, interrupted.signal_name)
+        raise
     results = read_results(results_dir)
     if results is None:
         raise RuntimeError(

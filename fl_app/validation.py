@@ -61,6 +61,20 @@ def validate_experiment(cfg: DictConfig) -> None:
         f"strategy.min_hospitals={strategy.min_hospitals} must be between 1 and "
         f"simulation.num_hospitals={sim.num_hospitals}.",
     )
+    for key in ("train_timeout_s", "evaluate_timeout_s"):
+        _require(
+            strategy.get(key) is None or float(strategy.get(key)) > 0,
+            f"strategy.{key}={strategy.get(key)} must be a positive number of seconds.",
+        )
+    for key in ("crash_hospitals", "fail_hospitals"):
+        _require(
+            all(isinstance(h, int) for h in sim.get(key) or []),
+            f"simulation.{key}={sim.get(key)} must be a list of hospital ids, e.g. [1].",
+        )
+    _require(
+        all(float(s) >= 0 for s in (sim.get("slow_hospitals") or {}).values()),
+        f"simulation.slow_hospitals={sim.get('slow_hospitals')} must map hospital ids to seconds >= 0, e.g. {{1: 60}}.",
+    )
     if strategy.name == "one_shot":
         _require(
             strategy.merge in MERGE_METHODS,

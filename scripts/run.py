@@ -4,14 +4,18 @@
     python scripts/run.py                                  # the default (quickstart) experiment
     python scripts/run.py strategy=fedavg strategy.rounds=3 lora.r=4 seed=1
     python scripts/run.py -m strategy=one_shot,fedavg seed=0,1
+    python scripts/run.py +resume=outputs/<date>/<time>          # merge + evaluate what an interrupted run received
 
 The run ends with a table of every model version (fl_app/report/summary.py); the results folder is
-Hydra's run folder (`hydra.run.dir=...`), and the last line printed is its path.
+Hydra's run folder (`hydra.run.dir=...`), and the last line printed is its path. Ctrl-C (SIGINT)
+or SIGTERM stops every process of the run; results.json then says `status: interrupted` and the
+exit code is 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -19,9 +23,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fl_app.config import experiment_only
+from fl_app.remerge.resume import resume_run
 from fl_app.report.summary import run_summary
 from fl_app.server.results import read_results
-from fl_app.simulation import run_simulation
+from fl_app.simulation import Interrupted, run_simulation
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -29,7 +36,27 @@ def main(cfg: DictConfig) -> str:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if cfg.quiet:
         logging.getLogger().setLevel(logging.WARNING)
-    folder = run_simulation(experiment_only(cfg), Path(HydraConfig.get().runtime.output_dir), quiet=bool(cfg.quiet))
+    if cfg.get("resume"):
+        logging.getLogger().setLevel(logging.WARNING if cfg.quiet else logging.INFO)
+        try:
+            folder = resume_run(Path(str(cfg.resume)))
+        except (FileNotFoundError, ValueError, RuntimeError) as error:
+            print(f"run.py: cannot resume: {error}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        print("\n".join(run_summary(read_results(folder))), flush=True)
+        print(folder, flush=True)
+        return str(folder)
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        folder = run_simulation(experiment_only(cfg), folder, quiet=bool(cfg.quiet))
+    except Interrupted as interrupted:
+        print(
+            f"Interrupted ({interrupted.signal_name}): every process of the run stopped; results so far in {folder.resolve()} "
+            f"(status: interrupted). Resume: scripts/run.py +resume={folder.resolve()}",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(EXIT_CODES[interrupted.signal_name])
     print("\n".join(run_summary(read_results(folder))), flush=True)
     print(folder, flush=True)
     return str(folder)

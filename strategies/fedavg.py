@@ -10,14 +10,21 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig
 
 from fl_app.model.adapter import arrayrecord_to_state, state_to_arrayrecord
 from fl_app.protocol import instructions
 from strategies.outcome import ModelVersion, StrategyOutcome
-from strategies.replies import RoundSink, collect_replies, require_enough
+from strategies.replies import (
+    EvaluateAfterTraining,
+    RoundSink,
+    collect_replies,
+    require_enough,
+    train_messages,
+    train_timeout,
+)
 
 
 def keywise_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -31,30 +38,40 @@ def keywise_average(states: list[dict[str, torch.Tensor]], weights: list[float])
     return averaged
 
 
-class AdapterFedAvg(FedAvg):
+class AdapterFedAvg(EvaluateAfterTraining, FedAvg):
     """FedAvg (weighted by `num-examples`) that keeps every round's global adapter."""
 
-    def __init__(self, cfg: DictConfig, available_nodes: int, sink: RoundSink) -> None:
+    def __init__(self, cfg: DictConfig, sink: RoundSink) -> None:
         min_hospitals = int(cfg.strategy.min_hospitals)
         super().__init__(
             fraction_train=1.0,
-            fraction_evaluate=0.0,
+            fraction_evaluate=1.0,  # see EvaluateAfterTraining
             min_train_nodes=min_hospitals,
-            min_available_nodes=max(min_hospitals, available_nodes),
+            min_available_nodes=min_hospitals,
         )
+        self.cfg = cfg
         self.min_hospitals = min_hospitals
         self.sink = sink
         self.round_states: list[dict[str, torch.Tensor]] = []
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any
+    ) -> Iterable[Message]:
+        """Each round: the hospitals online then, once `min_hospitals` are (a dropped one does not stall the run)."""
+        config["server-round"] = server_round
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return train_messages(grid, self.cfg.strategy, server_round, content)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        hospitals, failures = collect_replies(replies, server_round)
+        hospitals, failures = collect_replies(replies, server_round, self.sink.bound_nodes())
         self.sink.record_round(server_round, hospitals, failures)
         require_enough(hospitals, failures, self.min_hospitals, server_round)
         if len({frozenset(h.state) for h in hospitals}) == 1:
-            good = [m for m in replies if not m.has_error()]
+            accepted = {h.node_id for h in hospitals}
+            good = [m for m in replies if not m.has_error() and m.metadata.src_node_id in accepted]
             arrays, metrics = super().aggregate_train(server_round, good)
         else:
             arrays = state_to_arrayrecord(keywise_average([h.state for h in hospitals], [h.n_train for h in hospitals]))
@@ -65,9 +82,15 @@ class AdapterFedAvg(FedAvg):
 
 def run_fedavg(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink) -> StrategyOutcome:
     """R rounds of FedAvg; versions: the global adapter after each round."""
-    strategy = AdapterFedAvg(cfg, available_nodes=len(list(grid.get_node_ids())), sink=sink)
+    strategy = AdapterFedAvg(cfg, sink=sink)
     rounds = int(cfg.strategy.rounds)
-    strategy.start(grid, ArrayRecord(), num_rounds=rounds, train_config=instructions(experiment_json))
+    strategy.start(
+        grid,
+        ArrayRecord(),
+        num_rounds=rounds,
+        timeout=train_timeout(cfg.strategy),
+        train_config=instructions(experiment_json),
+    )
     versions = [
         ModelVersion(f"fedavg-round-{i}", "fedavg", state, int(cfg.lora.r), float(cfg.lora.alpha), {"round": i})
         for i, state in enumerate(strategy.round_states, start=1)

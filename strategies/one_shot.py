@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from logging import INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig
@@ -20,20 +20,27 @@ from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import HospitalReply, instructions
 from strategies.merging import ScreenAction
 from strategies.outcome import ModelVersion, StrategyOutcome, merged_version
-from strategies.replies import RoundSink, collect_replies, require_enough
+from strategies.replies import (
+    EvaluateAfterTraining,
+    RoundSink,
+    collect_replies,
+    require_enough,
+    train_messages,
+    train_timeout,
+)
 from strategies.screening import expected_layout, merge_hospitals, screen, weigh
 
 
-class OneShotMerge(FedAvg):
+class OneShotMerge(EvaluateAfterTraining, FedAvg):
     """Collect every hospital's adapter in one round and merge them in one step."""
 
-    def __init__(self, cfg: DictConfig, available_nodes: int, sink: RoundSink) -> None:
+    def __init__(self, cfg: DictConfig, sink: RoundSink) -> None:
         strategy = cfg.strategy
         super().__init__(
             fraction_train=1.0,
-            fraction_evaluate=0.0,
+            fraction_evaluate=1.0,  # see EvaluateAfterTraining
             min_train_nodes=int(strategy.min_hospitals),
-            min_available_nodes=max(int(strategy.min_hospitals), available_nodes),
+            min_available_nodes=int(strategy.min_hospitals),
         )
         self.cfg = cfg
         self.sink = sink
@@ -42,11 +49,19 @@ class OneShotMerge(FedAvg):
         self.weights: list[float] = []
         self.screen_actions: list[ScreenAction] = []
 
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any
+    ) -> Iterable[Message]:
+        """Every hospital online, once `min_hospitals` are (Flower's own sampling would wait for ever)."""
+        config["server-round"] = server_round
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return train_messages(grid, self.cfg.strategy, server_round, content)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         strategy = self.cfg.strategy
-        delivered, failures = collect_replies(replies, server_round)
+        delivered, failures = collect_replies(replies, server_round, self.sink.bound_nodes())
         hospitals, rejections, self.screen_actions = screen(
             delivered, expected_layout(self.cfg), strategy, server_round
         )
@@ -69,9 +84,15 @@ class OneShotMerge(FedAvg):
 
 def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink) -> StrategyOutcome:
     """Train once at every hospital, merge once; versions: each hospital's adapter and the merge."""
-    strategy = OneShotMerge(cfg, available_nodes=len(list(grid.get_node_ids())), sink=sink)
+    strategy = OneShotMerge(cfg, sink=sink)
     # Empty initial arrays: every hospital builds the same seeded initial adapter itself.
-    strategy.start(grid, ArrayRecord(), num_rounds=1, train_config=instructions(experiment_json))
+    strategy.start(
+        grid,
+        ArrayRecord(),
+        num_rounds=1,
+        timeout=train_timeout(cfg.strategy),
+        train_config=instructions(experiment_json),
+    )
     versions = one_shot_versions(strategy.hospitals, strategy.weights, strategy.merge_result, cfg)
     screening = [action.as_dict() for action in strategy.screen_actions]
     return StrategyOutcome(

@@ -1,18 +1,25 @@
-"""Sorting a round's replies into hospitals that delivered and hospitals that failed."""
+"""A training round's hospitals: who is asked (within a deadline), who delivered, who failed and why."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+import time
+from collections.abc import Iterable, Mapping
+from logging import INFO
+from typing import Any, Protocol
 
-from flwr.app import Message
+from flwr.app import Message, MessageType, RecordDict
+from flwr.common import log
 
-from fl_app.failures import Failure
+from fl_app.failures import REJECTED, Failure
 from fl_app.protocol import HospitalReply, claimed_hospital_id, decode_train_reply, reply_failure
+
+DEFAULT_TRAIN_TIMEOUT_S = 1800.0
+DEFAULT_EVALUATE_TIMEOUT_S = 1800.0
+POLL_NODES_S = 1.0
 
 
 class NotEnoughHospitals(RuntimeError):
-    """Fewer hospitals delivered an adapter than `strategy.min_hospitals` requires."""
+    """Fewer hospitals delivered an adapter (or were online) than `strategy.min_hospitals` requires."""
 
 
 class RoundSink(Protocol):
@@ -20,9 +27,60 @@ class RoundSink(Protocol):
 
     def record_round(self, server_round: int, hospitals: list[HospitalReply], failures: list[Failure]) -> None: ...
 
+    def bound_nodes(self) -> Mapping[int, int]:
+        """Node id -> hospital id the server trusts so far (configured binding, hospitals accepted)."""
+        ...
 
-def collect_replies(replies: Iterable[Message], server_round: int) -> tuple[list[HospitalReply], list[Failure]]:
-    """Decode good replies; turn errors and undecodable replies into failure records."""
+
+class EvaluateAfterTraining:
+    """Mixed into a Flower FedAvg: no per-round evaluation by Flower (which, with fraction_evaluate=0,
+    would announce "Federated evaluation will be skipped"); every version is evaluated once, at every
+    hospital, after training (fl_app/server/evaluation.py)."""
+
+    def configure_evaluate(self, server_round: int, arrays: Any, config: Any, grid: Any) -> list[Message]:
+        return []
+
+
+def train_messages(grid: Any, strategy: Any, server_round: int, content: RecordDict) -> list[Message]:
+    """One train message with `content` to every node online (at least `strategy.min_hospitals`, within the deadline)."""
+    nodes = nodes_for_round(grid, int(strategy.min_hospitals), train_timeout(strategy), server_round)
+    return [Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN) for node in nodes]
+
+
+def train_timeout(strategy: Any) -> float:
+    """Seconds a training round waits for hospitals (`strategy.train_timeout_s`)."""
+    return float(strategy.get("train_timeout_s") or DEFAULT_TRAIN_TIMEOUT_S)
+
+
+def evaluate_timeout(strategy: Any) -> float:
+    """Seconds the evaluation waits for hospitals (`strategy.evaluate_timeout_s`)."""
+    return float(strategy.get("evaluate_timeout_s") or DEFAULT_EVALUATE_TIMEOUT_S)
+
+
+def nodes_for_round(grid: Any, minimum: int, timeout: float, server_round: int) -> list[int]:
+    """Every connected node once at least `minimum` are (never waits past `timeout`: a dropped
+    hospital must not hang the next round, as Flower's own `sample_nodes` would)."""
+    deadline = time.time() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < minimum:
+        if time.time() >= deadline:
+            raise NotEnoughHospitals(
+                f"Round {server_round}: only {len(nodes)} hospital node(s) online after {timeout:.0f} s, "
+                f"strategy.min_hospitals={minimum}. Start the missing SuperNodes, raise strategy.train_timeout_s "
+                "or lower strategy.min_hospitals."
+            )
+        time.sleep(POLL_NODES_S)
+    log(INFO, "train round %d: asking %d hospital node(s)", server_round, len(nodes))
+    return nodes
+
+
+def collect_replies(
+    replies: Iterable[Message], server_round: int, bound: Mapping[int, int] | None = None
+) -> tuple[list[HospitalReply], list[Failure]]:
+    """Decode good replies; turn errors, undecodable replies and refused hospital ids into failure records.
+
+    `bound`: node id -> hospital id the server already trusts (the coordinator's `hospital_nodes`,
+    hospitals accepted in earlier rounds); a reply claiming another node's hospital is refused.
+    """
     hospitals, failures = [], []
     for message in replies:
         if message.has_error():
@@ -41,23 +99,50 @@ def collect_replies(replies: Iterable[Message], server_round: int) -> tuple[list
                 )
             )
     hospitals.sort(key=lambda h: (h.hospital_id, h.node_id))
-    return _first_of_each_hospital(hospitals, failures, server_round)
+    return _bound_hospitals(hospitals, failures, server_round, dict(bound or {}))
 
 
-def _first_of_each_hospital(
-    hospitals: list[HospitalReply], failures: list[Failure], server_round: int
+def _bound_hospitals(
+    hospitals: list[HospitalReply], failures: list[Failure], server_round: int, bound: dict[int, int]
 ) -> tuple[list[HospitalReply], list[Failure]]:
-    """Two nodes claiming one hospital id (a site's node config copied) would overwrite each other: keep one, report the other."""
-    kept: dict[int, HospitalReply] = {}
+    """Each hospital id from one node only: the node it is bound to; with no binding, a hospital id
+    claimed by two nodes in one round is refused for both (the server cannot tell the genuine one)."""
+    owner = {hospital: node for node, hospital in bound.items()}
+    claims: dict[int, list[HospitalReply]] = {}
     for hospital in hospitals:
-        first = kept.setdefault(hospital.hospital_id, hospital)
-        if first is not hospital:
-            error = (
-                f"hospital-id={hospital.hospital_id} is claimed by nodes {first.node_id} and {hospital.node_id}; "
-                "give each SuperNode its own hospital-id in --node-config"
-            )
-            failures.append(Failure(hospital.hospital_id, "train", error, node_id=hospital.node_id, round=server_round))
-    return list(kept.values()), failures
+        claims.setdefault(hospital.hospital_id, []).append(hospital)
+    kept = []
+    for hospital_id, claimants in claims.items():
+        for hospital in claimants:
+            error = _refusal(hospital, claimants, bound, owner)
+            if error is None:
+                kept.append(hospital)
+            else:
+                failures.append(
+                    Failure(hospital_id, "train", error, node_id=hospital.node_id, round=server_round, cause=REJECTED)
+                )
+    return kept, failures
+
+
+def _refusal(
+    hospital: HospitalReply, claimants: list[HospitalReply], bound: dict[int, int], owner: dict[int, int]
+) -> str | None:
+    node, hospital_id = hospital.node_id, hospital.hospital_id
+    if node in bound and bound[node] != hospital_id:
+        return f"node {node} is hospital {bound[node]}, not hospital-id={hospital_id}; its reply is refused"
+    if hospital_id in owner and owner[hospital_id] != node:
+        return (
+            f"hospital-id={hospital_id} belongs to node {owner[hospital_id]}; node {node} claiming it is refused "
+            "and left out of every later phase"
+        )
+    if hospital_id not in owner and len(claimants) > 1:
+        nodes = ", ".join(str(h.node_id) for h in claimants)
+        return (
+            f"hospital-id={hospital_id} is claimed by nodes {nodes}; give each SuperNode its own hospital-id in "
+            "--node-config, and bind node ids to hospitals with hospital_nodes={node-id: hospital-id} so an "
+            "impostor cannot displace a site"
+        )
+    return None
 
 
 def require_enough(hospitals: list[HospitalReply], failures: list[Failure], minimum: int, server_round: int) -> None:

@@ -6,7 +6,14 @@ from fl_app.failures import Failure
 def test_as_dict_is_the_results_json_form():
     failure = Failure(2, "train", "disk full", node_id=7, round=1)
 
-    assert failure.as_dict() == {"node_id": 7, "hospital_id": 2, "round": 1, "phase": "train", "error": "disk full"}
+    assert failure.as_dict() == {
+        "node_id": 7,
+        "hospital_id": 2,
+        "round": 1,
+        "phase": "train",
+        "reason": "error",
+        "error": "disk full",
+    }
     assert failure.describe() == "hospital 2 (node 7): disk full"
 
 
@@ -14,3 +21,12 @@ def test_screen_failures_name_the_tensor_and_problem():
     failure = Failure(0, "screen", "rejected", node_id=3, round=1, tensor="m.lora_A.weight", problem="NaN")
 
     assert failure.as_dict()["tensor"] == "m.lora_A.weight" and failure.as_dict()["problem"] == "NaN"
+
+
+def test_the_cause_comes_from_the_error_code():
+    from fl_app.failures import ERROR_CODE_TIMEOUT, failure_cause
+
+    assert failure_cause(ERROR_CODE_TIMEOUT, "") == "timeout"
+    assert failure_cause(5, "Error: Node Unavailable") == "unavailable"
+    assert failure_cause(0, "<class 'ray.exceptions.ActorDiedError'>:<'The actor died'>") == "crashed"
+    assert failure_cause(1001, "hospital-id=2: FileNotFoundError") == "error"

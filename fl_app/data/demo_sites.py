@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from fl_app.data.arrays import SPLITS, SplitArrays
+from fl_app.data.site_files import SOURCE_ARRAY, SOURCE_FILE
 from fl_app.data.synthetic import synthetic_images, synthetic_labels, write_npz
 from fl_app.data.tasks import task_info
 
@@ -28,6 +29,9 @@ def write_demo_npz(path: Path, flag: str, n_train: int = 200, n_eval: int = 60, 
     """A small MedMNIST-format file of `flag` (28 px), e.g. a site's `breastmnist.npz`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_npz(path, {split: demo_split(flag, split, n_train if split == "train" else n_eval, seed=seed) for split in SPLITS})
+    with np.load(path) as archive:  # add the marker: results.json records these as synthetic, not medmnist
+        arrays = dict(archive)
+    np.savez_compressed(path, **arrays, **{SOURCE_ARRAY: np.array("synthetic")})
     return path
 
 
@@ -44,4 +48,5 @@ def write_demo_image_folder(path: Path, classes: Sequence[str], n_images: int = 
         folder.mkdir(parents=True, exist_ok=True)
         picture = Image.fromarray(image).resize((40 + 8 * (i % 5),) * 2)
         (picture if i % 3 == 0 else picture.convert("RGB")).save(folder / f"{i:04d}.png")
+    (path / SOURCE_FILE).write_text("synthetic\n")  # results.json records these as synthetic, not images
     return path

@@ -24,7 +24,8 @@ import numpy as np
 from fl_app.data.arrays import SPLITS
 from fl_app.data.hospital import HospitalData, capped, experiment_tasks, split_cap
 from fl_app.data.seeding import derive_seed
-from fl_app.data.site_files import SiteDataError, read_image_folder, read_npz_splits
+from fl_app.data.site_files import SiteDataError, declared_source, read_image_folder, read_npz_splits
+from fl_app.data.tasks import TWO_D_FLAGS
 
 SITE_KEYS: tuple[str, ...] = ("hospital-id", "task", "data-path")
 SIMULATION_KEYS: tuple[str, ...] = ("partition-id", "num-partitions")
@@ -70,9 +71,10 @@ def load_site(data_cfg: Mapping[str, Any], site: SiteConfig, image_size: int, se
         )
     task, path = tasks[site.task], site.data_path
     if path.is_dir():
-        splits, source = read_image_folder(path, task, image_size, derive_seed(0, task.name, "site-split")), "images"
+        splits = read_image_folder(path, task, image_size, derive_seed(0, task.name, "site-split"))
+        source = declared_source(path, "images")
     elif path.is_file() and path.suffix == ".npz":
-        splits, source = read_npz_splits(path, task), "medmnist"
+        splits, source = read_npz_splits(path, task), declared_source(path, "medmnist")
     else:
         state = "is not a .npz file" if path.exists() else "does not exist"
         raise SiteDataError(
@@ -83,3 +85,31 @@ def load_site(data_cfg: Mapping[str, Any], site: SiteConfig, image_size: int, se
         idx = capped(np.arange(len(splits[split])), split_cap(data_cfg, split), derive_seed(seed, task.name, site.hospital_id, split, "cap"))
         splits[split] = splits[split].subset(idx) if len(idx) < len(splits[split]) else splits[split]
     return HospitalData(hospital_id=site.hospital_id, task=task, data_source=source, **splits)
+
+
+def preflight(node_config: Mapping[str, Any], image_size: int = 28) -> str:
+    """Check a site's data as its SuperNode will read it, before it joins (the site admin's check).
+
+    The experiment's task list lives at the coordinator; here a MedMNIST flag is checked against
+    its own classes and a site's own task takes its classes from the folder names. Returns a
+    one-line summary; raises ValueError / SiteDataError naming the problem and the fix.
+    """
+    site = site_config(node_config)
+    if site is None:
+        raise ValueError(f"node_config {dict(node_config)} is a simulated node's; a site uses {EXAMPLE}")
+    path = site.data_path
+    if site.task in TWO_D_FLAGS:
+        spec: dict[str, Any] = {}
+    elif path.is_dir():
+        spec = {"classes": sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))}
+    else:
+        raise SiteDataError(
+            f"task={site.task!r} is not a MedMNIST flag, so its data must be an image folder with one subfolder "
+            f"per class; data-path={path} is not a folder"
+        )
+    data_cfg = {"scenario": "site", "tasks": {site.task: spec}, "max_train": None, "max_eval": None}
+    data = load_site(data_cfg, site, image_size, seed=0)
+    return (
+        f"hospital {data.hospital_id}: task {data.task.name} ({data.task.n_outputs} classes), {data.data_source} data "
+        f"at {path}: {len(data.train)} train, {len(data.val)} val, {len(data.test)} test images"
+    )

@@ -20,8 +20,26 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FOLDER_SPLIT = (0.7, 0.1, 0.2)
 
 
+#: Data that are not patients' (the rehearsal's demo sites) say so: a `data_source` array in the
+#: .npz, a `DATA_SOURCE` file in an image folder; results.json then records that source.
+SOURCE_ARRAY = "data_source"
+SOURCE_FILE = "DATA_SOURCE"
+
+
 class SiteDataError(ValueError):
     """A site's dataset is missing or malformed."""
+
+
+def declared_source(path: Path, default: str) -> str:
+    """The data source a site file or folder declares (`synthetic` for demo data), else `default`."""
+    try:
+        if path.is_dir():
+            marker = path / SOURCE_FILE
+            return marker.read_text().strip() or default if marker.is_file() else default
+        with np.load(path) as archive:
+            return str(archive[SOURCE_ARRAY]) if SOURCE_ARRAY in archive else default
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return default
 
 
 def read_npz_splits(path: Path, task: TaskInfo) -> dict[str, SplitArrays]:

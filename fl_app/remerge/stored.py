@@ -15,6 +15,7 @@ from fl_app.adapter_keys import adapter_state
 from fl_app.server.results import RESULTS_FILE
 
 ADAPTER_FILE = "adapter_model.safetensors"
+ONE_ROUND_STRATEGIES = {"one_shot", "medforge"}  # every adapter a hospital sends is in round 1
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _own_state(state: dict[str, torch.Tensor], task: str) -> dict[str, torch.Ten
 
 
 def load_stored_run(folder: Path) -> StoredRun:
-    """Read a completed run folder that holds its hospitals' adapters, or fail saying what is missing."""
+    """Read a run folder that holds its hospitals' adapters, or fail saying what is missing."""
     folder = Path(folder)
     results_path, config_path = folder / RESULTS_FILE, folder / "config.yaml"
     if not results_path.is_file():
@@ -69,29 +70,57 @@ def load_stored_run(folder: Path) -> StoredRun:
         raise FileNotFoundError(f"{config_path} is missing; remerge rebuilds every hospital's data and model from it.")
     text = results_path.read_text()
     results = json.loads(text)
-    if results.get("status") != "completed":
-        raise ValueError(f"{folder} has status={results.get('status')!r}; remerge needs a completed run.")
-    stored = [v for v in results.get("versions", []) if v.get("kind") == "hospital"]
-    if not stored:
-        raise ValueError(
-            f"{folder} holds no hospital adapters (versions of kind 'hospital'; strategy={results.get('strategy')!r}): "
-            "remerge needs a one_shot run, which keeps every hospital's adapter under adapters/hospital-<id>/."
-        )
-    n_train = {int(h["id"]): int(h["n_train"]) for h in results.get("hospitals", [])}
+    stored = stored_adapters(folder, results)
+    n_train = {int(h["id"]): int(h["n_train"]) for h in [*results.get("received", []), *results.get("hospitals", [])]}
     hospitals = []
-    for version in sorted(stored, key=lambda v: int(v["hospital"])):
-        path = folder / version["adapter"] / ADAPTER_FILE
+    for entry in sorted(stored, key=lambda v: int(v["hospital"])):
+        path = folder / entry["adapter"] / ADAPTER_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: version {version['name']!r} of {folder} lost its adapter.")
-        hospital_id, task = int(version["hospital"]), str(version["task"])
+            raise FileNotFoundError(
+                f"{path} is missing: the adapter of hospital {entry['hospital']} in {folder} is lost."
+            )
+        hospital_id, task = int(entry["hospital"]), str(entry["task"])
         hospitals.append(
             StoredHospital(
                 hospital_id,
                 task,
                 n_train[hospital_id],
                 _own_state(load_file(path), task),
-                int(version["r"]),
-                float(version["lora_alpha"]),
+                int(entry["r"]),
+                float(entry["lora_alpha"]),
             )
         )
     return StoredRun(folder, text, results, OmegaConf.load(config_path), hospitals)
+
+
+def stored_adapters(folder: Path, results: dict[str, Any], server_round: int = 1) -> list[dict[str, Any]]:
+    """The hospital adapters a run keeps: a completed run's versions of kind `hospital`; an
+    interrupted or failed one-round run's adapters as they arrived (`received`, round 1)."""
+    strategy = results.get("strategy")
+    if results.get("status") == "completed":
+        stored = [v for v in results.get("versions", []) if v.get("kind") == "hospital"]
+    elif results.get("status") in ("interrupted", "failed") and strategy in ONE_ROUND_STRATEGIES:
+        stored = received_adapters(results, server_round)
+    else:
+        raise ValueError(
+            f"{folder} has status={results.get('status')!r} and strategy={strategy!r}; remerge needs a completed run, "
+            f"or an interrupted or failed run of {sorted(ONE_ROUND_STRATEGIES)} (its adapters under received/)."
+        )
+    if not stored:
+        raise ValueError(
+            f"{folder} holds no hospital adapters (versions of kind 'hospital', or adapters received before it stopped; "
+            f"strategy={strategy!r}): remerge needs a one_shot run, which keeps every hospital's adapter under "
+            "adapters/hospital-<id>/ (and received/round-1/ as they arrive)."
+        )
+    return stored
+
+
+def received_adapters(results: dict[str, Any], server_round: int | None = None) -> list[dict[str, Any]]:
+    """results.json `received` entries (of one round), one per hospital, nodes the server refused left out."""
+    refused = {f["node_id"] for f in results.get("failures", []) if f.get("reason") == "rejected"}
+    entries = {}
+    for entry in results.get("received", []):
+        if entry.get("node_id") in refused or (server_round is not None and int(entry["round"]) != server_round):
+            continue
+        entries[(int(entry["round"]), int(entry["hospital"]))] = entry
+    return [entries[key] for key in sorted(entries)]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import Message, RecordDict
 
-from fl_app.failures import Failure
+from fl_app.failures import REJECTED, Failure
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.pooled_auc import AUC_BINS, auc_from_histograms, dense_histograms
 from fl_app.protocol import HOSPITAL, METRICS, evaluation_content, reply_failure
@@ -80,14 +80,30 @@ def hospital_scores(content: RecordDict) -> HospitalScores:
     return HospitalScores(int(info["hospital-id"]), str(info["task"]), int(info["n-test"]), metrics)
 
 
-def decode_scores(replies: Iterable[Message]) -> tuple[list[HospitalScores], list[Failure]]:
-    scores, failures = [], []
+def decode_scores(
+    replies: Iterable[Message], bound: Mapping[int, int] | None = None
+) -> tuple[list[HospitalScores], list[Failure], dict[int, int]]:
+    """Each hospital's scores, the failures, and node id -> hospital id of the nodes that answered.
+
+    `bound` (node id -> hospital id the server trusts): a reply claiming a hospital bound to
+    another node is refused, so an impostor's scores are never pooled."""
+    bound = dict(bound or {})
+    owner = {hospital: node for node, hospital in bound.items()}
+    scores, failures, answered = [], [], {}
     for reply in replies:
         if reply.has_error():
             failures.append(reply_failure(reply, 0, "evaluate"))
             continue
-        scores.append(hospital_scores(reply.content))
-    return scores, failures
+        hospital = hospital_scores(reply.content)
+        node = reply.metadata.src_node_id
+        claimed_by = owner.get(hospital.hospital_id, node)
+        if claimed_by != node or bound.get(node, hospital.hospital_id) != hospital.hospital_id:
+            error = f"node {node} claims hospital-id={hospital.hospital_id}, bound to node {claimed_by}; its scores are refused"
+            failures.append(Failure(hospital.hospital_id, "evaluate", error, node_id=node, round=0, cause=REJECTED))
+            continue
+        answered[node] = hospital.hospital_id
+        scores.append(hospital)
+    return scores, failures, answered
 
 
 def per_task_metrics(scores: Sequence[HospitalScores], version: str) -> dict[str, dict[str, float | None]]:

@@ -12,12 +12,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from fl_app.config import hospital_payload, save_experiment
 from fl_app.data import experiment_tasks, synthetic_stand_ins
+from fl_app.failures import REJECTED, Failure
+from fl_app.protocol import HospitalReply, decode_train_reply
 from fl_app.server.evaluation import decode_scores, evaluation_fields, evaluation_messages
 from fl_app.server.results import RunResults, version_entry
 from fl_app.server.traffic import CountingGrid
 from fl_app.server.versions import save_mixture, save_version, version_provenance
 from strategies import get_strategy
 from strategies.outcome import ModelVersion
+from strategies.replies import evaluate_timeout
+
+STOPPED_BY_USER = "Stopped by user"  # Flower's reason when `flwr stop` ended the run
+RECEIVED = "received"  # received/round-<k>/hospital-<id>/: every adapter as it arrived (PEFT format)
 
 
 def wait_for_nodes(grid: Any, minimum: int, timeout: float = 120.0) -> list[int]:
@@ -33,6 +39,66 @@ def wait_for_nodes(grid: Any, minimum: int, timeout: float = 120.0) -> list[int]
             f"Only {len(nodes)} hospital node(s) connected after {timeout:.0f} s; strategy.min_hospitals={minimum}."
         )
     return nodes
+
+
+def bound_nodes(cfg: DictConfig) -> dict[int, int]:
+    """The coordinator's binding of registered node ids to hospital ids (`hospital_nodes`), if any."""
+    return {int(node): int(hospital) for node, hospital in (cfg.get("hospital_nodes") or {}).items()}
+
+
+class RunRecorder:
+    """The `RoundSink` strategies report to: results.json, each adapter on disk as it arrives, and
+    refused nodes taken off the Grid for every later phase."""
+
+    def __init__(self, results: RunResults, cfg: DictConfig, grid: CountingGrid) -> None:
+        self.results, self.cfg, self.grid = results, cfg, grid
+
+    def __getattr__(self, name: str) -> Any:  # everything else (the centralised reference) goes to the results
+        return getattr(self.results, name)
+
+    def bound_nodes(self) -> dict[int, int]:
+        return dict(self.results.hospital_of_node)
+
+    def save_arrival(self, reply: Any, server_round: int) -> None:
+        """A train reply just arrived: its adapter goes to received/round-<k>/hospital-<id>/ at once,
+        so an interrupted run keeps it (`scripts/run.py +resume`, `scripts/remerge.py`)."""
+        try:
+            hospital = decode_train_reply(reply)
+        except (KeyError, ValueError):
+            return  # recorded as a failure by the strategy
+        folder = (
+            Path(RECEIVED) / f"round-{server_round or 1}" / f"hospital-{hospital.hospital_id}-node-{hospital.node_id}"
+        )
+        version = ModelVersion(
+            f"hospital-{hospital.hospital_id}",
+            "hospital",
+            hospital.state,
+            hospital.lora_r,
+            hospital.lora_alpha,
+            {"hospital": hospital.hospital_id, "task": hospital.task, "round": server_round or 1},
+        )
+        save_version(self.results.folder / folder, self.cfg, version, version_provenance(version))
+        self.results.data.setdefault("received", []).append(
+            {
+                "round": server_round or 1,
+                "hospital": hospital.hospital_id,
+                **hospital.summary(),
+                "r": hospital.lora_r,
+                "lora_alpha": hospital.lora_alpha,
+                "adapter": str(folder),
+            }
+        )
+        self.results.write()
+
+    def record_round(self, server_round: int, hospitals: list[HospitalReply], failures: list[Failure]) -> None:
+        refused = {f.node_id for f in failures if f.cause == REJECTED and f.node_id is not None}
+        if refused:
+            self.grid.exclude(refused)
+            log(WARNING, "Node(s) %s refused: left out of every later phase", sorted(refused))
+        for failure in failures:
+            named = failure.named(self.results.hospital_of_node)
+            log(WARNING, "train round %d: %s left out (%s)", server_round, named.describe(), failure.cause)
+        self.results.record_round(server_round, hospitals, failures)
 
 
 def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> RunResults:
@@ -52,7 +118,9 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
             "data_source": None,
             "tasks": list(experiment_tasks(cfg.data)),
             "config": OmegaConf.to_container(cfg, resolve=True),
+            "stage": "waiting for hospitals",
         },
+        hospital_of_node=bound_nodes(cfg),
     )
     try:
         counting = CountingGrid(grid)
@@ -79,38 +147,65 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
             len(nodes),
             list(experiment_tasks(cfg.data)),
         )
-        outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, results)
-        hospital_of_node = hospitals_by_node(results)
-        results.set(communication=counting.traffic.summary(hospital_of_node, "train"))
+        results.set(stage="train")
+        recorder = RunRecorder(results, cfg, counting)
+        counting.on_train_reply = recorder.save_arrival
+        outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, recorder)
+        results.set(communication=counting.traffic.summary(hospitals_by_node(results), "train"))
         _save_versions(results, cfg, outcome.versions)
+        nodes = counting.get_node_ids()  # who is online now, refused nodes left out
+        results.set(stage="evaluate")
         log(INFO, "Evaluating %d model versions at %d hospitals (one message each)", len(outcome.versions), len(nodes))
-        replies = counting.send_and_receive(evaluation_messages(outcome.versions, experiment_json, nodes))
-        scores, failures = decode_scores(replies)
+        replies = counting.send_and_receive(
+            evaluation_messages(outcome.versions, experiment_json, nodes), timeout=evaluate_timeout(cfg.strategy)
+        )
+        scores, failures, answered = decode_scores(replies, results.hospital_of_node)
+        results.learn_nodes(answered)
         results.record_failures(failures)
+        for failure in failures:
+            log(
+                WARNING,
+                "evaluation: %s left out (%s)",
+                failure.named(results.hospital_of_node).describe(),
+                failure.cause,
+            )
         _record_metrics(results, scores)
+        hospital_of_node = hospitals_by_node(results)
         results.set(
             communication=counting.traffic.summary(hospital_of_node, "train"),
             evaluation_traffic=counting.traffic.summary(hospital_of_node, "evaluate"),
             strategy_details=outcome.details,
             timeline={"serverapp_started_at": results.started, **counting.traffic.timeline(hospital_of_node)},
+            stage="done",
         )
         results.finish("completed")
         log(INFO, "MedForge results: %s", results.path)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or the SuperLink stopping the ServerApp (`flwr stop`)
+        results.finish("interrupted", error=f"stopped during {results.data.get('stage')}")
+        raise
     except Exception as error:
-        results.finish("failed", error=f"{type(error).__name__}: {error}")
+        # `flwr stop`: the SuperLink refuses the ServerApp's next call with "... Stopped by user."
+        status = "interrupted" if STOPPED_BY_USER in str(error) else "failed"
+        results.finish(status, error=f"{type(error).__name__}: {error} (during {results.data.get('stage')})")
         raise
     return results
 
 
 def hospitals_by_node(results: RunResults) -> dict[int, int]:
-    """Node id -> hospital id, for the traffic figures: hospitals that delivered and those that named themselves failing."""
-    failed = {f["node_id"]: f["hospital_id"] for f in results.data["failures"] if f.get("hospital_id") is not None}
-    return {**failed, **{h.node_id: h.hospital_id for h in results.hospitals.values()}}
+    """Node id -> hospital id, for the traffic figures: what the server knows (binding, replies),
+    then nodes that named themselves failing."""
+    failed = {
+        f["node_id"]: f["hospital_id"]
+        for f in results.data["failures"]
+        if f.get("hospital_id") is not None and f.get("reason") != REJECTED  # an impostor is not its claimed hospital
+    }
+    return {**failed, **results.hospital_of_node}
 
 
 def _save_versions(results: RunResults, cfg: DictConfig, versions: list[ModelVersion]) -> None:
     """Every version as a PEFT adapter folder, and its entry in results.json."""
     by_name = {version.name: version for version in versions}
+    results.data["versions"] = [v for v in results.data["versions"] if v["name"] not in by_name]
     for version in versions:
         entry = version_entry(version)
         if version.mixture is not None:

@@ -57,12 +57,18 @@ def version_entry(version: ModelVersion) -> dict[str, Any]:
 
 
 class RunResults:
-    """Accumulates the run's facts and rewrites results.json after each change."""
+    """Accumulates the run's facts and rewrites results.json after each change.
 
-    def __init__(self, folder: Path, header: dict[str, Any]) -> None:
+    `hospital_of_node` is what the server knows of which node is which hospital (the coordinator's
+    binding, then every node that named itself); failures of a node that did not name itself
+    (a timeout, a lost SuperNode, a crashed worker) are filled in from it, now or once it is known.
+    """
+
+    def __init__(self, folder: Path, header: dict[str, Any], hospital_of_node: dict[int, int] | None = None) -> None:
         self.folder = folder
         self.started = time.time()
         self.hospitals: dict[int, HospitalReply] = {}
+        self.hospital_of_node: dict[int, int] = dict(hospital_of_node or {})
         self.data: dict[str, Any] = {
             **header,
             "status": "running",
@@ -86,6 +92,7 @@ class RunResults:
         """A training round arrived: keep who delivered (adapters saved at once) and who failed."""
         for hospital in hospitals:
             self.hospitals[hospital.hospital_id] = hospital
+            self.hospital_of_node.setdefault(hospital.node_id, hospital.hospital_id)
         self.set_hospitals([h.summary() for _, h in sorted(self.hospitals.items())])
         self.record_failures(failures)
         self.data.setdefault("train_metrics", {})[str(server_round)] = {
@@ -100,8 +107,17 @@ class RunResults:
         self.data["data_source"] = sources.pop() if len(sources) == 1 else ("mixed" if sources else None)
 
     def record_failures(self, failures: list[Failure]) -> None:
-        """Hospitals left out of a step, as results.json lists them."""
-        self.data["failures"].extend(f.as_dict() for f in failures)
+        """Hospitals left out of a step, as results.json lists them (named from their node when known)."""
+        self.data["failures"].extend(f.named(self.hospital_of_node).as_dict() for f in failures)
+        self.write()
+
+    def learn_nodes(self, hospital_of_node: dict[int, int]) -> None:
+        """Nodes that named their hospital later (e.g. in the evaluation): name their earlier failures too."""
+        for node, hospital in hospital_of_node.items():
+            self.hospital_of_node.setdefault(node, hospital)
+        for failure in self.data["failures"]:
+            if failure["hospital_id"] is None and failure["node_id"] in self.hospital_of_node:
+                failure["hospital_id"] = self.hospital_of_node[failure["node_id"]]
         self.write()
 
     def set(self, **fields: Any) -> None:

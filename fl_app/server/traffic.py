@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import Message
 
+from fl_app.failures import ERROR_CODE_TIMEOUT
 from fl_app.model.adapter import record_dict_bytes
 from fl_app.server.progress import replies_as_they_arrive
 
@@ -76,14 +77,27 @@ class TrafficLog:
 
 
 class CountingGrid:
-    """A Grid proxy that logs the bytes of each message it sends and each reply it receives."""
+    """A Grid proxy that logs the bytes of each message it sends and each reply it receives.
+
+    Nodes the server refused (`exclude`) are no longer listed by `get_node_ids`, so no later
+    phase (a FedAvg round, the evaluation) sends them anything.
+    """
 
     def __init__(self, grid: Any, log: TrafficLog | None = None) -> None:
         self._grid = grid
         self.traffic = log or TrafficLog()
+        self.excluded: set[int] = set()
+        # Called with (reply, round) for every train reply as it arrives (the results folder saves its adapter).
+        self.on_train_reply: Callable[[Message, int], None] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+    def get_node_ids(self) -> list[int]:
+        return [node for node in self._grid.get_node_ids() if node not in self.excluded]
+
+    def exclude(self, node_ids: Iterable[int]) -> None:
+        self.excluded.update(node_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         return list(self.replies_as_they_arrive(messages, timeout=timeout))
@@ -106,11 +120,14 @@ class CountingGrid:
         what = f"{transfer.phase} round {transfer.round}" if transfer.round else transfer.phase
         for reply in replies_as_they_arrive(self._grid, messages, timeout=timeout, what=what):
             transfer = by_node.get(reply.metadata.src_node_id)
-            if transfer is not None:
+            timed_out = reply.has_error() and reply.error.code == ERROR_CODE_TIMEOUT
+            if transfer is not None and not timed_out:
                 transfer.replied_at = time.time()
                 if reply.has_content():
                     transfer.up = record_dict_bytes(reply.content)
                     metrics = reply.content.metric_records.get("metrics")
                     if metrics is not None and "step-seconds" in metrics:
                         transfer.step_seconds = float(metrics["step-seconds"])
+                    if self.on_train_reply is not None and transfer.phase == "train":
+                        self.on_train_reply(reply, transfer.round)
             yield reply

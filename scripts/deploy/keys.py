@@ -148,13 +148,23 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for every key and certificate (default: deploy-keys)",
     )
     parser.add_argument("--force", action="store_true", help="replace existing files (rotation)")
+    # --out and --force are accepted after the command too (`keys.py hospital hospital-0 --force`)
+    anywhere = argparse.ArgumentParser(add_help=False)
+    anywhere.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="as --out before the command")
+    anywhere.add_argument(
+        "--force", action="store_true", default=argparse.SUPPRESS, help="replace existing files (rotation)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("ca", help="create the CA (ca.pem, ca.key)")
-    superlink = commands.add_parser("superlink", help="create the SuperLink TLS certificate signed by the CA")
+    commands.add_parser("ca", parents=[anywhere], help="create the CA (ca.pem, ca.key)")
+    superlink = commands.add_parser(
+        "superlink", parents=[anywhere], help="create the SuperLink TLS certificate signed by the CA"
+    )
     superlink.add_argument(
         "--host", action="append", required=True, help="host name or IP hospitals dial (repeat for several)"
     )
-    hospital = commands.add_parser("hospital", help="create one hospital's node-authentication key pair")
+    hospital = commands.add_parser(
+        "hospital", parents=[anywhere], help="create one hospital's node-authentication key pair"
+    )
     hospital.add_argument("names", nargs="+", help="file names for the key pairs, e.g. hospital-0 hospital-1")
     args = parser.parse_args(argv)
     try:

@@ -31,8 +31,15 @@ done
 for file in ca.pem superlink.pem superlink.key; do
   [[ -f "$keys/$file" ]] || { echo "start_superlink.sh: $keys/$file missing; create it with scripts/deploy/keys.py (README, Deployment)" >&2; exit 2; }
 done
+database="${database:-$keys/superlink.db}"
+if [[ "$database" != ":flwr-in-memory:" ]]; then
+  # The database holds registered keys and every run's messages: private like the keys (SQLite
+  # gives its journal files the database's mode).
+  [[ -e "$database" ]] || (umask 077 && : > "$database")
+  chmod 600 "$database"
+fi
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1
 exec flower-superlink \
   --ssl-ca-certfile "$keys/ca.pem" --ssl-certfile "$keys/superlink.pem" --ssl-keyfile "$keys/superlink.key" \
   --enable-supernode-auth --disable-runtime-dependency-installation --isolation subprocess \
-  --host "$host" --port "$port" --database "${database:-$keys/superlink.db}"
+  --host "$host" --port "$port" --database "$database"

@@ -14,13 +14,16 @@
 #   --threads N            CPU threads of this hospital's training (OMP_NUM_THREADS); default: all cores.
 #                          Where several SuperNodes share a machine (a rehearsal), give each 1: busy
 #                          torch threads competing for cores made one training 20x slower here.
+#   --skip-check           start even if this site's data fails the check below
 #
-# Nothing listens for the outside world: the SuperNode dials out to the SuperLink over HTTPS.
+# First it checks the site's data as the ClientApp will read it (scripts/deploy/check_site.py) and
+# does not start when that fails, printing why. Nothing listens for the outside world: the
+# SuperNode dials out to the SuperLink over HTTPS.
 set -euo pipefail
 # Flower from the checkout's .venv (scripts/install.sh) when there is one, else from PATH.
 venv_bin="$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin"
 [[ -x "$venv_bin/flower-superlink" ]] && PATH="$venv_bin:$PATH"
-superlink="" ca="" key="" node_config="" port=9094 max_wait=600 threads=""
+superlink="" ca="" key="" node_config="" port=9094 max_wait=600 threads="" check=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --superlink) superlink="$2"; shift 2 ;;
@@ -30,7 +33,8 @@ while [[ $# -gt 0 ]]; do
     --port) port="$2"; shift 2 ;;
     --max-wait-time) max_wait="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --skip-check) check=0; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "start_supernode.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -42,5 +46,22 @@ for file in "$ca" "$key"; do
 done
 [[ -z "$threads" ]] || export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1
-exec flower-supernode --superlink "$superlink" --root-certificates "$ca" --auth-supernode-private-key "$key" \
-  --node-config "$node_config" --isolation subprocess --host 127.0.0.1 --port "$port" --max-wait-time "$max_wait"
+python="python3"; [[ -x "$venv_bin/python" ]] && python="$venv_bin/python"
+if [[ $check == 1 ]]; then
+  "$python" "$(dirname "$0")/check_site.py" --node-config "$node_config" \
+    || { echo "start_supernode.sh: this site's data failed the check above; fix it, or pass --skip-check" >&2; exit 1; }
+fi
+# flower-supernode in the background so SIGINT/SIGTERM reach it at once, its output kept to explain a refusal.
+output="$(mktemp)"; trap 'rm -f "$output"' EXIT
+flower-supernode --superlink "$superlink" --root-certificates "$ca" --auth-supernode-private-key "$key" \
+  --node-config "$node_config" --isolation subprocess --host 127.0.0.1 --port "$port" --max-wait-time "$max_wait" \
+  > >(tee "$output") 2>&1 &
+supernode=$!
+trap 'kill -TERM "$supernode" 2>/dev/null' TERM INT
+code=0; wait "$supernode" || code=$?
+while kill -0 "$supernode" 2>/dev/null; do code=0; wait "$supernode" || code=$?; done
+if [[ $code != 0 ]] && grep -q "Failed to activate SuperNode" "$output"; then
+  echo "start_supernode.sh: the SuperLink refused this SuperNode: its public key ${key}.pub is not registered" \
+    "(the coordinator runs: flwr supernode register ${key##*/}.pub <connection>)" >&2
+fi
+exit "$code"

@@ -27,15 +27,15 @@ from strategies.medforge.scoring import CalibrationScorer
 from strategies.medforge.settings import search_settings
 from strategies.merging import hospital_weights, merge_adapters
 from strategies.outcome import ModelVersion, StrategyOutcome, merged_version
-from strategies.replies import RoundSink, collect_replies, require_enough
+from strategies.replies import RoundSink, collect_replies, require_enough, train_messages, train_timeout
 from strategies.screening import expected_layout, screen
 
 
-def train_messages(experiment_json: str, strategy: DictConfig, nodes: Sequence[int]) -> list[Message]:
-    """One train message per node asking for an adapter and a calibration set."""
+def medforge_messages(grid: Any, experiment_json: str, strategy: DictConfig) -> list[Message]:
+    """One train message per node online asking for an adapter and a calibration set."""
     calibration = json.dumps(OmegaConf.to_container(strategy.calibration, resolve=True))
     content = RecordDict({CONFIG: instructions(experiment_json, **{"server-round": 1, "calibration": calibration})})
-    return [Message(content=content, dst_node_id=node, message_type="train") for node in nodes]
+    return train_messages(grid, strategy, 1, content)
 
 
 def arrival_order(hospital_ids: Sequence[int], strategy: DictConfig, seed: int) -> list[int]:
@@ -57,11 +57,12 @@ def arrival_order(hospital_ids: Sequence[int], strategy: DictConfig, seed: int) 
 
 
 def ordered_replies(grid: Any, messages: list[Message], strategy: DictConfig, seed: int) -> Iterator[Message]:
-    """Replies in merge order: as pulled (`arrival`), or all collected then ordered; errors first."""
+    """Replies in merge order: as pulled (`arrival`), or all collected then ordered; errors first.
+    Hospitals that have not replied by `strategy.train_timeout_s` are failures (timeout)."""
     if strategy.order == "arrival":
-        yield from grid.replies_as_they_arrive(messages)
+        yield from grid.replies_as_they_arrive(messages, timeout=train_timeout(strategy))
         return
-    replies = grid.send_and_receive(messages)
+    replies = grid.send_and_receive(messages, timeout=train_timeout(strategy))
     failed = [r for r in replies if r.has_error() or HOSPITAL not in r.content]
     good = {int(r.content[HOSPITAL]["hospital-id"]): r for r in replies if r not in failed}
     yield from failed
@@ -96,9 +97,10 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
     calibration: dict[str, Any] = {}
     screening: list[dict[str, Any]] = []
     layout = expected_layout(cfg)
-    messages = train_messages(experiment_json, strategy, list(grid.get_node_ids()))
+    messages = medforge_messages(grid, experiment_json, strategy)
     for reply in ordered_replies(grid, messages, strategy, seed):
-        hospitals, failed = collect_replies([reply], 1)
+        bound = {**sink.bound_nodes(), **{h.node_id: h.hospital_id for h in delivered}}
+        hospitals, failed = collect_replies([reply], 1, bound)
         calibration_set = decode_calibration(reply.content) if hospitals else None
         if hospitals and calibration_set is None:
             failed = [

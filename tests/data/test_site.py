@@ -106,7 +106,23 @@ def test_npz_site_keeps_its_own_splits(tmp_path):
     data = load_site(SITE_DATA, site(path, hospital_id=4), image_size=28, seed=0)
 
     assert (len(data.train), len(data.val), len(data.test)) == (30, 12, 12)
-    assert data.hospital_id == 4 and data.task.name == "breastmnist" and data.data_source == "medmnist"
+    assert data.hospital_id == 4 and data.task.name == "breastmnist"
+    assert data.data_source == "synthetic"  # the demo file says so; it used to be recorded as medmnist
+
+
+def test_a_site_file_without_the_synthetic_marker_is_medmnist_and_a_folder_is_images(tmp_path):
+    from fl_app.data.site_files import SOURCE_FILE
+
+    demo = write_demo_npz(tmp_path / "demo.npz", "breastmnist", n_train=30, n_eval=12)
+    with np.load(demo) as archive:
+        np.savez(tmp_path / "export.npz", **{k: archive[k] for k in archive if k != "data_source"})
+    folder = write_demo_image_folder(tmp_path / "chest", ["normal", "pneumonia"], n_images=40)
+    (folder / SOURCE_FILE).unlink()
+
+    exported = load_site(SITE_DATA, site(tmp_path / "export.npz"), image_size=28, seed=0)
+    images = load_site(SITE_DATA, site(folder, task="chest"), image_size=28, seed=0)
+
+    assert (exported.data_source, images.data_source) == ("medmnist", "images")
 
 
 def test_npz_site_is_capped_like_a_simulated_hospital(tmp_path):
@@ -159,7 +175,7 @@ def test_image_folder_is_resized_labelled_by_sorted_folder_and_split(tmp_path):
 
     data = load_site(SITE_DATA, site(folder, task="chest"), image_size=32, seed=0)
 
-    assert data.data_source == "images" and data.task.label_names == ("normal", "pneumonia")
+    assert data.data_source == "synthetic" and data.task.label_names == ("normal", "pneumonia")
     assert data.train.images.shape[1:] == (32, 32, 3) and data.train.images.dtype == np.uint8
     assert len(data.train) + len(data.val) + len(data.test) == 40
     n_normal = len(list((folder / "normal").iterdir()))
@@ -244,3 +260,23 @@ def test_labels_that_do_not_fit_the_task_hint_at_task(tmp_path):
 
     with pytest.raises(SiteDataError, match="is task= the right task for this file"):
         load_site(SITE_DATA, site(path), image_size=28, seed=0)
+
+
+def test_preflight_reads_the_site_as_the_supernode_will_and_names_a_missing_file(tmp_path):
+    from fl_app.data.site import preflight
+
+    folder = write_demo_image_folder(tmp_path / "chest", ["normal", "pneumonia"], n_images=40)
+
+    summary = preflight({"hospital-id": 2, "task": "chest", "data-path": str(folder)})
+
+    assert summary.startswith("hospital 2: task chest (2 classes), synthetic data") and "test images" in summary
+    with pytest.raises(SiteDataError, match="missing.npz does not exist at this site"):
+        preflight({"hospital-id": 0, "task": "breastmnist", "data-path": str(tmp_path / "missing.npz")})
+
+
+def test_the_site_preset_declares_only_tasks_the_demo_sites_hold():
+    from fl_app.config import compose_experiment
+
+    declared = set(compose_experiment(["data=site"]).data.tasks)
+
+    assert declared == {"breastmnist", "pneumoniamnist"}  # + chest, declared by the rehearsal's override

@@ -66,3 +66,23 @@ def test_superlink_certificate_needs_the_ca_first(tmp_path):
     )
 
     assert done.returncode == 2 and "run `python scripts/deploy/keys.py ca" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "order",
+    [["hospital", "hospital-0", "--force"], ["--force", "hospital", "hospital-0"]],
+    ids=["force-after-the-command", "force-before-the-command"],
+)
+def test_rotation_as_documented_accepts_force_after_the_command(tmp_path, order):
+    keys.main(["--out", str(tmp_path), "hospital", "hospital-0"])
+    before = (tmp_path / "hospital-0.pub").read_bytes()
+
+    code = keys.main(["--out", str(tmp_path), *order])
+
+    assert code == 0 and (tmp_path / "hospital-0.pub").read_bytes() != before
+
+
+def test_out_after_the_command_is_honoured(tmp_path):
+    assert keys.main(["hospital", "hospital-9", "--out", str(tmp_path)]) == 0
+
+    assert (tmp_path / "hospital-9.pub").is_file()

@@ -5,6 +5,7 @@ Deployment section says (scripts/deploy/), with every process owned by the test 
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import subprocess
 import sys
@@ -25,6 +26,7 @@ class LoopbackFederation:
         self.root = root
         self.keys = root / "keys"
         self.port = free_port()
+        self.fleet_port: int | None = None  # with start_fleet_proxy(): the only port SuperNodes dial
         self.env = {**flower_env(root / "flwr-home"), "PYTHONPATH": str(REPO)}
         self.processes: list[subprocess.Popen] = []
 
@@ -75,18 +77,44 @@ class LoopbackFederation:
         done = self.run(DEPLOY / "add_connection.sh", CONNECTION, f"127.0.0.1:{self.port}", self.keys / "ca.pem")
         assert done.returncode == 0, done.stderr
 
-    def register(self, hospital: str) -> None:
+    def start_fleet_proxy(self) -> None:
+        """scripts/deploy/fleet_proxy.py in front of the SuperLink: SuperNodes dial it, not the SuperLink."""
+        self.fleet_port = free_port()
+        process = self.start(
+            [
+                sys.executable,
+                DEPLOY / "fleet_proxy.py",
+                "--listen",
+                f"127.0.0.1:{self.fleet_port}",
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--keys",
+                self.keys,
+            ],
+            "fleet-proxy.log",
+        )
+        tls = ssl.create_default_context(cafile=str(self.keys / "ca.pem"))
+        wait_until_healthy(
+            process, f"https://127.0.0.1:{self.fleet_port}/health", 60, self.root / "fleet-proxy.log", verify=tls
+        )
+
+    def register(self, hospital: str) -> int:
+        """Register the hospital's public key; the node id the SuperLink gave it."""
         done = self.run("flwr", "supernode", "register", self.keys / f"{hospital}.pub", CONNECTION)
         assert done.returncode == 0 and "registered successfully" in done.stdout, done.stdout + done.stderr
+        return int(re.search(r"SuperNode (\d+) registered", done.stdout).group(1))
 
-    def start_supernode(self, hospital: str, node_config: str, ca: bool = True, max_wait: int = 60) -> subprocess.Popen:
-        """A hospital's SuperNode via start_supernode.sh, or, with ca=False, flower-supernode without the CA."""
+    def start_supernode(
+        self, hospital: str, node_config: str, ca: bool = True, max_wait: int = 60, check: bool = True
+    ) -> subprocess.Popen:
+        """A hospital's SuperNode via start_supernode.sh (check=False: --skip-check, start with bad data),
+        or, with ca=False, flower-supernode without the CA."""
         port = str(free_port())
         if ca:
             command = [
                 DEPLOY / "start_supernode.sh",
                 "--superlink",
-                f"127.0.0.1:{self.port}",
+                f"127.0.0.1:{self.fleet_port or self.port}",
                 "--ca",
                 self.keys / "ca.pem",
                 "--key",
@@ -99,6 +127,7 @@ class LoopbackFederation:
                 str(max_wait),
                 "--threads",
                 "1",
+                *([] if check else ["--skip-check"]),
             ]
         else:
             command = [

@@ -41,7 +41,7 @@ class LocalGrid:
             src_node_id=100 + hospital_id, reply_to_message_id=mid, message_type=message.metadata.message_type
         )
         if hospital_id in self.failing:
-            error = SimpleNamespace(reason=f"hospital-id={hospital_id}: RuntimeError: disk full")
+            error = SimpleNamespace(code=1001, reason=f"hospital-id={hospital_id}: RuntimeError: disk full")
             return SimpleNamespace(error=error, metadata=metadata, has_error=lambda: True, has_content=lambda: False)
         experiment = experiment_of(message.content)
         hospital = simulated_hospital(experiment, hospital_id, self.num_hospitals)

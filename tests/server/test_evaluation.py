@@ -31,3 +31,26 @@ def test_accuracy_pools_by_test_size_and_auc_pools_the_histograms():
     assert per_task["breastmnist"]["auc"] == pytest.approx(3 / 4)  # pairs: (300>100) (300<500) (900>100) (900>500)
     assert per_task["bloodmnist"]["auc"] is None
     assert mean_over_tasks(per_task, "acc") == pytest.approx((0.6 + 0.4) / 2)
+
+
+def test_scores_from_a_node_claiming_a_bound_hospital_are_refused():
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    from fl_app.protocol import HOSPITAL, METRICS
+    from fl_app.server.evaluation import decode_scores
+
+    def reply(node: int, hospital: int) -> SimpleNamespace:
+        content = RecordDict(
+            {
+                HOSPITAL: ConfigRecord({"hospital-id": hospital, "task": "breastmnist", "n-test": 10}),
+                METRICS: MetricRecord({"merged/acc": 0.5}),
+            }
+        )
+        return SimpleNamespace(content=content, metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False)
+
+    scores, failures, answered = decode_scores([reply(100, 0), reply(7, 0), reply(101, 1)], bound={100: 0, 101: 1})
+
+    assert [s.hospital_id for s in scores] == [0, 1] and answered == {100: 0, 101: 1}
+    assert [(f.node_id, f.hospital_id, f.cause) for f in failures] == [(7, 0, "rejected")]

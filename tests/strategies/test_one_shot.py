@@ -52,17 +52,21 @@ def reply(
 
 
 class Sink:
-    def __init__(self) -> None:
+    def __init__(self, bound: dict[int, int] | None = None) -> None:
         self.rounds = []
+        self.bound = bound or {}
 
     def record_round(self, server_round, hospitals, failures):
         self.rounds.append(([h.hospital_id for h in hospitals], [f.as_dict() for f in failures]))
 
+    def bound_nodes(self):
+        return self.bound
 
-def strategy(*overrides: str) -> tuple[OneShotMerge, Sink]:
-    sink = Sink()
+
+def strategy(*overrides: str, bound: dict[int, int] | None = None) -> tuple[OneShotMerge, Sink]:
+    sink = Sink(bound)
     cfg = compose_experiment([*BASE, *overrides])
-    return OneShotMerge(cfg, available_nodes=3, sink=sink), sink
+    return OneShotMerge(cfg, sink=sink), sink
 
 
 def test_an_adapter_with_nan_is_left_out_and_the_reason_recorded():
@@ -126,17 +130,33 @@ def test_method_parameters_from_config_reach_the_merge():
     assert merge.merge_result.params["density"] == 0.5
 
 
-def test_two_nodes_claiming_one_hospital_id_are_not_both_merged():
+def test_two_unbound_nodes_claiming_one_hospital_id_are_both_refused():
     one_shot, sink = strategy()
     twin = reply(1, adapter(2))
-    twin.metadata.src_node_id = 999
+    twin.metadata.src_node_id = 99  # a lower node id than the genuine 101: it used to win
 
-    one_shot.aggregate_train(1, [reply(0, adapter(1)), reply(1, adapter(3)), twin])
+    one_shot.aggregate_train(1, [reply(0, adapter(1)), reply(1, adapter(3)), twin, reply(2, adapter(4))])
 
     _, failures = sink.rounds[0]
-    assert [h.hospital_id for h in one_shot.hospitals] == [0, 1]
-    assert [(f["hospital_id"], f["node_id"]) for f in failures] == [(1, 999)]
+    assert [h.hospital_id for h in one_shot.hospitals] == [0, 2]
+    assert sorted((f["hospital_id"], f["node_id"], f["reason"]) for f in failures) == [
+        (1, 99, "rejected"),
+        (1, 101, "rejected"),
+    ]
     assert "give each SuperNode its own hospital-id" in failures[0]["error"]
+
+
+def test_a_bound_hospital_id_keeps_its_node_and_refuses_an_impostor():
+    one_shot, sink = strategy(bound={100: 0, 101: 1, 102: 2})
+    impostor = reply(0, adapter(2))
+    impostor.metadata.src_node_id = 7  # lower node id, same hospital id, not registered for it
+
+    one_shot.aggregate_train(1, [impostor, reply(0, adapter(1)), reply(1, adapter(3))])
+
+    _, failures = sink.rounds[0]
+    assert [(h.hospital_id, h.node_id) for h in one_shot.hospitals] == [(0, 100), (1, 101)]
+    assert [(f["hospital_id"], f["node_id"], f["reason"]) for f in failures] == [(0, 7, "rejected")]
+    assert "belongs to node 100" in failures[0]["error"]
 
 
 @pytest.mark.parametrize(
