@@ -1,0 +1,94 @@
+"""A synthetic stored run for forge's math: random LoRA factors (linear and Conv2d modules) and heads on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from fl_app.remerge.stored import ADAPTER_FILE, StoredHospital, StoredRun
+from fl_app.server.results import version_entry
+from strategies.merging import split_lora_modules
+from strategies.outcome import ModelVersion
+
+TASKS = ["a", "a", "b", "a"]  # task a has three hospitals, task b one
+N_TRAIN = [30, 50, 20, 40]
+# module -> (A shape without the rank, B shape without the rank): a Linear, a 1x1 and a 3x3 Conv2d
+MODULES = {"m.linear": ((12,), (10,)), "m.pw": ((5, 1, 1), (7,)), "m.conv": ((3, 3, 3), (6,))}
+
+
+def hospital_state(seed: int, task: str, r: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for module, (a_shape, (d_out,)) in MODULES.items():
+        conv = len(a_shape) > 1
+        state[f"{module}.lora_A.weight"] = torch.randn(r, *a_shape, generator=g)
+        state[f"{module}.lora_B.weight"] = torch.randn(d_out, r, *((1, 1) if conv else ()), generator=g)
+    state[f"classifier.heads.{task}.weight"] = torch.randn(3, 4, generator=g)
+    state[f"classifier.heads.{task}.bias"] = torch.randn(3, generator=g)
+    return state
+
+
+def stored_hospitals(ranks=(2, 2, 2, 2), alphas=(4.0, 4.0, 4.0, 4.0)) -> list[StoredHospital]:
+    return [
+        StoredHospital(i, task, n, hospital_state(100 + i, task, r), r, alpha)
+        for i, (task, n, r, alpha) in enumerate(zip(TASKS, N_TRAIN, ranks, alphas))
+    ]
+
+
+def save_state(folder: Path, name: str, state: dict[str, torch.Tensor]) -> None:
+    (folder / "adapters" / name).mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "adapters" / name / ADAPTER_FILE))
+
+
+def make_run(folder: Path, hospitals: list[StoredHospital], versions: list[ModelVersion], entries=None) -> StoredRun:
+    """A StoredRun whose versions are saved under folder/adapters (entries default to `version_entry`)."""
+    hospital_entries = [
+        {"name": f"hospital-{h.id}", "kind": "hospital", "adapter": f"adapters/hospital-{h.id}", "r": h.r,
+         "lora_alpha": h.alpha, "hospital": h.id, "task": h.task}
+        for h in hospitals
+    ]
+    for h in hospitals:
+        save_state(folder, f"hospital-{h.id}", h.state)
+    for v in versions:
+        if v.mixture is None:
+            save_state(folder, v.name, v.state)
+    results = {
+        "status": "completed",
+        "hospitals": [{"id": h.id, "task": h.task, "n_train": h.n_train} for h in hospitals],
+        "versions": hospital_entries + (entries if entries is not None else [version_entry(v) for v in versions]),
+    }
+    text = json.dumps(results)
+    (folder / "results.json").write_text(text)
+    experiment = OmegaConf.create({"strategy": {"merge_rank": None, "scale": 1.0, "weighting": "num_examples"}})
+    return StoredRun(folder, text, results, experiment, hospitals)
+
+
+def dense(version: ModelVersion) -> dict[str, torch.Tensor]:
+    """ΔW per module (flattened kernels) in float64, heads as they are."""
+    scale = version.alpha / version.r
+    lora = {k: v for k, v in version.state.items() if ".lora_" in k}
+    return {m: f.delta().double() for m, f in split_lora_modules(lora, scale).items()}
+
+
+def assert_same_version(got: ModelVersion, want: ModelVersion, tol: float = 1e-5) -> None:
+    """Same ΔW per module (relative Frobenius) and the same heads."""
+    got_delta, want_delta = dense(got), dense(want)
+    assert got_delta.keys() == want_delta.keys()
+    for module, delta in want_delta.items():
+        error = (torch.linalg.norm(got_delta[module] - delta) / torch.linalg.norm(delta)).item()
+        assert error < tol, f"{module}: relative error {error}"
+    got_heads = {k: v for k, v in got.state.items() if ".lora_" not in k}
+    want_heads = {k: v for k, v in want.state.items() if ".lora_" not in k}
+    assert got_heads.keys() == want_heads.keys()
+    for key, tensor in want_heads.items():
+        torch.testing.assert_close(got_heads[key], tensor, rtol=tol, atol=tol)
+
+
+@pytest.fixture
+def hospitals() -> list[StoredHospital]:
+    return stored_hospitals()
