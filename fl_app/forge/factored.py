@@ -49,6 +49,10 @@ def _head_weight(recipe: Recipe, hospital: int) -> float:
     return 1.0 if recipe.method == FUSION else recipe.coefficients[hospital]
 
 
+def _float64(factors: LoraFactors) -> LoraFactors:
+    return LoraFactors(A=factors.A.double(), B=factors.B.double(), scale=factors.scale)
+
+
 def revise_lora(
     version_state: Mapping[str, Tensor],
     version_scale: float,
@@ -66,10 +70,13 @@ def revise_lora(
     merged: dict[str, LoraFactors] = {}
     dropped = 0.0
     for module, factors in version.items():
-        pieces = [factors, *(a[module] for a, _ in adapters)]
+        pieces = [_float64(factors), *(_float64(a[module]) for a, _ in adapters)]
         weights = [ratio, *(c for _, c in adapters)]
-        # stack and re-compress to the members' rank; the error is what the compression dropped
-        merged[module], error = task_arithmetic(pieces, weights, rank=rank)
+        # stack and re-compress to the members' rank in float64: the Gram matrix of the core squares
+        # its singular values, and float32 would blur the smallest kept ones into the dropped noise
+        revised, error = task_arithmetic(pieces, weights, rank=rank)
+        dtype = factors.A.dtype
+        merged[module] = LoraFactors(A=revised.A.to(dtype), B=revised.B.to(dtype), scale=1.0)
         dropped = max(dropped, error)
     width = max(f.rank for f in merged.values())
     padded = {m: pad_rank(f, width) for m, f in merged.items()}

@@ -8,12 +8,25 @@ of the hospitals that remain, with the same method, parameters and weighting rul
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from fl_app.adapter_keys import is_lora_key
+from fl_app.forge.diff import delta_changes
 from fl_app.forge.factored import common_ratio, members_rank, revise_heads, revise_lora
 from fl_app.forge.recipe import FUSION, Recipe, build, recipe_of, revised_coefficients, with_coefficients
-from fl_app.forge.versions import find_hospital, find_version, forge_record, version_scale, version_state
-from fl_app.remerge.stored import StoredHospital, StoredRun
+from fl_app.forge.versions import (
+    check_new_name,
+    commit,
+    evaluate,
+    find_hospital,
+    find_version,
+    fmt,
+    forge_record,
+    version_scale,
+    version_state,
+)
+from fl_app.remerge.stored import StoredHospital, StoredRun, load_stored_run
 from strategies.outcome import ModelVersion
 
 
@@ -87,3 +100,58 @@ def withdrawn_version(
     return revised_version(
         run, entry, recipe, new, hospital, None, name or f"{parent}-without-{hospital_id}", extra, allow_factored
     )
+
+
+def withdraw(
+    run_dir: Path,
+    hospital_id: int,
+    parent: str,
+    name: str | None = None,
+    verify: bool = False,
+    data_root: str | None = None,
+) -> list[str]:
+    """The `withdraw` command: make, evaluate and add the version; with `verify`, compare it with a from-scratch merge."""
+    run = load_stored_run(run_dir)
+    version = withdrawn_version(run, parent, hospital_id, name)
+    check_new_name(run, version.name)
+    versions = [version]
+    if verify:
+        versions.append(withdrawn_version(run, parent, hospital_id, f"{version.name}.scratch", allow_factored=False))
+    entries = evaluate(run, versions, data_root)
+    commit(run, [version], entries[:1])
+    parent_entry = find_version(run.results, parent, run.folder)
+    lines = [f"{version.name}: {parent} without hospital {hospital_id} ({version.details['forge']['path']})"]
+    lines += metric_lines({parent: parent_entry, version.name: entries[0]})
+    if verify:
+        lines += verify_lines(version, versions[1], entries[0], entries[1])
+    return lines
+
+
+def metric_lines(entries: dict[str, dict[str, Any]]) -> list[str]:
+    """Per task ACC/AUC of each named entry, one line per version."""
+    lines = []
+    for name, entry in entries.items():
+        tasks = "  ".join(
+            f"{task} ACC {fmt(m.get('acc'))} AUC {fmt(m.get('auc'))}" for task, m in (entry.get("per_task") or {}).items()
+        )
+        lines.append(f"  {name:32s} mean ACC {fmt(entry.get('mean_acc'))} AUC {fmt(entry.get('mean_auc'))}   {tasks}")
+    return lines
+
+
+def verify_lines(version: ModelVersion, scratch: ModelVersion, entry: dict, scratch_entry: dict) -> list[str]:
+    """How far the withdrawn version is from the from-scratch merge: ΔW per module, heads, metrics."""
+    lines = []
+    if version.mixture is None:
+        changes = delta_changes(scratch.state, scratch.alpha / scratch.r, version.state, version.alpha / version.r)
+        worst = max(c.relative_change for c in changes.values())
+        heads = [
+            (version.state[k].double() - t.double()).abs().max().item()
+            for k, t in scratch.state.items()
+            if not is_lora_key(k)
+        ]
+        lines.append(
+            f"  vs from-scratch merge: max relative ΔW difference over {len(changes)} modules {worst:.2e}, "
+            f"max head difference {max(heads, default=0.0):.2e}"
+        )
+    lines += metric_lines({"from scratch": scratch_entry})
+    return lines
