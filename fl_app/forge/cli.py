@@ -57,9 +57,7 @@ def cmd_withdraw(args: argparse.Namespace) -> None:
 def cmd_recommit(args: argparse.Namespace) -> None:
     from fl_app.forge.recommit import recommit
 
-    lines = recommit(
-        args.run_dir, args.hospital, args.adapter, args.source, args.name, args.n_train, args.data_root
-    )
+    lines = recommit(args.run_dir, args.hospital, args.adapter, args.source, args.name, args.n_train, args.data_root)
     print("\n".join(lines))
 
 

@@ -37,7 +37,9 @@ def delta_changes(
     b = split_lora_modules(lora_state(second), second_scale)
     missing = sorted(a.keys() ^ b.keys())
     if missing:
-        raise ValueError(f"the two versions adapt different modules (only in one: {missing[:5]}); diff needs the same ones.")
+        raise ValueError(
+            f"the two versions adapt different modules (only in one: {missing[:5]}); diff needs the same ones."
+        )
     changes = {}
     for module in a:
         Ba, Aa = a[module].scale * a[module].B.double(), a[module].A.double()

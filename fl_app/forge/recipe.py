@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
-from fl_app.adapter_keys import lora_state
-from fl_app.remerge.stored import StoredHospital, StoredRun
+from fl_app.adapter_keys import adapter_state, lora_state
+from fl_app.remerge.stored import ADAPTER_FILE, StoredHospital, StoredRun
 from strategies.medforge.branches import task_heads
 from strategies.medforge.fusion import fuse
 from strategies.merging import (
@@ -48,6 +49,9 @@ class Recipe:
     form: str = "delta"  # fusion: delta | factors
     r: int | None = None  # mixture: the components' LoRA shape
     alpha: float | None = None
+    sources: dict[int, str] = field(
+        default_factory=dict
+    )  # hospital id -> the commit version of its adapter, if not hospital-<id>
 
     @property
     def hospitals(self) -> list[int]:
@@ -65,6 +69,8 @@ class Recipe:
     def details(self) -> dict[str, Any]:
         """What a forge-made version records so that the next withdraw or recommit reads it back."""
         details: dict[str, Any] = {"method": self.method, "hospitals": self.hospitals}
+        if self.sources:
+            details["sources"] = {str(h): name for h, name in self.sources.items()}
         if self.method in (FUSION, MIXTURE):
             details["coefficients"] = list(self.coefficients.values())
             if self.method == FUSION:
@@ -80,6 +86,42 @@ class Recipe:
 
 def _hospital_n_train(run: StoredRun) -> dict[int, int]:
     return {h.id: h.n_train for h in run.hospitals}
+
+
+def committed_hospital(run: StoredRun, name: str) -> StoredHospital:
+    """A hospital's adapter that `recommit` added as version `name` (kind commit)."""
+    entry = next((v for v in run.results["versions"] if v["name"] == name), None)
+    if entry is None or entry.get("kind") != "commit":
+        raise ValueError(
+            f"{run.folder} has no committed adapter {name!r} (a version of kind 'commit' that recommit adds)."
+        )
+    path = run.folder / entry["adapter"] / ADAPTER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the committed adapter {name!r} of {run.folder} is gone.")
+    task = str(entry["task"])
+    state = adapter_state(load_file(path), [task])
+    return StoredHospital(
+        int(entry["hospital"]), task, int(entry["n_train"]), state, int(entry["r"]), float(entry["lora_alpha"])
+    )
+
+
+def members_of(run: StoredRun, recipe: Recipe) -> dict[int, StoredHospital]:
+    """The adapters a version's hospitals contributed: the stored ones, or those a recommit replaced them with."""
+    stored = {h.id: h for h in run.hospitals}
+    members = {}
+    for hospital in recipe.hospitals:
+        if hospital in recipe.sources:
+            members[hospital] = committed_hospital(run, recipe.sources[hospital])
+        elif hospital in stored:
+            members[hospital] = stored[hospital]
+        else:
+            raise ValueError(f"hospital {hospital} of this version has no stored adapter in {run.folder}.")
+    return members
+
+
+def _component_hospital(component: str) -> int:
+    """The hospital of a mixture component: `hospital-<id>`, or a recommitted `hospital-<id>.<n>`."""
+    return int(component.removeprefix("hospital-").split(".")[0])
 
 
 def _infer_weighting(weights: Mapping[int, float], n_train: Mapping[int, int]) -> str:
@@ -120,8 +162,14 @@ def _fusion_coefficients(results: Mapping[str, Any], entry: Mapping[str, Any]) -
 
 def recipe_of(run: StoredRun, entry: Mapping[str, Any]) -> Recipe:
     """The recipe of a version of the run (its results.json entry), or a ValueError saying why there is none."""
+    recipe = _recipe_of(run, entry)
+    sources = {int(h): str(v) for h, v in (entry.get("sources") or {}).items() if int(h) in recipe.coefficients}
+    return replace(recipe, sources=sources)
+
+
+def _recipe_of(run: StoredRun, entry: Mapping[str, Any]) -> Recipe:
     name, method = entry["name"], entry.get("method")
-    if entry.get("kind") == "hospital":
+    if entry.get("kind") in ("hospital", "commit"):
         raise ValueError(
             f"version {name!r} is hospital {entry.get('hospital')}'s own adapter, not a merge; "
             "withdraw, recommit and credit work on merged versions (e.g. 'merged')."
@@ -132,7 +180,7 @@ def recipe_of(run: StoredRun, entry: Mapping[str, Any]) -> Recipe:
             "forge works on merged versions with provenance (one_shot, medforge, remerge or forge versions)."
         )
     if method == MIXTURE:
-        coefficients = {int(k.removeprefix("hospital-")): float(c) for k, c in entry["mixture"].items()}
+        coefficients = {_component_hospital(k): float(c) for k, c in entry["mixture"].items()}
         return Recipe(MIXTURE, coefficients, r=int(entry["r"]), alpha=float(entry["lora_alpha"]))
     if method == FUSION:
         return Recipe(FUSION, _fusion_coefficients(run.results, entry), form=str(entry.get("form", "delta")))
@@ -179,7 +227,7 @@ def build(run: StoredRun, recipe: Recipe, name: str, hospitals: Sequence[StoredH
             int(recipe.r),
             float(recipe.alpha),
             details,
-            mixture={f"hospital-{h}": c for h, c in zip(ids, coefficients)},
+            mixture={recipe.sources.get(h, f"hospital-{h}"): c for h, c in zip(ids, coefficients)},
         )
     if recipe.method == FUSION:
         adapters = [split_lora_modules(lora_state(h.state), h.scale) for h in hospitals]

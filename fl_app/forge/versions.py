@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from fl_app.forge.recipe import committed_hospital
 from fl_app.remerge.evaluate import evaluate_at_hospitals
 from fl_app.remerge.run import add_versions
 from fl_app.remerge.stored import ADAPTER_FILE, StoredHospital, StoredRun
@@ -72,17 +73,27 @@ def check_new_name(run: StoredRun, name: str) -> None:
 
 
 def component_versions(run: StoredRun) -> dict[str, ModelVersion]:
-    """The run's hospital adapters as versions: what a mixture's components are."""
-    return {
+    """The run's hospital adapters (and those recommitted) as versions: what a mixture's components are."""
+    components = {
         f"hospital-{h.id}": ModelVersion(f"hospital-{h.id}", "hospital", h.state, h.r, h.alpha) for h in run.hospitals
     }
+    for entry in run.results["versions"]:
+        if entry.get("kind") == "commit":
+            h = committed_hospital(run, entry["name"])
+            components[entry["name"]] = ModelVersion(entry["name"], "commit", h.state, h.r, h.alpha)
+    return components
 
 
 def evaluate(run: StoredRun, versions: Sequence[ModelVersion], data_root: str | None = None) -> list[dict[str, Any]]:
     """Every version's results.json entry with its test metrics at every hospital (in this process)."""
     experiment = run.experiment if data_root is None else OmegaConf.merge(run.experiment, {"data": {"root": data_root}})
-    needed = {c for v in versions if v.mixture for c in v.mixture}
-    components = [v for name, v in component_versions(run).items() if name in needed]
+    given = {v.name for v in versions}
+    needed = {c for v in versions if v.mixture for c in v.mixture} - given
+    available = component_versions(run)
+    missing = sorted(needed - available.keys())
+    if missing:
+        raise ValueError(f"mixture components {missing} are neither stored hospital adapters nor new versions.")
+    components = [available[name] for name in sorted(needed)]
     recorded = {int(h["id"]): h for h in run.results.get("hospitals", [])}
     scores = evaluate_at_hospitals(experiment, [*versions, *components], run.evaluated_hospitals, recorded)
     return [{**version_entry(v), **evaluation_fields(scores, v.name)} for v in versions]
@@ -92,9 +103,11 @@ def commit(run: StoredRun, versions: Sequence[ModelVersion], entries: Sequence[d
     """Add evaluated versions to the run (adapters, then results.json); the existing ones stay byte-identical."""
     for version in versions:
         check_new_name(run, version.name)
-    add_versions(run, versions, entries, component_versions(run))
+    add_versions(run, versions, entries, component_versions(run) | {v.name: v for v in versions})
     for entry in entries:
-        logger.info("Added version %s: mean ACC %s, mean AUC %s", entry["name"], fmt(entry["mean_acc"]), fmt(entry["mean_auc"]))
+        logger.info(
+            "Added version %s: mean ACC %s, mean AUC %s", entry["name"], fmt(entry["mean_acc"]), fmt(entry["mean_auc"])
+        )
 
 
 def forge_record(command: str, **fields: Any) -> dict[str, Any]:

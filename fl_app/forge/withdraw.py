@@ -8,18 +8,26 @@ of the hospitals that remain, with the same method, parameters and weighting rul
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fl_app.adapter_keys import is_lora_key
 from fl_app.forge.diff import delta_changes
 from fl_app.forge.factored import common_ratio, members_rank, revise_heads, revise_lora
-from fl_app.forge.recipe import FUSION, Recipe, build, recipe_of, revised_coefficients, with_coefficients
+from fl_app.forge.recipe import (
+    FUSION,
+    Recipe,
+    build,
+    members_of,
+    recipe_of,
+    revised_coefficients,
+    with_coefficients,
+)
 from fl_app.forge.versions import (
     check_new_name,
     commit,
     evaluate,
-    find_hospital,
     find_version,
     fmt,
     forge_record,
@@ -48,37 +56,41 @@ def revised_version(
     entry: dict[str, Any],
     recipe: Recipe,
     new: Recipe,
-    hospital: StoredHospital,
+    members: dict[int, StoredHospital],
+    hospital_id: int,
     replacement: StoredHospital | None,
     name: str,
     extra: dict[str, Any],
     allow_factored: bool = True,
 ) -> ModelVersion:
-    """The version `new` describes, by the factored path where exact, else rebuilt from stored adapters.
+    """The version `new` describes, by the factored path where exact, else rebuilt from the members' adapters.
 
-    `hospital` leaves (its stored adapter), `replacement` (a recommit) takes its place, or nobody.
+    `members` are the parent's hospitals and their adapters; `hospital_id` leaves, and `replacement`
+    (a recommit) takes its place, or nobody.
     """
-    members = new.hospitals
+    hospital = members[hospital_id]
+    after = {h: m for h, m in members.items() if h != hospital_id} | (
+        {hospital_id: replacement} if replacement is not None else {}
+    )
     truncated = bool(entry.get("relative_error")) or recipe.rank is not None
-    ratio = common_ratio(recipe, new, [h for h in members if h != hospital.id])
+    ratio = common_ratio(recipe, new, [h for h in new.hospitals if h != hospital_id])
     if allow_factored and recipe.linear and not truncated and ratio is not None:
         state = version_state(run, entry)
         scale = recipe.scale if recipe.method != FUSION else 1.0
-        terms = [(hospital, -ratio * scale * recipe.coefficients[hospital.id])]
+        terms = [(hospital, -ratio * scale * recipe.coefficients[hospital_id])]
         if replacement is not None:
-            terms.append((replacement, scale * new.coefficients[hospital.id]))
-        ranks = {h.id: h.r for h in run.hospitals} | ({hospital.id: replacement.r} if replacement else {})
-        lora, rank, dropped = revise_lora(state, version_scale(entry), terms, ratio, members_rank(ranks, members))
-        tasks = {h.id: h.task for h in run.hospitals}
+            terms.append((replacement, scale * new.coefficients[hospital_id]))
+        rank_needed = members_rank({h: m.r for h, m in after.items()}, new.hospitals)
+        lora, rank, dropped = revise_lora(state, version_scale(entry), terms, ratio, rank_needed)
+        tasks = {h: m.task for h, m in members.items()}
         heads = revise_heads(state, recipe, new, hospital, replacement, tasks)
         details = new.details() | extra
         details["forge"] = details["forge"] | {"path": "factored", "compression_error": dropped}
         if recipe.method != FUSION:
             details |= {"params": new.params, "exact": True, "relative_error": 0.0, "rank": rank}
         return ModelVersion(name, "merged", {**lora, **heads}, rank, rank, details)
-    by_id = {h.id: h for h in run.hospitals} | ({hospital.id: replacement} if replacement else {})
     extra = extra | {"forge": extra["forge"] | {"path": "recomputed"}}
-    return build(run, new, name, [by_id[h] for h in members], **extra)
+    return build(run, new, name, [after[h] for h in new.hospitals], **extra)
 
 
 def withdrawn_version(
@@ -87,19 +99,19 @@ def withdrawn_version(
     """Version `parent` without hospital `hospital_id` (not evaluated, not saved)."""
     entry = find_version(run.results, parent, run.folder)
     recipe = recipe_of(run, entry)
-    members = _members(recipe, hospital_id, parent)
-    hospital = find_hospital(run, hospital_id)
-    n_train = {h.id: h.n_train for h in run.hospitals}
-    new = with_coefficients(recipe, revised_coefficients(recipe, members, n_train))
+    remaining = _members(recipe, hospital_id, parent)
+    members = members_of(run, recipe)
+    n_train = {h: m.n_train for h, m in members.items()}
+    new = with_coefficients(recipe, revised_coefficients(recipe, remaining, n_train))
+    new = replace(new, sources={h: v for h, v in recipe.sources.items() if h != hospital_id})
     extra = {
         "parent": parent,
         "withdrawn": [hospital_id],
         "label": f"{entry.get('label') or entry['name']} without hospital {hospital_id}",
         "forge": forge_record("withdraw"),
     }
-    return revised_version(
-        run, entry, recipe, new, hospital, None, name or f"{parent}-without-{hospital_id}", extra, allow_factored
-    )
+    name = name or f"{parent}-without-{hospital_id}"
+    return revised_version(run, entry, recipe, new, members, hospital_id, None, name, extra, allow_factored)
 
 
 def withdraw(
@@ -132,7 +144,8 @@ def metric_lines(entries: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     for name, entry in entries.items():
         tasks = "  ".join(
-            f"{task} ACC {fmt(m.get('acc'))} AUC {fmt(m.get('auc'))}" for task, m in (entry.get("per_task") or {}).items()
+            f"{task} ACC {fmt(m.get('acc'))} AUC {fmt(m.get('auc'))}"
+            for task, m in (entry.get("per_task") or {}).items()
         )
         lines.append(f"  {name:32s} mean ACC {fmt(entry.get('mean_acc'))} AUC {fmt(entry.get('mean_auc'))}   {tasks}")
     return lines

@@ -48,8 +48,15 @@ def save_state(folder: Path, name: str, state: dict[str, torch.Tensor]) -> None:
 def make_run(folder: Path, hospitals: list[StoredHospital], versions: list[ModelVersion], entries=None) -> StoredRun:
     """A StoredRun whose versions are saved under folder/adapters (entries default to `version_entry`)."""
     hospital_entries = [
-        {"name": f"hospital-{h.id}", "kind": "hospital", "adapter": f"adapters/hospital-{h.id}", "r": h.r,
-         "lora_alpha": h.alpha, "hospital": h.id, "task": h.task}
+        {
+            "name": f"hospital-{h.id}",
+            "kind": "hospital",
+            "adapter": f"adapters/hospital-{h.id}",
+            "r": h.r,
+            "lora_alpha": h.alpha,
+            "hospital": h.id,
+            "task": h.task,
+        }
         for h in hospitals
     ]
     for h in hospitals:

@@ -48,7 +48,12 @@ def test_uniform_and_explicit_weights_follow_their_rule(tmp_path, hospitals):
     uniform.details["weighting"] = "uniform"
     explicit = merged_version(
         "explicit",
-        merge_adapters([h.state for h in hospitals], [h.scale for h in hospitals], [0.5, 1.0, 0.3, 0.25], [h.task for h in hospitals]),
+        merge_adapters(
+            [h.state for h in hospitals],
+            [h.scale for h in hospitals],
+            [0.5, 1.0, 0.3, 0.25],
+            [h.task for h in hospitals],
+        ),
         [0, 1, 2, 3],
         [0.5, 1.0, 0.3, 0.25],
         weighting="explicit",
@@ -94,9 +99,19 @@ def test_progressive_fusion_is_unrolled_into_one_coefficient_per_hospital(tmp_pa
         version = ModelVersion(f"fusion-v{step}", "progressive", {**state, **task_heads(chosen[:step])}, rank, rank)
         versions.append(version)
         entries.append(
-            {"name": version.name, "kind": "progressive", "adapter": f"adapters/{version.name}", "r": rank,
-             "lora_alpha": rank, "step": step, "hospital": hospital, "method": FUSION, "level": "whole",
-             "form": "delta", "coefficients": coefficients}
+            {
+                "name": version.name,
+                "kind": "progressive",
+                "adapter": f"adapters/{version.name}",
+                "r": rank,
+                "lora_alpha": rank,
+                "step": step,
+                "hospital": hospital,
+                "method": FUSION,
+                "level": "whole",
+                "form": "delta",
+                "coefficients": coefficients,
+            }
         )
     run = make_run(tmp_path, chosen, versions, entries)
 
@@ -107,7 +122,9 @@ def test_progressive_fusion_is_unrolled_into_one_coefficient_per_hospital(tmp_pa
 
 
 def test_mixture_withdraw_drops_the_component_and_its_head(tmp_path, hospitals):
-    mixture = build(None, Recipe(MIXTURE, {0: 0.5, 1: 0.1, 2: 0.3, 3: 0.2}, r=2, alpha=4.0), "mixture-one-shot", hospitals)
+    mixture = build(
+        None, Recipe(MIXTURE, {0: 0.5, 1: 0.1, 2: 0.3, 3: 0.2}, r=2, alpha=4.0), "mixture-one-shot", hospitals
+    )
     run = make_run(tmp_path, hospitals, [mixture])
 
     version = withdrawn_version(run, "mixture-one-shot", 2)
