@@ -121,7 +121,9 @@ def recommit(
     recipe = recipe_of(run, entry)
     members = members_of(run, recipe)
     if hospital_id not in members:
-        raise ValueError(f"hospital {hospital_id} is not part of version {parent!r}; its hospitals are {recipe.hospitals}.")
+        raise ValueError(
+            f"hospital {hospital_id} is not part of version {parent!r}; its hospitals are {recipe.hospitals}."
+        )
     state, r, alpha = read_adapter(adapter, members[hospital_id].task)
     own, version = recommitted_versions(run, parent, hospital_id, state, r, alpha, n_train, name)
     check_new_name(run, version.name)

@@ -1,0 +1,111 @@
+"""`forge credit`: what each hospital contributes to a version, as the metric drop when it is withdrawn.
+
+Leave-one-out (Cook's distance for a consortium): credit_K(task) = metric(version) − metric(version
+without K), per task and in the mean over tasks; positive means the consortium is better with K.
+The withdrawn versions are made exactly as `withdraw` makes them, evaluated in one batch at every
+hospital, and not saved. A task whose only hospital is K is lost without K (no head): shown as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fl_app.forge.recipe import members_of, recipe_of
+from fl_app.forge.versions import evaluate, find_version
+from fl_app.forge.withdraw import withdrawn_version
+from fl_app.remerge.stored import StoredRun, load_stored_run
+
+METRICS = ("acc", "auc")
+
+
+@dataclass(frozen=True)
+class Credit:
+    """One hospital's leave-one-out credit: per task and mean, for ACC and AUC (None: task lost or undefined)."""
+
+    hospital: int
+    task: str
+    n_train: int
+    coefficient: float
+    per_task: dict[str, dict[str, float | None]]  # task -> {"acc": drop, "auc": drop}
+    mean: dict[str, float | None]
+    lost: list[str]  # tasks the version cannot score without this hospital
+
+
+def _drop(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else before - after
+
+
+def credits_from_entries(
+    entry: Mapping[str, Any], without: Mapping[int, Mapping[str, Any]], run: StoredRun, version: str
+) -> list[Credit]:
+    """Leave-one-out credits from the version's entry and each withdrawn version's evaluated entry."""
+    recipe = recipe_of(run, entry)
+    members = members_of(run, recipe)
+    tasks = sorted(entry.get("per_task") or {})
+    credits = []
+    for hospital, after in without.items():
+        per_task = {
+            task: {
+                m: _drop(entry["per_task"][task].get(m), (after.get("per_task") or {}).get(task, {}).get(m))
+                for m in METRICS
+            }
+            for task in tasks
+        }
+        lost = [task for task in tasks if task not in (after.get("per_task") or {})]
+        mean = {m: _drop(entry.get(f"mean_{m}"), after.get(f"mean_{m}")) if not lost else None for m in METRICS}
+        member = members[hospital]
+        credits.append(
+            Credit(hospital, member.task, member.n_train, recipe.coefficients[hospital], per_task, mean, lost)
+        )
+    return credits
+
+
+def _cell(value: float | None, lost: bool) -> str:
+    if lost:
+        return "lost"
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def credit_table(version: str, entry: Mapping[str, Any], credits: list[Credit]) -> list[str]:
+    """The credit table: one row per hospital, ΔACC/ΔAUC per task and mean (version − version without it)."""
+    tasks = sorted(entry.get("per_task") or {})
+    header = ["hospital", "task", "n_train", "coef"]
+    for task in tasks:
+        header += [f"{task[:14]} ΔACC", "ΔAUC"]
+    header += ["mean ΔACC", "ΔAUC"]
+    rows = []
+    for c in credits:
+        row = [str(c.hospital), c.task, str(c.n_train), f"{c.coefficient:.3f}"]
+        for task in tasks:
+            row += [_cell(c.per_task[task][m], task in c.lost) for m in METRICS]
+        row += [_cell(c.mean[m], False) if not c.lost else "–" for m in METRICS]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        f"credit of {version} ({entry.get('label') or entry.get('method')}; mean ACC {entry.get('mean_acc'):.3f} "
+        f"AUC {entry.get('mean_auc'):.3f}): metric drop when each hospital is withdrawn (leave-one-out; + = it helps)",
+        "  ".join(h.rjust(w) for h, w in zip(header, widths)),
+    ]
+    lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    return lines
+
+
+def leave_one_out(run: StoredRun, version: str, data_root: str | None = None) -> tuple[dict[str, Any], list[Credit]]:
+    """The version's entry and every member's leave-one-out credit (evaluated in-process, nothing saved)."""
+    entry = find_version(run.results, version, run.folder)
+    recipe = recipe_of(run, entry)
+    if len(recipe.hospitals) < 2:
+        raise ValueError(f"version {version!r} merges {len(recipe.hospitals)} hospital(s); credit needs at least two.")
+    candidates = [withdrawn_version(run, version, h, name=f"{version}-without-{h}") for h in recipe.hospitals]
+    entries = evaluate(run, candidates, data_root)
+    return entry, credits_from_entries(entry, dict(zip(recipe.hospitals, entries)), run, version)
+
+
+def credit(run_dir: Path, version: str, data_root: str | None = None) -> list[str]:
+    """The `credit` command's table."""
+    run = load_stored_run(run_dir)
+    entry, credits = leave_one_out(run, version, data_root)
+    return credit_table(version, entry, credits)
