@@ -99,3 +99,68 @@ def assert_same_version(got: ModelVersion, want: ModelVersion, tol: float = 1e-5
 @pytest.fixture
 def hospitals() -> list[StoredHospital]:
     return stored_hospitals()
+
+
+def build_tiny_run(folder: Path, scenario: str = "multi_center") -> Path:
+    """A finished one_shot run folder on the tiny ViT and synthetic data: three hospitals' adapters
+    (seeded random LoRA, so ΔW ≠ 0), the merge, evaluated in-process as a run would be."""
+    from fl_app.config import compose_experiment, hospital_payload
+    from fl_app.forge.versions import evaluate
+    from fl_app.hospital_steps import simulated_hospital
+    from fl_app.protocol import hospital_summary
+    from fl_app.server.versions import save_version
+    from strategies.merging import hospital_weights, merge_adapters
+    from strategies.outcome import merged_version
+    from tests.conftest import TINY_CAPS, TINY_MODEL
+
+    data = ["data=multi_center", "data.flags=[breastmnist]"] if scenario == "multi_center" else ["data.flags=[breastmnist,pneumoniamnist]"]
+    experiment = compose_experiment([*TINY_MODEL, *TINY_CAPS, *data, f"data.root={folder / 'no-medmnist'}"])
+    payload = json.loads(hospital_payload(experiment))
+    stored, summaries = [], []
+    for i in range(int(experiment.simulation.num_hospitals)):
+        hospital = simulated_hospital(payload, i, int(experiment.simulation.num_hospitals))
+        name = hospital.model.use_adapter(payload["lora"])
+        hospital.model.reset_adapter(name, seed=i)
+        state = hospital.model.adapter_state(name, [hospital.task])
+        g = torch.Generator().manual_seed(i)
+        for key in state:
+            if key.endswith(".lora_B.weight"):
+                state[key] = 0.05 * torch.randn(state[key].shape, generator=g)
+        r, alpha = int(payload["lora"]["r"]), float(payload["lora"]["alpha"])
+        stored.append(StoredHospital(i, hospital.task, len(hospital.data.train), state, r, alpha))
+        summaries.append(
+            hospital_summary(i, None, hospital.task, len(hospital.data.train), len(hospital.data.val), len(hospital.data.test), hospital.data.data_source)
+        )
+    weights = hospital_weights([h.id for h in stored], [h.n_train for h in stored], "num_examples")
+    merged = merged_version(
+        "merged",
+        merge_adapters([h.state for h in stored], [h.scale for h in stored], weights, [h.task for h in stored]),
+        [h.id for h in stored],
+        weights,
+    )
+    versions = [
+        ModelVersion(f"hospital-{h.id}", "hospital", {**{k: v for k, v in merged.state.items() if ".lora_" not in k}, **h.state}, h.r, h.alpha, {"hospital": h.id, "task": h.task})
+        for h in stored
+    ] + [merged]
+    run = StoredRun(folder, "", {"versions": [], "hospitals": summaries}, experiment, stored)
+    entries = evaluate(run, versions)
+    for version in versions:
+        save_version(folder / "adapters" / version.name, experiment, version, {"version": version.name})
+    results = {"strategy": "one_shot", "merge": "task_arithmetic", "seed": int(experiment.seed), "status": "completed",
+               "data_source": "synthetic", "hospitals": summaries, "versions": entries, "failures": []}
+    (folder / "results.json").write_text(json.dumps(results, indent=2))
+    OmegaConf.save(experiment, folder / "config.yaml", resolve=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_run_template(tmp_path_factory) -> Path:
+    return build_tiny_run(tmp_path_factory.mktemp("tiny-run"))
+
+
+@pytest.fixture
+def tiny_run(tiny_run_template, tmp_path) -> Path:
+    """A fresh copy of the tiny run for one test."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_run_template, tmp_path / "run"))
