@@ -113,7 +113,11 @@ def build_tiny_run(folder: Path, scenario: str = "multi_center") -> Path:
     from strategies.outcome import merged_version
     from tests.conftest import TINY_CAPS, TINY_MODEL
 
-    data = ["data=multi_center", "data.flags=[breastmnist]"] if scenario == "multi_center" else ["data.flags=[breastmnist,pneumoniamnist]"]
+    data = (
+        ["data=multi_center", "data.flags=[breastmnist]"]
+        if scenario == "multi_center"
+        else ["data.flags=[breastmnist,pneumoniamnist]"]
+    )
     experiment = compose_experiment([*TINY_MODEL, *TINY_CAPS, *data, f"data.root={folder / 'no-medmnist'}"])
     payload = json.loads(hospital_payload(experiment))
     stored, summaries = [], []
@@ -129,7 +133,15 @@ def build_tiny_run(folder: Path, scenario: str = "multi_center") -> Path:
         r, alpha = int(payload["lora"]["r"]), float(payload["lora"]["alpha"])
         stored.append(StoredHospital(i, hospital.task, len(hospital.data.train), state, r, alpha))
         summaries.append(
-            hospital_summary(i, None, hospital.task, len(hospital.data.train), len(hospital.data.val), len(hospital.data.test), hospital.data.data_source)
+            hospital_summary(
+                i,
+                None,
+                hospital.task,
+                len(hospital.data.train),
+                len(hospital.data.val),
+                len(hospital.data.test),
+                hospital.data.data_source,
+            )
         )
     weights = hospital_weights([h.id for h in stored], [h.n_train for h in stored], "num_examples")
     merged = merged_version(
@@ -139,15 +151,30 @@ def build_tiny_run(folder: Path, scenario: str = "multi_center") -> Path:
         weights,
     )
     versions = [
-        ModelVersion(f"hospital-{h.id}", "hospital", {**{k: v for k, v in merged.state.items() if ".lora_" not in k}, **h.state}, h.r, h.alpha, {"hospital": h.id, "task": h.task})
+        ModelVersion(
+            f"hospital-{h.id}",
+            "hospital",
+            {**{k: v for k, v in merged.state.items() if ".lora_" not in k}, **h.state},
+            h.r,
+            h.alpha,
+            {"hospital": h.id, "task": h.task},
+        )
         for h in stored
     ] + [merged]
     run = StoredRun(folder, "", {"versions": [], "hospitals": summaries}, experiment, stored)
     entries = evaluate(run, versions)
     for version in versions:
         save_version(folder / "adapters" / version.name, experiment, version, {"version": version.name})
-    results = {"strategy": "one_shot", "merge": "task_arithmetic", "seed": int(experiment.seed), "status": "completed",
-               "data_source": "synthetic", "hospitals": summaries, "versions": entries, "failures": []}
+    results = {
+        "strategy": "one_shot",
+        "merge": "task_arithmetic",
+        "seed": int(experiment.seed),
+        "status": "completed",
+        "data_source": "synthetic",
+        "hospitals": summaries,
+        "versions": entries,
+        "failures": [],
+    }
     (folder / "results.json").write_text(json.dumps(results, indent=2))
     OmegaConf.save(experiment, folder / "config.yaml", resolve=True)
     return folder
