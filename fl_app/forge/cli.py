@@ -64,7 +64,7 @@ def cmd_recommit(args: argparse.Namespace) -> None:
 def cmd_credit(args: argparse.Namespace) -> None:
     from fl_app.forge.credit import credit
 
-    print("\n".join(credit(args.run_dir, args.version, args.data_root)))
+    print("\n".join(credit(args.run_dir, args.version, args.data_root, args.shapley, args.seed)))
 
 
 def cmd_diff(args: argparse.Namespace) -> None:
@@ -110,6 +110,14 @@ def parser() -> argparse.ArgumentParser:
     recommit.add_argument("--n-train", type=int, default=None, help="training examples of the new adapter")
     credit = command("credit", cmd_credit, "each hospital's contribution: the metric drop when it is withdrawn")
     credit.add_argument("--version", default=DEFAULT_VERSION)
+    credit.add_argument(
+        "--shapley",
+        type=int,
+        default=0,
+        metavar="PERMUTATIONS",
+        help="also Shapley values by permutation sampling with this budget (≤ PERMUTATIONS × (N−1) merges evaluated)",
+    )
+    credit.add_argument("--seed", type=int, default=0, help="the permutations' seed")
     diff = command("diff", cmd_diff, "per-module change of ΔW and per-task metric change between two versions")
     diff.add_argument("first")
     diff.add_argument("second")

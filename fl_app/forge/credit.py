@@ -1,19 +1,30 @@
 """`forge credit`: what each hospital contributes to a version, as the metric drop when it is withdrawn.
 
-Leave-one-out (Cook's distance for a consortium): credit_K(task) = metric(version) − metric(version
-without K), per task and in the mean over tasks; positive means the consortium is better with K.
-The withdrawn versions are made exactly as `withdraw` makes them, evaluated in one batch at every
-hospital, and not saved. A task whose only hospital is K is lost without K (no head): shown as such.
+Leave-one-out: credit_K(task) = metric(version) − metric(version without K), per task and in the
+mean over tasks; positive means the consortium is better with K. The withdrawn versions are made
+exactly as `withdraw` makes them, evaluated in one batch at every hospital, and not saved. A task
+whose only hospital is K is lost without K (no head): shown as such.
+
+Optionally Shapley values by permutation sampling (Castro et al. 2009; data Shapley, Ghorbani & Zou
+2019): for `permutations` random orders of the hospitals, each hospital's marginal gain when it
+joins those before it, averaged. Every distinct coalition is merged from scratch with the version's
+recipe and evaluated once (at most permutations × (N − 1) versions, in one batch). A coalition
+that cannot score a task (no hospital of it) scores chance there: ACC 1/classes, AUC 0.5; so the
+values of one task sum to metric(version) − chance (efficiency).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fl_app.forge.recipe import members_of, recipe_of
+from omegaconf import OmegaConf
+
+from fl_app.data import experiment_tasks
+from fl_app.forge.recipe import build, members_of, recipe_of, revised_coefficients, with_coefficients
 from fl_app.forge.versions import evaluate, find_version
 from fl_app.forge.withdraw import withdrawn_version
 from fl_app.remerge.stored import StoredRun, load_stored_run
@@ -104,8 +115,86 @@ def leave_one_out(run: StoredRun, version: str, data_root: str | None = None) ->
     return entry, credits_from_entries(entry, dict(zip(recipe.hospitals, entries)), run, version)
 
 
-def credit(run_dir: Path, version: str, data_root: str | None = None) -> list[str]:
-    """The `credit` command's table."""
+def _chance(run: StoredRun, task: str) -> dict[str, float]:
+    info = experiment_tasks(OmegaConf.to_container(run.experiment.data, resolve=True))[task]
+    return {"acc": 0.5 if info.multi_label else 1.0 / info.n_outputs, "auc": 0.5}
+
+
+def _value(entry: Mapping[str, Any] | None, task: str, metric: str, chance: Mapping[str, float]) -> float:
+    value = None if entry is None else (entry.get("per_task") or {}).get(task, {}).get(metric)
+    return chance[metric] if value is None else float(value)
+
+
+def shapley(
+    run: StoredRun, version: str, permutations: int, seed: int = 0, data_root: str | None = None
+) -> tuple[dict[int, dict[str, dict[str, float]]], int]:
+    """Shapley values per hospital, task and metric by permutation sampling; and the coalitions evaluated."""
+    if permutations < 1:
+        raise ValueError(f"--shapley {permutations}: give a positive number of permutations.")
+    entry = find_version(run.results, version, run.folder)
+    recipe = recipe_of(run, entry)
+    members = members_of(run, recipe)
+    n_train = {h: m.n_train for h, m in members.items()}
+    rng = random.Random(seed)
+    orders = [rng.sample(recipe.hospitals, len(recipe.hospitals)) for _ in range(permutations)]
+    full = frozenset(recipe.hospitals)
+    coalitions = sorted(
+        {frozenset(order[:k]) for order in orders for k in range(1, len(order))} - {full}, key=lambda c: sorted(c)
+    )
+    versions = []
+    for i, coalition in enumerate(coalitions):
+        ids = [h for h in recipe.hospitals if h in coalition]
+        sub = replace(with_coefficients(recipe, revised_coefficients(recipe, ids, n_train)), sources={})
+        versions.append(build(run, sub, f"coalition-{i}", [members[h] for h in ids]))
+    evaluated = dict(zip(coalitions, evaluate(run, versions, data_root))) if versions else {}
+    evaluated[full] = entry
+    tasks = sorted(entry.get("per_task") or {})
+    chance = {t: _chance(run, t) for t in tasks}
+    values = {h: {t: {m: 0.0 for m in METRICS} for t in tasks} for h in recipe.hospitals}
+    for order in orders:
+        before: frozenset[int] = frozenset()
+        for h in order:
+            after = before | {h}
+            for t in tasks:
+                for m in METRICS:
+                    gain = _value(evaluated[after], t, m, chance[t]) - _value(evaluated.get(before), t, m, chance[t])
+                    values[h][t][m] += gain / len(orders)
+            before = after
+    return values, len(coalitions)
+
+
+def shapley_table(
+    version: str, values: Mapping[int, Mapping[str, Mapping[str, float]]], permutations: int, evaluated: int
+) -> list[str]:
+    tasks = sorted(next(iter(values.values())))
+    header = ["hospital"]
+    for t in tasks:
+        header += [f"{t[:14]} φACC", "φAUC"]
+    header += ["mean φACC", "φAUC"]
+    rows = []
+    for h, per_task in values.items():
+        row = [str(h)]
+        for t in tasks:
+            row += [f"{per_task[t][m]:+.3f}" for m in METRICS]
+        row += [f"{sum(per_task[t][m] for t in tasks) / len(tasks):+.3f}" for m in METRICS]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        f"Shapley values of {version} by permutation sampling: {permutations} permutations, {evaluated} coalitions "
+        "merged and evaluated (a task no hospital of a coalition holds scores chance)",
+        "  ".join(x.rjust(w) for x, w in zip(header, widths)),
+    ]
+    return lines + ["  ".join(x.rjust(w) for x, w in zip(row, widths)) for row in rows]
+
+
+def credit(
+    run_dir: Path, version: str, data_root: str | None = None, permutations: int = 0, seed: int = 0
+) -> list[str]:
+    """The `credit` command's table (and the Shapley table with `permutations`)."""
     run = load_stored_run(run_dir)
     entry, credits = leave_one_out(run, version, data_root)
-    return credit_table(version, entry, credits)
+    lines = credit_table(version, entry, credits)
+    if permutations:
+        values, evaluated = shapley(run, version, permutations, seed, data_root)
+        lines += ["", *shapley_table(version, values, permutations, evaluated)]
+    return lines

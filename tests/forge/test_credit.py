@@ -23,3 +23,18 @@ def test_credit_is_the_metric_drop_of_each_withdrawal(tiny_run):
     table = credit_table("merged", entry, credits)
     assert table[1].split()[:4] == ["hospital", "task", "n_train", "coef"]
     assert len(table) == 2 + 3
+
+
+def test_shapley_values_by_permutation_sampling_add_up_to_the_version_over_chance(tiny_run):
+    from fl_app.forge.credit import shapley, shapley_table
+
+    run = load_stored_run(tiny_run)
+    entry = next(v for v in run.results["versions"] if v["name"] == "merged")
+
+    values, coalitions = shapley(run, "merged", permutations=8, seed=1)
+
+    assert coalitions <= 2**3 - 2  # every proper non-empty coalition at most once
+    for metric, chance in (("acc", 0.5), ("auc", 0.5)):  # breastmnist: two classes
+        total = sum(values[h]["breastmnist"][metric] for h in (0, 1, 2))
+        assert total == pytest.approx(entry["per_task"]["breastmnist"][metric] - chance, abs=1e-9)
+    assert len(shapley_table("merged", values, 8, coalitions)) == 2 + 3
