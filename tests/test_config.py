@@ -102,7 +102,18 @@ def test_resolved_config_file_round_trips(tmp_path):
 def test_hospital_payload_holds_only_what_hospitals_need():
     payload = json.loads(hospital_payload(compose_experiment()))
 
-    assert set(payload) == {"seed", "data", "model", "lora", "train", "eval", "fail_hospitals", "data_cache_size"}
+    assert set(payload) == {
+        "seed",
+        "data",
+        "model",
+        "lora",
+        "train",
+        "eval",
+        "fail_hospitals",
+        "data_cache_size",
+        "lora_ranks",
+        "lora_alphas",
+    }
 
 
 def test_the_vit_base_sized_preset_validates_offline():
