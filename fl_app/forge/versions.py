@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from fl_app.forge.recipe import committed_hospital
 from fl_app.remerge.evaluate import evaluate_at_hospitals
 from fl_app.remerge.run import add_versions
-from fl_app.remerge.stored import ADAPTER_FILE, StoredHospital, StoredRun
+from fl_app.remerge.stored import ADAPTER_FILE, StoredRun
 from fl_app.server.evaluation import evaluation_fields
 from fl_app.server.results import version_entry
 from strategies.outcome import ModelVersion
@@ -33,16 +33,6 @@ def find_version(results: Mapping[str, Any], name: str, folder: Path | str = "th
             return entry
     names = [v["name"] for v in results.get("versions", [])]
     raise ValueError(f"no version {name!r} in {folder}; its versions are {names}.")
-
-
-def find_hospital(run: StoredRun, hospital_id: int) -> StoredHospital:
-    """A hospital whose adapter the run stores, or a ValueError listing those it has."""
-    for hospital in run.hospitals:
-        if hospital.id == hospital_id:
-            return hospital
-    raise ValueError(
-        f"hospital {hospital_id} has no stored adapter in {run.folder}; its hospitals are {[h.id for h in run.hospitals]}."
-    )
 
 
 def version_state(run: StoredRun, entry: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,26 @@ def test_diff_reports_modules_and_tasks(tiny_run, capsys):
 
     out = capsys.readouterr().out
     assert "diff hospital-0 -> merged" in out and "breastmnist" in out and "cosine" in out
+
+
+def test_recommit_adds_the_committed_adapter_and_the_new_merge(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    newer = Path(shutil.copytree(tiny_run / "adapters" / "hospital-0", tmp_path / "newer"))
+    state = load_file(newer / "adapter_model.safetensors")
+    save_file({k: 2 * v if "lora_B" in k else v for k, v in state.items()}, str(newer / "adapter_model.safetensors"))
+    versions_before = json.loads((tiny_run / "results.json").read_text())["versions"]
+
+    main(["-q", "recommit", str(tiny_run), "--hospital", "0", "--adapter", str(newer)])
+
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert results["versions"][: len(versions_before)] == versions_before
+    committed, merged = results["versions"][-2:]
+    assert (
+        committed["name"] == "hospital-0.2" and committed["kind"] == "commit" and committed["replaces"] == "hospital-0"
+    )
+    assert merged["name"] == "merged-recommit-0" and merged["recommitted"] == [0]
+    assert merged["sources"] == {"0": "hospital-0.2"} and merged["forge"]["path"] == "factored"
+    assert "merged-recommit-0" in capsys.readouterr().out
