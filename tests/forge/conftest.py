@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from fl_app.remerge.stored import ADAPTER_FILE, StoredHospital, StoredRun
 from fl_app.server.results import version_entry
-from strategies.merging import split_lora_modules
-from strategies.outcome import ModelVersion
+from strategies.merging import hospital_weights, merge_adapters, split_lora_modules
+from strategies.outcome import ModelVersion, merged_version
 
 TASKS = ["a", "a", "b", "a"]  # task a has three hospitals, task b one
 N_TRAIN = [30, 50, 20, 40]
@@ -73,6 +73,16 @@ def make_run(folder: Path, hospitals: list[StoredHospital], versions: list[Model
     (folder / "results.json").write_text(text)
     experiment = OmegaConf.create({"strategy": {"merge_rank": None, "scale": 1.0, "weighting": "num_examples"}})
     return StoredRun(folder, text, results, experiment, hospitals)
+
+
+def run_merge(hospitals, method, weighting="num_examples", ids=None):
+    """A merged version as one_shot makes it (its entry does not say the weighting)."""
+    chosen = [h for h in hospitals if ids is None or h.id in ids]
+    weights = hospital_weights([h.id for h in chosen], [h.n_train for h in chosen], weighting)
+    result = merge_adapters(
+        [h.state for h in chosen], [h.scale for h in chosen], weights, [h.task for h in chosen], method=method
+    )
+    return merged_version("merged", result, [h.id for h in chosen], weights)
 
 
 def dense(version: ModelVersion) -> dict[str, torch.Tensor]:

@@ -10,8 +10,7 @@ from fl_app.remerge.stored import StoredHospital
 from fl_app.server.results import version_entry
 from strategies.merging import MERGE_METHODS
 from strategies.merging.registry import task_arithmetic
-from tests.forge.conftest import assert_same_version, hospital_state, make_run, save_state
-from tests.forge.test_withdraw import run_merge
+from tests.forge.conftest import assert_same_version, hospital_state, make_run, run_merge, save_state
 
 LINEAR = {name for name, m in MERGE_METHODS.items() if m.fn is task_arithmetic}
 

@@ -8,22 +8,12 @@ from fl_app.forge.recipe import FUSION, MIXTURE, Recipe, build
 from fl_app.forge.withdraw import withdrawn_version
 from strategies.medforge.branches import task_heads
 from strategies.medforge.fusion import fuse
-from strategies.merging import MERGE_METHODS, get_merge_method, hospital_weights, merge_adapters, split_lora_modules
+from strategies.merging import MERGE_METHODS, get_merge_method, merge_adapters, split_lora_modules
 from strategies.merging.registry import task_arithmetic
 from strategies.outcome import ModelVersion, merged_version
-from tests.forge.conftest import assert_same_version, make_run
+from tests.forge.conftest import assert_same_version, make_run, run_merge
 
 LINEAR = {name for name, m in MERGE_METHODS.items() if m.fn is task_arithmetic}
-
-
-def run_merge(hospitals, method, weighting="num_examples", ids=None):
-    """A merged version as one_shot makes it (its entry does not say the weighting)."""
-    chosen = [h for h in hospitals if ids is None or h.id in ids]
-    weights = hospital_weights([h.id for h in chosen], [h.n_train for h in chosen], weighting)
-    result = merge_adapters(
-        [h.state for h in chosen], [h.scale for h in chosen], weights, [h.task for h in chosen], method=method
-    )
-    return merged_version("merged", result, [h.id for h in chosen], weights)
 
 
 @pytest.mark.parametrize("method", sorted(MERGE_METHODS))
