@@ -8,6 +8,7 @@ and `hospital` (who answered: id, task, split sizes, data source).
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,25 +112,68 @@ def decode_train_reply(message: Message) -> HospitalReply:
 
 
 def decode_train_content(content: RecordDict, node_id: int) -> HospitalReply:
-    """Decode the content of node `node_id`'s train reply (what `Hospital.train` returns)."""
+    """Decode the content of node `node_id`'s train reply (what `Hospital.train` returns).
+
+    Every field is the hospital's claim: each is checked here, at the edge, and a bad one raises a
+    ValueError naming the field, so the hospital is recorded as failed and the others are merged.
+    """
     for key in (ARRAYS, METRICS, HOSPITAL):
         if key not in content:
             raise ValueError(f"Train reply from node {node_id} has no {key!r} record.")
     info = content[HOSPITAL]
+    fields = _reported_fields(info, node_id)
+    metrics = {}
+    for name, value in content[METRICS].items():  # NaN is a fair report (e.g. AUC of a one-class split); lists are not
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"Train reply from node {node_id}: metric {name!r}={value!r} is not a number.")
+        metrics[name] = float(value)
     return HospitalReply(
         node_id=node_id,
-        hospital_id=int(info["hospital-id"]),
-        task=str(info["task"]),
-        n_train=int(info["n-train"]),
-        n_val=int(info["n-val"]),
-        n_test=int(info["n-test"]),
-        data_source=str(info["data-source"]),
-        metrics={k: float(v) for k, v in content[METRICS].items()},
+        **fields,
+        metrics=metrics,
         state=arrayrecord_to_state(content[ARRAYS]),
-        lora_r=int(info["lora-r"]),
-        lora_alpha=float(info["lora-alpha"]),
         upload_bytes=record_dict_bytes(content),
     )
+
+
+# field of the `hospital` record -> (HospitalReply attribute, type, what a valid value is, check)
+REPORTED_FIELDS: dict[str, tuple[str, type, str, Any]] = {
+    "hospital-id": ("hospital_id", int, "an integer >= 0", lambda v: v >= 0),
+    "task": ("task", str, "a task name", lambda v: bool(v.strip())),
+    "n-train": ("n_train", int, "an integer >= 1", lambda v: v >= 1),
+    "n-val": ("n_val", int, "an integer >= 0", lambda v: v >= 0),
+    "n-test": ("n_test", int, "an integer >= 0", lambda v: v >= 0),
+    "data-source": ("data_source", str, "a data source name", lambda v: True),
+    "lora-r": ("lora_r", int, "an integer >= 1", lambda v: v >= 1),
+    "lora-alpha": ("lora_alpha", float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0),
+}
+
+
+def _reported_fields(info: ConfigRecord, node_id: int) -> dict[str, Any]:
+    """The `hospital` record's fields as HospitalReply attributes, each checked (ValueError naming the field)."""
+    fields = {}
+    for key, (attribute, kind, valid, check) in REPORTED_FIELDS.items():
+        if key not in info:
+            raise ValueError(f"Train reply from node {node_id}: the hospital record has no {key!r}.")
+        value = info[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) or not check(value):
+            raise ValueError(
+                f"Train reply from node {node_id}: {key}={value!r} is not {valid}; "
+                "the hospital's client sends a malformed record (check its MedForge version and node config)."
+            )
+        fields[attribute] = value
+    return fields
+
+
+def claimed_hospital_id(content: RecordDict) -> int | None:
+    """The hospital id a reply claims, when it carries a readable one (to name a hospital whose reply is rejected)."""
+    try:
+        value = content[HOSPITAL]["hospital-id"]
+    except (KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def reply_failure(message: Message, server_round: int, phase: str) -> Failure:

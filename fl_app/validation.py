@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -14,6 +15,7 @@ from fl_app.training import CLASS_WEIGHTINGS, OPTIMIZERS, SCHEDULES
 from strategies import STRATEGIES
 from strategies.medforge.settings import validate_medforge
 from strategies.merging import MERGE_METHODS, WEIGHTINGS, get_merge_method
+from strategies.screening import max_share, screen_settings
 
 
 def _require(condition: bool, message: str) -> None:
@@ -73,10 +75,19 @@ def validate_experiment(cfg: DictConfig) -> None:
             strategy.weighting != "explicit" or bool(strategy.weights),
             "strategy.weighting=explicit needs strategy.weights={hospital_id: weight, ...}.",
         )
+        if strategy.weighting == "explicit":
+            _validate_explicit_weights(strategy.weights, int(sim.num_hospitals))
+        share = max_share(strategy)
+        _require(
+            share is None or 0 < share <= 1,
+            f"strategy.robust.max_share={share} must be null (no cap) or in (0, 1].",
+        )
         _require(
             strategy.merge_rank is None or int(strategy.merge_rank) >= 1,
             f"strategy.merge_rank={strategy.merge_rank} must be null (lossless) or a positive integer.",
         )
+    if strategy.name in ("one_shot", "medforge"):
+        screen_settings(strategy)  # bad bounds fail here, naming the setting
     if strategy.name == "medforge":
         validate_medforge(strategy, list(experiment_tasks(cfg.data).values()), int(cfg.seed))
     _require(int(lora.r) >= 1, f"lora.r={lora.r} is not valid; the LoRA rank must be a positive integer.")
@@ -122,6 +133,24 @@ def _validate_hospital_ranks(cfg: DictConfig) -> None:
             f"FedAvg over mixed ranks zero-pads the factors (HetLoRA), which needs one scale alpha / r; "
             f"simulation.lora_alpha={alphas} with lora_r={ranks} gives {sorted(scales)}: leave lora_alpha null.",
         )
+
+
+def _validate_explicit_weights(weights, num_hospitals: int) -> None:
+    """Ids are hospitals of this run, weights finite, and at least one positive (heads use only positive weights)."""
+    for key, weight in weights.items():
+        _require(
+            str(key).isdigit() and int(key) < num_hospitals,
+            f"strategy.weights names hospital {key!r}; hospital ids are 0..{num_hospitals - 1}.",
+        )
+        _require(
+            isinstance(weight, int | float) and math.isfinite(float(weight)),
+            f"strategy.weights[{key}]={weight!r} must be a finite number.",
+        )
+    _require(
+        any(float(w) > 0 for w in weights.values()),
+        f"strategy.weights={dict(weights)} has no positive weight: a negative weight subtracts a hospital's ΔW "
+        "and heads are averaged over the positive weights only, so at least one hospital needs a weight > 0.",
+    )
 
 
 def _validate_lora_targets(cfg: DictConfig) -> None:

@@ -7,7 +7,7 @@ instead of averaging; nodes, sampling and the round loop are Flower's.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import INFO, WARNING
+from logging import INFO
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
@@ -16,12 +16,12 @@ from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig
 
 from fl_app.adapter_keys import non_lora_state
-from fl_app.failures import Failure
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import HospitalReply, instructions
-from strategies.merging import hospital_weights, merge_adapters, screen_adapters
+from strategies.merging import ScreenAction
 from strategies.outcome import ModelVersion, StrategyOutcome, merged_version
 from strategies.replies import RoundSink, collect_replies, require_enough
+from strategies.screening import expected_layout, merge_hospitals, screen, weigh
 
 
 class OneShotMerge(FedAvg):
@@ -40,23 +40,21 @@ class OneShotMerge(FedAvg):
         self.hospitals: list[HospitalReply] = []  # the hospitals merged (screened)
         self.merge_result = None
         self.weights: list[float] = []
+        self.screen_actions: list[ScreenAction] = []
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         strategy = self.cfg.strategy
         delivered, failures = collect_replies(replies, server_round)
-        hospitals, rejections = screen(delivered, float(strategy.screen.norm_factor))
+        hospitals, rejections, self.screen_actions = screen(
+            delivered, expected_layout(self.cfg), strategy, server_round
+        )
         failures += rejections
         self.hospitals = hospitals
         self.sink.record_round(server_round, delivered, failures)
         require_enough(hospitals, failures, int(strategy.min_hospitals), server_round)
-        self.weights = hospital_weights(
-            [h.hospital_id for h in hospitals],
-            [h.n_train for h in hospitals],
-            str(strategy.weighting),
-            strategy.weights,
-        )
+        self.weights = weigh(hospitals, strategy)
         log(
             INFO,
             "Merging %d adapters with %s (weights %s)",
@@ -69,53 +67,16 @@ class OneShotMerge(FedAvg):
         return state_to_arrayrecord(self.merge_result.state), metrics
 
 
-def merge_hospitals(hospitals: list[HospitalReply], weights: list[float], strategy: DictConfig):
-    """The configured merge of the hospitals' adapters (`strategy` is the experiment's strategy group)."""
-    return merge_adapters(
-        [h.state for h in hospitals],
-        scales=[h.lora_scale for h in hospitals],
-        weights=weights,
-        tasks=[h.task for h in hospitals],
-        method=str(strategy.merge),
-        scale=float(strategy.scale),
-        rank=None if strategy.merge_rank is None else int(strategy.merge_rank),
-        params=dict(strategy.merge_params or {}),
-    )
-
-
-def screen(hospitals: list[HospitalReply], norm_factor: float) -> tuple[list[HospitalReply], list[Failure]]:
-    """Leave out adapters with wrong keys, shapes, dtypes, NaN/Inf or an outlying norm, saying why."""
-    accepted, rejections = screen_adapters(
-        [h.state for h in hospitals],
-        [h.hospital_id for h in hospitals],
-        norm_factor=norm_factor,
-        scales=[h.lora_scale for h in hospitals],
-    )
-    by_id = {h.hospital_id: h for h in hospitals}
-    failures = [
-        Failure(
-            r.hospital_id,
-            "screen",
-            str(r),
-            node_id=by_id[r.hospital_id].node_id,
-            round=1,
-            tensor=r.key,
-            problem=r.problem,
-        )
-        for r in rejections
-    ]
-    for failure in failures:
-        log(WARNING, "Adapter rejected before merging: %s", failure.reason)
-    return [hospitals[i] for i in accepted], failures
-
-
 def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink) -> StrategyOutcome:
     """Train once at every hospital, merge once; versions: each hospital's adapter and the merge."""
     strategy = OneShotMerge(cfg, available_nodes=len(list(grid.get_node_ids())), sink=sink)
     # Empty initial arrays: every hospital builds the same seeded initial adapter itself.
     strategy.start(grid, ArrayRecord(), num_rounds=1, train_config=instructions(experiment_json))
     versions = one_shot_versions(strategy.hospitals, strategy.weights, strategy.merge_result, cfg)
-    return StrategyOutcome(versions=versions, merge=str(cfg.strategy.merge), details={"rounds": 1})
+    screening = [action.as_dict() for action in strategy.screen_actions]
+    return StrategyOutcome(
+        versions=versions, merge=str(cfg.strategy.merge), details={"rounds": 1, "screening": screening}
+    )
 
 
 def one_shot_versions(

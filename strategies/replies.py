@@ -8,7 +8,7 @@ from typing import Protocol
 from flwr.app import Message
 
 from fl_app.failures import Failure
-from fl_app.protocol import HospitalReply, decode_train_reply, reply_failure
+from fl_app.protocol import HospitalReply, claimed_hospital_id, decode_train_reply, reply_failure
 
 
 class NotEnoughHospitals(RuntimeError):
@@ -32,7 +32,13 @@ def collect_replies(replies: Iterable[Message], server_round: int) -> tuple[list
             hospitals.append(decode_train_reply(message))
         except (KeyError, ValueError) as error:
             failures.append(
-                Failure(None, "train", str(error), node_id=message.metadata.src_node_id, round=server_round)
+                Failure(
+                    claimed_hospital_id(message.content),
+                    "train",
+                    str(error),
+                    node_id=message.metadata.src_node_id,
+                    round=server_round,
+                )
             )
     hospitals.sort(key=lambda h: (h.hospital_id, h.node_id))
     return _first_of_each_hospital(hospitals, failures, server_round)

@@ -9,7 +9,7 @@ a new module that no prefix names fails `test_every_module_has_a_layer` until it
     1  merging          strategies/merging: pure torch merge math (no flwr, no nevergrad, no Hydra)
     2  strategies       Flower strategies and MedForge's runner
     3  fl_app apps      ServerApp, ClientApp, server orchestration, results, report, remerge, forge,
-                        benchmarks, experiment validation (it checks strategy settings), simulation
+                        poisoning experiments (attack), benchmarks, experiment validation (it checks strategy settings), simulation
 
 The ClientApp sits in layer 3 but imports the hospital steps (layer 0) only when the first
 message arrives; `test_client_app_first_import_*` below checks what it loads at import.
@@ -49,6 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "fl_app apps",
         (
+            "fl_app.attack",
             "fl_app.bench",
             "fl_app.client_app",
             "fl_app.forge",

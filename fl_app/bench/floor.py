@@ -23,9 +23,9 @@ from fl_app.protocol import HospitalReply, decode_train_content
 from fl_app.server.evaluation import versions_content
 from fl_app.server.versions import save_version
 from strategies.fedavg import keywise_average
-from strategies.merging import hospital_weights
-from strategies.one_shot import merge_hospitals, one_shot_versions, screen
+from strategies.one_shot import one_shot_versions
 from strategies.outcome import ModelVersion
+from strategies.screening import expected_layout, merge_hospitals, screen, weigh
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,8 @@ def train_all(experiment: dict, num_hospitals: int, server_round: int, start=Non
 def one_shot(cfg: DictConfig, experiment: dict) -> tuple[list[ModelVersion], int]:
     """Versions and the training examples seen (one round)."""
     replies = train_all(experiment, int(cfg.simulation.num_hospitals), 1)
-    hospitals, _ = screen(replies, float(cfg.strategy.screen.norm_factor))
-    weights = hospital_weights(
-        [h.hospital_id for h in hospitals],
-        [h.n_train for h in hospitals],
-        str(cfg.strategy.weighting),
-        cfg.strategy.weights,
-    )
+    hospitals, _, _ = screen(replies, expected_layout(cfg), cfg.strategy)
+    weights = weigh(hospitals, cfg.strategy)
     versions = one_shot_versions(hospitals, weights, merge_hospitals(hospitals, weights, cfg.strategy), cfg)
     return versions, sum(h.n_train for h in replies)
 

@@ -1,7 +1,7 @@
 """`forge recommit`: hospital K's newer adapter replaces its old contribution to a version.
 
-The new adapter is screened like any arrival (keys, shapes, NaN/Inf, ΔW norm against the other
-hospitals'), kept as a version of kind `commit` (`hospital-<K>.<n>`, its own metrics), and the new
+The new adapter is screened like any arrival (`strategies.screening`: layout, NaN/Inf, bounds,
+norm and direction against the other members, clipping), kept as a version of kind `commit` (`hospital-<K>.<n>`, its own metrics), and the new
 merge is made exactly like withdraw: on the version's own factors for linear merges
 (ΔW' = a(ΔW − g c_K s_K B_K A_K) + g c'_K s'_K B'_K A'_K), else from the members' adapters.
 """
@@ -16,12 +16,14 @@ import torch
 from safetensors.torch import load_file
 
 from fl_app.adapter_keys import adapter_state, non_lora_state
+from fl_app.adapter_layout import AdapterLayout
 from fl_app.forge.recipe import members_of, recipe_of, revised_coefficients, with_coefficients
 from fl_app.forge.versions import check_new_name, commit, evaluate, find_version, forge_record
 from fl_app.forge.withdraw import metric_lines, revised_version
 from fl_app.remerge.stored import ADAPTER_FILE, StoredHospital, StoredRun, load_stored_run
-from strategies.merging import screen_adapters
+from strategies.merging import Submission, screen_adapters
 from strategies.outcome import ModelVersion
+from strategies.screening import expected_layout, screen_settings
 
 
 def read_adapter(path: Path, task: str) -> tuple[dict[str, torch.Tensor], int, float]:
@@ -46,19 +48,26 @@ def commit_name(run: StoredRun, hospital_id: int) -> str:
     return f"hospital-{hospital_id}.{n}"
 
 
-def screen(run: StoredRun, others: list[StoredHospital], arriving: StoredHospital) -> None:
-    """Refuse the new adapter with the screen's reason, as the strategy would at its arrival."""
-    norm_factor = float(run.experiment.get("strategy", {}).get("screen", {}).get("norm_factor", 10.0))
+def screen_arrival(
+    run: StoredRun, others: list[StoredHospital], arriving: StoredHospital, layout: AdapterLayout | None = None
+) -> StoredHospital:
+    """The new adapter as the run's screen would merge it (clipped where it clips), or a ValueError with its reason.
+
+    The same screen as any arrival (`strategies.merging.screen_adapters` with the run's
+    `strategy.screen`), against the layout the experiment's hospitals must send and the other members.
+    """
+    layout = layout or expected_layout(run.experiment)
     hospitals = [*others, arriving]
-    _, rejections = screen_adapters(
-        [h.state for h in hospitals],
-        [h.id for h in hospitals],
-        norm_factor=norm_factor,
-        scales=[h.scale for h in hospitals],
+    result = screen_adapters(
+        [Submission(h.id, h.task, h.state, h.r, h.alpha) for h in hospitals],
+        layout,
+        screen_settings(run.experiment.get("strategy", {})),
     )
-    refused = [r for r in rejections if r.hospital_id == arriving.id]
+    refused = [r for r in result.rejections if r.hospital_id == arriving.id]
     if refused:
         raise ValueError(f"hospital {arriving.id}'s new adapter fails screening: {'; '.join(map(str, refused))}.")
+    screened = result.states[result.accepted.index(len(others))]
+    return replace(arriving, state=dict(screened))
 
 
 def recommitted_versions(
@@ -71,7 +80,10 @@ def recommitted_versions(
     n_train: int | None = None,
     name: str | None = None,
 ) -> tuple[ModelVersion, ModelVersion]:
-    """The committed adapter (kind commit) and version `parent` with it in place of the old one."""
+    """The committed adapter (kind commit) and version `parent` with it in place of the old one.
+
+    `state` is the new adapter as it will be merged: the `recommit` command screens it first (`screen_arrival`).
+    """
     entry = find_version(run.results, parent, run.folder)
     recipe = recipe_of(run, entry)
     if hospital_id not in recipe.coefficients:
@@ -81,7 +93,6 @@ def recommitted_versions(
     members = members_of(run, recipe)
     old = members[hospital_id]
     replacement = StoredHospital(hospital_id, old.task, int(n_train or old.n_train), state, r, alpha)
-    screen(run, [m for h, m in members.items() if h != hospital_id], replacement)
     counts = {h: m.n_train for h, m in members.items()} | {hospital_id: replacement.n_train}
     new = with_coefficients(recipe, revised_coefficients(recipe, recipe.hospitals, counts))
     committed = commit_name(run, hospital_id)
@@ -125,7 +136,10 @@ def recommit(
             f"hospital {hospital_id} is not part of version {parent!r}; its hospitals are {recipe.hospitals}."
         )
     state, r, alpha = read_adapter(adapter, members[hospital_id].task)
-    own, version = recommitted_versions(run, parent, hospital_id, state, r, alpha, n_train, name)
+    old = members[hospital_id]
+    arriving = StoredHospital(hospital_id, old.task, int(n_train or old.n_train), state, r, alpha)
+    screened = screen_arrival(run, [m for h, m in members.items() if h != hospital_id], arriving)
+    own, version = recommitted_versions(run, parent, hospital_id, screened.state, r, alpha, n_train, name)
     check_new_name(run, version.name)
     entries = evaluate(run, [own, version], data_root)
     commit(run, [own, version], entries)

@@ -26,6 +26,7 @@ from fl_app.server.results import RESULTS_FILE, version_entry, write_json_atomic
 from fl_app.server.versions import save_mixture, save_version, version_provenance
 from strategies.merging import hospital_weights, merge_adapters
 from strategies.outcome import ModelVersion, merged_version
+from strategies.screening import max_share
 
 logger = logging.getLogger("medforge.remerge")
 
@@ -51,7 +52,11 @@ def merge_version(run: StoredRun, request: MergeRequest) -> ModelVersion:
     """One re-merged version of the run's hospital adapters."""
     hospitals = run.hospitals
     weights = hospital_weights(
-        [h.id for h in hospitals], [h.n_train for h in hospitals], request.weighting, request.weights
+        [h.id for h in hospitals],
+        [h.n_train for h in hospitals],
+        request.weighting,
+        request.weights,
+        max_share=max_share(run.experiment.strategy),  # the run's cap on what a reported count buys
     )
     logger.info(
         "Merging %d hospital adapters with %s (weights %s)",

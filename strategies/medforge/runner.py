@@ -26,9 +26,9 @@ from strategies.medforge.branches import FusionBranch, MixtureBranch, task_heads
 from strategies.medforge.scoring import CalibrationScorer
 from strategies.medforge.settings import search_settings
 from strategies.merging import hospital_weights, merge_adapters
-from strategies.one_shot import screen
 from strategies.outcome import ModelVersion, StrategyOutcome, merged_version
 from strategies.replies import RoundSink, collect_replies, require_enough
+from strategies.screening import expected_layout, screen
 
 
 def train_messages(experiment_json: str, strategy: DictConfig, nodes: Sequence[int]) -> list[Message]:
@@ -94,6 +94,8 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
     failures: list[Failure] = []
     progressive: dict[str, list[ModelVersion]] = {name: [] for name in branches}
     calibration: dict[str, Any] = {}
+    screening: list[dict[str, Any]] = []
+    layout = expected_layout(cfg)
     messages = train_messages(experiment_json, strategy, list(grid.get_node_ids()))
     for reply in ordered_replies(grid, messages, strategy, seed):
         hospitals, failed = collect_replies([reply], 1)
@@ -113,10 +115,15 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
             log(WARNING, "Hospital %s failed and is left out: %s", failed[0].hospital_id, failed[0].reason)
             continue
         hospital = hospitals[0]
-        _, rejections = screen([*delivered, hospital], float(strategy.screen.norm_factor))
+        # screened against the adapters merged so far (same task) and the server's layout; only the arrival is judged
+        accepted, rejections, actions = screen([*delivered, hospital], layout, strategy)
         if rejected := [r for r in rejections if r.hospital_id == hospital.hospital_id]:
-            failures += rejected  # screened against the adapters merged so far; logged by `screen`
+            failures += rejected
             continue
+        hospital = next(
+            h for h in accepted if h.hospital_id == hospital.hospital_id
+        )  # as screened (clipped, foreign heads dropped)
+        screening += [a.as_dict() for a in actions if a.hospital_id == hospital.hospital_id]
         scorer.add(hospital.hospital_id, calibration_set)
         delivered.append(hospital)
         calibration[str(hospital.hospital_id)] = calibration_summary(calibration_set)
@@ -154,6 +161,7 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
         "order": [h.hospital_id for h in delivered],
         "order_mode": str(strategy.order),
         "calibration": calibration,
+        "screening": screening,
     }
     return StrategyOutcome(versions=versions, merge="medforge", details=details)
 

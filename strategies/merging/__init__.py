@@ -31,8 +31,23 @@ from strategies.merging.lowrank import (
 )
 from strategies.merging.registry import MERGE_METHODS, PEFT_NAMES, MergeMethod, get_merge_method
 from strategies.merging.sparsify import sparse_task_arithmetic
-from strategies.merging.validation import Rejection, screen_adapters
-from strategies.merging.weights import WEIGHTINGS, average_tensors, explicit_weights, hospital_weights, merge_weights
+from strategies.merging.validation import (
+    Rejection,
+    ScreenAction,
+    ScreenResult,
+    ScreenSettings,
+    Submission,
+    screen_adapters,
+)
+from strategies.merging.weights import (
+    WEIGHTINGS,
+    average_tensors,
+    cap_shares,
+    explicit_weights,
+    head_weights,
+    hospital_weights,
+    merge_weights,
+)
 
 __all__ = [
     "MERGE_METHODS",
@@ -43,12 +58,18 @@ __all__ = [
     "MergeResult",
     "ModuleMerge",
     "Rejection",
+    "ScreenAction",
+    "ScreenResult",
+    "ScreenSettings",
+    "Submission",
     "average_tensors",
+    "cap_shares",
     "deviation_from_task_arithmetic",
     "explicit_weights",
     "fedit",
     "get_merge_method",
     "head_task",
+    "head_weights",
     "hospital_weights",
     "knots",
     "lora_modules_to_state",

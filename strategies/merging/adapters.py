@@ -2,7 +2,8 @@
 
 A state holds LoRA keys `<module>.lora_A.weight` / `<module>.lora_B.weight` and classification
 head keys `...heads.<task>.<param>`. LoRA modules merge through a registered `ModuleMerge` (task
-arithmetic by default); heads merge per task by a weighted average.
+arithmetic by default); heads merge per task by a weighted average over the positive weights
+(`weights.head_weights`: a negative weight subtracts a ΔW, but a head is not an update).
 
 Conv2d LoRA (PEFT: A is a conv (r, d_in, kh, kw), B a 1x1 conv (d_out, r, 1, 1)) is the same
 algebra over the flattened kernel: ΔW = B (d_out, r) @ A (r, d_in·kh·kw). `split_lora_modules`
@@ -22,7 +23,7 @@ from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX, head_task, lora_mo
 from strategies.merging.lowrank import LoraFactors, ModuleMerge
 from strategies.merging.registry import MERGE_METHODS, get_merge_method
 from strategies.merging.sparsify import as_generator
-from strategies.merging.weights import average_tensors
+from strategies.merging.weights import average_tensors, head_weights
 
 
 def split_lora_modules(state: Mapping[str, Tensor], scales: float | Mapping[str, float]) -> dict[str, LoraFactors]:
@@ -145,10 +146,15 @@ def _merge_heads(
                 f"hospital {i} is on task {task!r} but its state holds heads only for {sorted(hospital_heads)}"
             )
     merged: dict[str, Tensor] = {}
+    positive = head_weights(weights)
     for task in dict.fromkeys(t for hospital_heads in heads for t in hospital_heads):
         holders = [i for i, hospital_heads in enumerate(heads) if task in hospital_heads]
         # a head no hospital trained this round passes through, averaged over the hospitals that carry it
         contributors = [i for i in holders if tasks[i] == task] or holders
+        # only positive weights shape a head (`head_weights`); with none the task has no merged head
+        contributors = [i for i in contributors if positive[i] > 0]
+        if not contributors:
+            continue
         keys = heads[contributors[0]][task].keys()
         for i in contributors[1:]:
             if heads[i][task].keys() != keys:
@@ -159,7 +165,7 @@ def _merge_heads(
         for key in keys:
             try:
                 tensors = [heads[i][task][key] for i in contributors]
-                merged[key] = average_tensors(tensors, [weights[i] for i in contributors])
+                merged[key] = average_tensors(tensors, [positive[i] for i in contributors])
             except ValueError as err:
                 raise ValueError(f"head {task!r} key {key!r} over hospitals {contributors}: {err}") from err
     return merged

@@ -3,7 +3,8 @@
 Adding a method = one new module with a `ModuleMerge` function + one entry in `_METHODS` below;
 its parameters and their defaults are read from the function's keyword-only parameters. Related methods are one function configured by
 `bound` parameters (TIES, DARE and magnitude pruning are `sparse_task_arithmetic` pipelines).
-PEFT's `add_weighted_adapter` names (linear, cat, svd, ties_svd, ...) are aliases of the same entries.
+PEFT's `add_weighted_adapter` names (linear, cat, svd, ties_svd, ...) are aliases of the same entries
+with PEFT's defaults, so an alias merges as PEFT does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from strategies.merging.fedit import fedit
 from strategies.merging.knots import knots
 from strategies.merging.lowrank import ModuleMerge, task_arithmetic
+from strategies.merging.robust import coordinate_median, trimmed_mean
 from strategies.merging.sparsify import PIPELINES, sparse_task_arithmetic
 
 
@@ -124,6 +126,22 @@ _METHODS = [
         "Trim each ΔW_i to its top `density` entries by magnitude, weighted sum; SVD re-factored.",
     ),
     MergeMethod(
+        name="median",
+        fn=coordinate_median,
+        paper="https://arxiv.org/abs/1803.01498",
+        exact=True,
+        description="Byzantine-robust: coordinate-wise median of the ΔW_i (unweighted, times Σ w); SVD re-factored. "
+        "Robust while fewer than half the hospitals are malicious.",
+    ),
+    MergeMethod(
+        name="trimmed_mean",
+        fn=trimmed_mean,
+        paper="https://arxiv.org/abs/1803.01498",
+        exact=True,
+        description="Byzantine-robust: per coordinate, drop the `trim` fraction of largest and smallest ΔW_i entries, "
+        "average the rest (unweighted, times Σ w); SVD re-factored.",
+    ),
+    MergeMethod(
         name="knots",
         fn=knots,
         paper="https://arxiv.org/abs/2410.19735",
@@ -136,29 +154,44 @@ MERGE_METHODS: dict[str, MergeMethod] = {m.name: m for m in _METHODS}
 
 # PEFT add_weighted_adapter's names for the same merges, with what differs (PEFT's own `ties`, `dare_*`
 # and `magnitude_prune` without `_svd` work on A and B separately; here those names are the ΔW methods).
-PEFT_NAMES: dict[str, tuple[str, dict[str, Any], str]] = {
-    "linear": ("fedit", {}, "PEFT puts sqrt(w) on each factor, so PEFT linear(w) = fedit(sqrt(w))."),
-    "cat": ("task_arithmetic", {"form": "cat"}, ""),
+PEFT_NAMES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
+    # alias: (target, bound parameters, defaults that differ from the target's, note)
+    "linear": (
+        "fedit",
+        {},
+        {},
+        "PEFT puts sqrt(|w|) on each factor and the sign on A, so PEFT linear(w) = fedit(sign(w)·sqrt(|w|)).",
+    ),
+    "cat": ("task_arithmetic", {"form": "cat"}, {}, ""),
     "svd": (
         "task_arithmetic",
         {"form": "svd"},
+        {},
         "merge_rank None is lossless here; PEFT's default svd_rank is max r_i.",
     ),
-    "ties_svd": ("ties", {}, "PEFT's disjoint mean divides by the count: normalize='count'."),
-    "dare_linear_svd": ("dare_linear", {}, ""),
-    "dare_ties_svd": ("dare_ties", {}, "PEFT's disjoint mean divides by the count: normalize='count'."),
-    "magnitude_prune_svd": ("magnitude_prune", {}, ""),
+    "ties_svd": ("ties", {}, {"normalize": "count"}, "Like PEFT, the disjoint mean divides by the count."),
+    "dare_linear_svd": ("dare_linear", {}, {}, ""),
+    "dare_ties_svd": ("dare_ties", {}, {"normalize": "count"}, "Like PEFT, the disjoint mean divides by the count."),
+    "magnitude_prune_svd": ("magnitude_prune", {}, {}, ""),
 }
 
 
-def _peft_alias(alias: str, target: str, bound: Mapping[str, Any], note: str) -> MergeMethod:
+def _peft_alias(
+    alias: str, target: str, bound: Mapping[str, Any], defaults: Mapping[str, Any], note: str
+) -> MergeMethod:
+    """PEFT's name for a registered method, with PEFT's defaults where they differ (so the alias merges as PEFT does)."""
     method = MERGE_METHODS[target]
-    using = f"{target} with {dict(bound)}" if bound else target
+    using = ", ".join(f"{k}={v!r}" for k, v in {**bound, **defaults}.items())
     return replace(
         method,
         name=alias,
-        description=" ".join(filter(None, [f"PEFT's {alias!r}: {using}.", note, method.description])),
+        description=" ".join(
+            filter(
+                None, [f"PEFT's {alias!r}: {target}" + (f" with {using}." if using else "."), note, method.description]
+            )
+        ),
         bound={**method.bound, **bound},
+        defaults={**method.defaults, **defaults},
     )
 
 

@@ -87,3 +87,27 @@ def test_centralised_reference_trains_one_adapter_on_the_pooled_data(tmp_path, r
     assert set(central["per_task"]) == set(REAL_FLAGS)
     assert results["communication"]["upload_bytes"] == 0  # nothing trained at the hospitals
     assert (run_dir / "adapters" / "centralised" / "adapter_config.json").exists()
+
+
+def test_default_medforge_run_merges_every_honest_hospital(tmp_path, real_root):
+    """`scripts/run.py strategy=medforge simulation.num_hospitals=3` on the default multi-task data.
+
+    The tasks' ΔW norms differ by 20-35x; the screen once compared them across tasks and rejected
+    both later arrivals (failed: NotEnoughHospitals). Hospitals are now compared within a task only.
+    """
+    cfg = compose_experiment(
+        [
+            "strategy=medforge",
+            "simulation.num_hospitals=3",
+            f"data.root={real_root}",
+            *TINY_REAL,
+            "strategy.calibration.iterations=5",
+            "strategy.calibration.ipc=2",
+            "strategy.search.budget=6",
+        ]
+    )
+    results = read_results(run_simulation(cfg, tmp_path / "medforge", quiet=True))
+    assert results["status"] == "completed", results.get("error")
+    assert [f for f in results["failures"] if f["phase"] == "screen"] == []
+    assert sorted(results["strategy_details"]["order"]) == [0, 1, 2]
+    assert {a["action"] for a in results["strategy_details"]["screening"]} <= {"no_majority"}

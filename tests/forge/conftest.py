@@ -139,7 +139,7 @@ def build_tiny_run(folder: Path, scenario: str = "multi_center") -> Path:
         g = torch.Generator().manual_seed(i)
         for key in state:
             if key.endswith(".lora_B.weight"):
-                state[key] = 0.05 * torch.randn(state[key].shape, generator=g)
+                state[key] = 0.005 * torch.randn(state[key].shape, generator=g)
         r, alpha = int(payload["lora"]["r"]), float(payload["lora"]["alpha"])
         stored.append(StoredHospital(i, hospital.task, len(hospital.data.train), state, r, alpha))
         summaries.append(

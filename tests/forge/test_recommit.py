@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fl_app.forge.recommit import read_adapter, recommitted_versions
+from fl_app.adapter_layout import AdapterLayout
+from fl_app.forge.recommit import read_adapter, recommitted_versions, screen_arrival
 from fl_app.forge.withdraw import withdrawn_version
 from fl_app.remerge.stored import StoredHospital
 from fl_app.server.results import version_entry
@@ -54,9 +55,13 @@ def test_a_bad_new_adapter_is_refused_by_screening(tmp_path, hospitals):
     run = make_run(tmp_path, hospitals, [run_merge(hospitals, "task_arithmetic")])
     bad = hospital_state(9, "a", 2)
     bad["m.linear.lora_B.weight"][0, 0] = float("nan")
+    lora = {k: v for k, v in hospitals[0].state.items() if ".lora_" in k}
+    heads = {t: {k: v for k, v in h.state.items() if f".heads.{t}." in k} for h in hospitals for t in [h.task]}
+    layout = AdapterLayout.from_states(lora, heads, {m: 1e6 for m in ("m.linear", "m.pw", "m.conv")})
+    others = [h for h in hospitals if h.id != 3]
 
     with pytest.raises(ValueError, match="hospital 3's new adapter fails screening"):
-        recommitted_versions(run, "merged", 3, bad, 2, 4.0)
+        screen_arrival(run, others, StoredHospital(3, "a", 40, bad, 2, 4.0), layout)
 
 
 def test_read_adapter_needs_a_peft_folder(tmp_path):

@@ -11,7 +11,8 @@ import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from strategies.merging import MERGE_METHODS, merge_adapters, split_lora_modules, task_arithmetic
+from fl_app.adapter_layout import AdapterLayout
+from strategies.merging import MERGE_METHODS, Submission, merge_adapters, split_lora_modules, task_arithmetic
 from strategies.merging.adapters import flat_lora_a, flat_lora_b
 from strategies.merging.validation import screen_adapters
 
@@ -113,14 +114,18 @@ def test_task_arithmetic_on_conv_adapters_is_the_exact_weighted_sum():
 
 
 def test_screen_measures_conv_adapter_norms():
-    # Prepare: hospital 2 sends a 50x adapter
+    # Prepare: hospital 2 sends a 50x adapter; the layout is the fresh adapter's own
     states = hospital_states()
     states[2] = {k: v * 50 if k.endswith("lora_B.weight") else v for k, v in states[2].items()}
+    lora = {k: v for k, v in states[0].items() if "lora_" in k}
+    heads = {"task": {k: v for k, v in states[0].items() if "heads" in k}}
+    modules = {k[: -len(".lora_A.weight")] for k in lora if k.endswith(".lora_A.weight")}
+    layout = AdapterLayout.from_states(lora, heads, {m: 1e6 for m in modules})
     # Execute
-    kept, rejections = screen_adapters(states, [0, 1, 2], norm_factor=10.0, scales=[2.0] * 3)
+    result = screen_adapters([Submission(i, "task", s, 4, 8.0) for i, s in enumerate(states)], layout)
     # Assert
-    assert kept == [0, 1]
-    assert {r.hospital_id for r in rejections} == {2}
+    assert result.accepted == [0, 1]
+    assert {r.hospital_id for r in result.rejections} == {2}
 
 
 def test_factors_merge_matches_peft_cat_on_conv():

@@ -21,7 +21,17 @@ from strategies.merging import (
 from strategies.merging.sparsify import PIPELINES
 
 PEFT_COMBINATION_TYPES = ["linear", "cat", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd"]
-METHODS = ["fedit", "task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune", "knots"]
+METHODS = [
+    "fedit",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "magnitude_prune",
+    "knots",
+    "median",
+    "trimmed_mean",
+]
 
 
 def test_task_arithmetic_is_registered():
@@ -55,11 +65,11 @@ def test_only_fedit_is_inexact():
         ("cat", {}, {"form": "cat"}),
         ("svd", {}, {"form": "svd"}),
         ("ties", {"density": 0.2, "majority_sign_method": "total", "normalize": "weights"}, {"pipeline": "ties"}),
-        ("ties_svd", {"density": 0.2, "majority_sign_method": "total", "normalize": "weights"}, {"pipeline": "ties"}),
+        ("ties_svd", {"density": 0.2, "majority_sign_method": "total", "normalize": "count"}, {"pipeline": "ties"}),
         ("dare_linear", {"density": 0.5, "seed": 0}, {"pipeline": "dare_linear"}),
         (
             "dare_ties_svd",
-            {"density": 0.5, "seed": 0, "majority_sign_method": "total", "normalize": "weights"},
+            {"density": 0.5, "seed": 0, "majority_sign_method": "total", "normalize": "count"},
             {"pipeline": "dare_ties"},
         ),
         ("magnitude_prune_svd", {"density": 0.2}, {"pipeline": "magnitude_prune"}),

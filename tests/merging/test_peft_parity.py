@@ -164,6 +164,15 @@ def test_dare_matches_peft_with_the_same_seed(mixed, method, params):
     assert rel(other_seed["q_proj"], peft["q_proj"]) > 0.05
 
 
+@pytest.mark.parametrize(("alias", "peft_kwargs"), [("ties_svd", {}), ("dare_ties_svd", {"seed": 7})])
+def test_peft_aliases_merge_as_peft_does_with_their_defaults(mixed, alias, peft_kwargs):
+    # PEFT's names take PEFT's defaults (normalize 'count'): no parameter beyond the density is needed
+    model, states, scales = mixed
+    params = {"density": 0.5} | peft_kwargs
+    ours = project_merge(states, scales, WEIGHTS, alias, rank=SVD_RANK, params=params)
+    assert_same_deltas(ours, peft_merge(model, WEIGHTS, alias, svd_rank=SVD_RANK, **params))
+
+
 def test_ties_default_normalisation_is_the_weighted_disjoint_mean(mixed):
     # PEFT divides Σ_agree w_i x_i by the number of agreeing adapters, so weights summing to 1 shrink
     # the TIES ΔW by ~1/N; the project's default divides by Σ_agree |w_i| (mergekit; TIES' mean when

@@ -1,180 +1,223 @@
-"""Screening hospital adapters before a merge: every rejection names the hospital, the tensor, the problem."""
+"""Screening hospital adapters: against the server's expected layout first, then within each task.
+
+Every rejection names the hospital, the tensor and the problem; honest hospitals whose tasks differ
+are never compared with each other.
+"""
 
 import pytest
 import torch
 
-from strategies.merging import Rejection, screen_adapters
+from fl_app.adapter_layout import AdapterLayout
+from strategies.merging import ScreenSettings, Submission, screen_adapters
 
 Q, V = "base_model.model.q_proj", "base_model.model.v_proj"
+CLASSES = {"breastmnist": 2, "pneumoniamnist": 2, "retinamnist": 5}
 
 
 def head(task: str, param: str) -> str:
     return f"base_model.model.heads.{task}.{param}"
 
 
-def adapter(seed: int, task: str = "breastmnist", classes: int = 2, r: int = 4, scale: float = 1.0) -> dict:
-    """LoRA on q (16->16) and v (16->8), and the hospital's own task head."""
-    g = torch.Generator().manual_seed(seed)
+def layout(base_norm: float = 100.0) -> AdapterLayout:
+    """The experiment's adapter: LoRA on q (16->16) and v (16->8), a head per task on 8 features."""
+    lora = {}
+    for module, d_out in ((Q, 16), (V, 8)):
+        lora[f"{module}.lora_A.weight"] = torch.zeros(4, 16)
+        lora[f"{module}.lora_B.weight"] = torch.zeros(d_out, 4)
+    heads = {
+        task: {head(task, "weight"): torch.full((n, 8), 0.1), head(task, "bias"): torch.zeros(n)}
+        for task, n in CLASSES.items()
+    }
+    return AdapterLayout.from_states(lora, heads, {Q: base_norm, V: base_norm})
+
+
+def adapter(seed: int, task: str = "breastmnist", r: int = 4, scale: float = 1.0, shared: int = 0) -> dict:
+    """A trained-looking adapter: A from the shared seeded init, B = a task direction + hospital noise."""
+    A_gen, B_gen, own = (torch.Generator().manual_seed(s) for s in (1000 + shared, 2000 + shared, seed))
     state = {}
     for module, d_out in ((Q, 16), (V, 8)):
-        state[f"{module}.lora_A.weight"] = torch.randn(r, 16, generator=g)
-        state[f"{module}.lora_B.weight"] = scale * torch.randn(d_out, r, generator=g)
-    state[head(task, "weight")] = torch.randn(classes, 8, generator=g)
-    state[head(task, "bias")] = torch.randn(classes, generator=g)
+        state[f"{module}.lora_A.weight"] = torch.randn(r, 16, generator=A_gen)
+        direction = torch.randn(d_out, r, generator=B_gen)
+        state[f"{module}.lora_B.weight"] = scale * (direction + 0.3 * torch.randn(d_out, r, generator=own))
+    state[head(task, "weight")] = 0.1 * torch.randn(CLASSES[task], 8, generator=own)
+    state[head(task, "bias")] = 0.1 * torch.randn(CLASSES[task], generator=own)
     return state
 
 
-def healthy(n: int = 4) -> list[dict]:
-    return [adapter(seed) for seed in range(n)]
+def submit(states: list[dict], tasks: list[str] | None = None, ids: list[int] | None = None, r: int = 4):
+    ids = ids or [10 + i for i in range(len(states))]
+    tasks = tasks or ["breastmnist"] * len(states)
+    return [Submission(h, t, s, r, float(r)) for h, t, s in zip(ids, tasks, states)]
 
 
-IDS = [10, 11, 12, 13]
+def rejected(result) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    for r in result.rejections:
+        found.setdefault(r.hospital_id, []).append(f"{r.key}: {r.problem}")
+    return found
 
 
-def test_healthy_adapters_pass():
-    accepted, rejections = screen_adapters(healthy(), IDS)
-    assert accepted == [0, 1, 2, 3] and rejections == []
+def test_healthy_adapters_pass_unchanged():
+    states = [adapter(i) for i in range(4)]
+    result = screen_adapters(submit(states), layout())
+    assert result.accepted == [0, 1, 2, 3] and result.rejections == []
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(states, result.states) for k in a)
 
 
-def test_multi_task_heads_and_mixed_ranks_are_legitimate():
-    # Prepare: different tasks send heads of different shapes; hospital 3 trained rank 8
-    states = [adapter(0, "breastmnist", 2), adapter(1, "pneumonia", 3), adapter(2, "breastmnist", 2), adapter(3, r=8)]
-
+def test_tasks_with_very_different_norms_are_not_compared():
+    # Prepare: the MedForge default run's situation: one hospital per task, norms 1x, 22x, 35x
+    states = [
+        adapter(0, "breastmnist"),
+        adapter(1, "pneumoniamnist", scale=22.0),
+        adapter(2, "retinamnist", scale=35.0),
+    ]
     # Execute
-    accepted, rejections = screen_adapters(states, IDS)
+    result = screen_adapters(submit(states, ["breastmnist", "pneumoniamnist", "retinamnist"]), layout(1e4))
+    # Assert: all merged; the record says why no relative screen ran
+    assert result.accepted == [0, 1, 2] and result.rejections == []
+    assert [a.action for a in result.actions] == ["no_majority"] * 3
 
+
+def test_a_malformed_hospital_never_gets_a_healthy_one_rejected():
+    # Prepare: two hospitals, hospital 10 malformed (no v LoRA, wrong q shape)
+    bad, good = adapter(0), adapter(1)
+    del bad[f"{V}.lora_A.weight"], bad[f"{V}.lora_B.weight"]
+    bad[f"{Q}.lora_A.weight"] = torch.randn(4, 12)
+    # Execute
+    result = screen_adapters(submit([bad, good]), layout())
     # Assert
-    assert accepted == [0, 1, 2, 3] and rejections == []
+    assert result.accepted == [1]
+    problems = rejected(result)
+    assert set(problems) == {10}
+    assert any("missing" in p and V in p for p in problems[10])
+    assert any("shape (4, 12)" in p and "(r, 16)" in p for p in problems[10])
 
 
-def test_missing_and_extra_lora_keys():
+def test_structure_against_the_expected_layout():
     # Prepare
-    states = healthy()
-    del states[1][f"{V}.lora_B.weight"]
-    states[2]["base_model.model.k_proj.lora_A.weight"] = torch.randn(4, 16)
-
+    states = [adapter(i) for i in range(6)]
+    states[0]["base_model.model.k_proj.lora_A.weight"] = torch.randn(4, 16)  # a module nobody asked for
+    states[1][f"{V}.lora_B.weight"] = states[1][f"{V}.lora_B.weight"].double()  # dtype
+    states[2]["base_model.model.backbone.bias"] = torch.zeros(3)  # neither LoRA nor head
+    del states[3][head("breastmnist", "bias")]  # own head incomplete
+    states[4][f"{Q}.lora_B.weight"] = torch.randn(16, 3)  # B rank 3, A rank 4, reports 4
     # Execute
-    accepted, rejections = screen_adapters(states, IDS)
-
+    result = screen_adapters(submit(states), layout())
     # Assert
-    assert accepted == [0, 3]
-    assert Rejection(11, f"{V}.lora_B.weight", "missing: most hospitals send this LoRA tensor") in rejections
-    assert (
-        Rejection(12, "base_model.model.k_proj.lora_A.weight", "unexpected LoRA tensor: most hospitals do not send it")
-        in rejections
-    )
+    problems = rejected(result)
+    assert result.accepted == [5]
+    assert "unexpected LoRA tensor" in problems[10][0]
+    assert "dtype torch.float64" in problems[11][0]
+    assert "neither a LoRA key nor a head key" in problems[12][0]
+    assert "missing: the breastmnist head" in problems[13][0]
+    assert "rank 3, but the hospital reports lora-r=4" in problems[14][0]
 
 
-def test_reference_keys_decide_instead_of_the_majority():
-    # Prepare: hospitals 0-2 lack v_proj; the reference says it is expected
-    states = healthy()
-    for s in states[:3]:
-        del s[f"{V}.lora_A.weight"], s[f"{V}.lora_B.weight"]
-    reference = set(healthy(1)[0])  # head keys in it are ignored
-
+def test_unknown_task_rejected_and_foreign_heads_dropped():
+    # Prepare: hospital 10 claims a task the experiment lacks; hospital 11 also sends a retina head
+    states = [adapter(0), adapter(1), adapter(2)]
+    extra = adapter(9, "retinamnist")
+    states[1] |= {k: v for k, v in extra.items() if "heads" in k}
     # Execute
-    accepted, rejections = screen_adapters(states, IDS, reference_keys=reference)
-
+    result = screen_adapters(submit(states, ["dermamnist", "breastmnist", "breastmnist"]), layout())
     # Assert
-    assert accepted == [3]
-    assert {r.hospital_id for r in rejections} == {10, 11, 12}
-    assert (
-        str(rejections[0]) == f"hospital 10: {V}.lora_A.weight: missing: the reference adapters send this LoRA tensor"
-    )
+    assert result.accepted == [1, 2]
+    assert "not one of this experiment's tasks" in rejected(result)[10][0]
+    assert not any("retinamnist" in k for k in result.states[0])
+    assert any(a.action == "dropped" and a.hospital_id == 11 for a in result.actions)
 
 
-def test_shape_and_dtype_mismatches():
-    # Prepare
-    states = healthy()
-    states[1][f"{Q}.lora_A.weight"] = torch.randn(4, 12)  # d_in 12 instead of 16
-    states[2][f"{V}.lora_B.weight"] = states[2][f"{V}.lora_B.weight"].double()
-    states[3][head("breastmnist", "weight")] = torch.randn(5, 8)
-
-    # Execute
-    accepted, rejections = screen_adapters(states, IDS)
-
-    # Assert
-    assert accepted == [0]
-    assert Rejection(11, f"{Q}.lora_A.weight", "shape (4, 12), but most hospitals send (r, 16)") in rejections
-    assert (
-        Rejection(12, f"{V}.lora_B.weight", "dtype torch.float64, but most hospitals send torch.float32") in rejections
-    )
-    assert Rejection(13, head("breastmnist", "weight"), "shape (5, 8), but most hospitals send (2, 8)") in rejections
-
-
-def test_inconsistent_rank_within_one_module():
-    states = healthy()
-    states[2][f"{Q}.lora_B.weight"] = torch.randn(16, 6)
-    accepted, rejections = screen_adapters(states, IDS)
-    assert accepted == [0, 1, 3]
-    assert rejections == [Rejection(12, f"{Q}.lora_A.weight", f"rank 4, but {Q}.lora_B.weight (16, 6) has rank 6")]
+@pytest.mark.parametrize("r,alpha", [(0, 4.0), (4, float("nan")), (4, float("inf")), (4, -1.0)])
+def test_reported_rank_and_alpha(r, alpha):
+    states = [adapter(i) for i in range(2)]
+    subs = [Submission(10, "breastmnist", states[0], r, alpha), Submission(11, "breastmnist", states[1], 4, 4.0)]
+    result = screen_adapters(subs, layout())
+    assert result.accepted == [1]
+    assert 10 in rejected(result)
 
 
 def test_nan_and_inf():
-    # Prepare
-    states = healthy()
-    states[0][f"{Q}.lora_B.weight"][0, :3] = torch.nan
-    states[3][head("breastmnist", "bias")][1] = torch.inf
+    states = [adapter(i) for i in range(3)]
+    states[0][f"{Q}.lora_A.weight"][0, 0] = float("nan")
+    states[1][head("breastmnist", "bias")][0] = float("inf")
+    result = screen_adapters(submit(states), layout())
+    assert result.accepted == [2]
+    assert "1 of 64 values are NaN or Inf" in rejected(result)[10][0]
 
+
+def test_absolute_bound_holds_when_the_others_are_untrained():
+    # Prepare: three untrained adapters (B = 0, median norm 0) and one huge one
+    states = [adapter(i, scale=0.0) for i in range(3)] + [adapter(3, scale=1000.0)]
     # Execute
-    accepted, rejections = screen_adapters(states, IDS)
-
-    # Assert
-    assert accepted == [1, 2]
-    assert rejections == [
-        Rejection(10, f"{Q}.lora_B.weight", "3 of 64 values are NaN or Inf"),
-        Rejection(13, head("breastmnist", "bias"), "1 of 2 values are NaN or Inf"),
-    ]
+    result = screen_adapters(submit(states), layout(base_norm=10.0))
+    # Assert: the huge one exceeds the pretrained weights' norm; the untrained ones pass
+    assert result.accepted == [0, 1, 2]
+    assert "the pretrained weight's norm" in rejected(result)[13][0]
 
 
-def test_norm_far_above_the_others():
-    # Prepare: hospital 13's B is 50x larger, so its ΔW norm is about 50x the median
-    states = healthy(3) + [adapter(3, scale=50.0)]
+def test_huge_head_is_rejected_even_alone():
+    states = [adapter(0), adapter(1)]
+    states[1][head("breastmnist", "weight")] *= 1e6
+    result = screen_adapters(submit(states), layout())
+    assert result.accepted == [0]
+    assert "freshly initialised head" in rejected(result)[11][0]
 
+
+def test_norm_outlier_within_a_task():
+    states = [adapter(i) for i in range(4)]
+    states[2] = adapter(2, scale=30.0)
+    result = screen_adapters(submit(states), layout(1e6))
+    assert result.accepted == [0, 1, 3]
+    assert "x the median" in rejected(result)[12][0]
+    lenient = screen_adapters(submit(states), layout(1e6), ScreenSettings(norm_factor=100.0, clip_factor=None))
+    assert lenient.accepted == [0, 1, 2, 3]
+
+
+def test_sign_flip_below_the_norm_factor_is_caught_by_direction():
+    # Prepare: five hospitals, one sends the negated direction at 8x: it passes the norm screen
+    states = [adapter(i) for i in range(5)]
+    states[4] = {k: (-8.0 * v if k.endswith("lora_B.weight") else v) for k, v in adapter(4).items()}
     # Execute
-    accepted, rejections = screen_adapters(states, IDS)
-    lenient, _ = screen_adapters(states, IDS, norm_factor=100.0)
-
-    # Assert
-    assert accepted == [0, 1, 2] and lenient == [0, 1, 2, 3]
-    assert [(r.hospital_id, r.key) for r in rejections] == [(13, Q), (13, V)]
-    assert (
-        "ΔW norm ||s·B·A|| =" in rejections[0].problem and "of the other hospitals (limit 10x)" in rejections[0].problem
+    result = screen_adapters(submit(states), layout(1e6))
+    off = screen_adapters(
+        submit(states), layout(1e6), ScreenSettings(min_cosine=None, min_relative_cosine=None, clip_factor=None)
     )
+    # Assert
+    assert result.accepted == [0, 1, 2, 3]
+    assert "points away" in rejected(result)[14][0]
+    assert off.accepted == [0, 1, 2, 3, 4]
 
 
-def test_norm_uses_the_scales():
-    # a scale of 50 counts like a 50x larger B; per-module scales are looked up by module path
-    states = healthy()
-    accepted, rejections = screen_adapters(states, IDS, scales=[1.0, 1.0, {Q: 50.0, V: 1.0}, 1.0])
-    assert accepted == [0, 1, 3] and [(r.hospital_id, r.key) for r in rejections] == [(12, Q)]
+def test_clipping_scales_a_large_update_to_the_limit():
+    states = [adapter(i) for i in range(5)]
+    states[4] = adapter(4, scale=5.0)
+    result = screen_adapters(submit(states), layout(1e6), ScreenSettings(clip_factor=2.0))
+    assert result.accepted == [0, 1, 2, 3, 4]
+    clipped = [a for a in result.actions if a.action == "clipped"]
+    assert {a.hospital_id for a in clipped} == {14}
+    norms = [float(torch.linalg.norm(s[f"{Q}.lora_B.weight"] @ s[f"{Q}.lora_A.weight"])) for s in result.states]
+    median = sorted(norms)[2]
+    assert norms[4] == pytest.approx(2.0 * median, rel=1e-4)
+    assert torch.equal(result.states[0][f"{Q}.lora_B.weight"], states[0][f"{Q}.lora_B.weight"])
 
 
-def test_two_hospitals_and_zero_adapters():
-    # with two hospitals, the larger one is compared with the other; all-zero ΔWs (B = 0 at init) are not judged
-    zeros = [{k: torch.zeros_like(v) if "lora_B" in k else v for k, v in s.items()} for s in healthy(2)]
-    assert screen_adapters(zeros, [1, 2]) == ([0, 1], [])
-    accepted, _ = screen_adapters([adapter(0), adapter(1, scale=30.0)], [1, 2])
-    assert accepted == [0]
-
-
-def test_unknown_keys_and_empty_states():
-    states = healthy(3) + [{"classifier.weight": torch.ones(2, 2)}]
-    accepted, rejections = screen_adapters(states, IDS)
-    assert accepted == [0, 1, 2]
-    problems = [r.problem for r in rejections if r.hospital_id == 13]
-    assert problems[0].startswith("no LoRA tensors")
-    assert "unexpected tensor: neither a LoRA key" in problems[-1]
+def test_two_hospitals_have_no_majority():
+    # A 50x adapter next to one other: no majority to say which is wrong; absolute bounds only
+    result = screen_adapters(submit([adapter(0), adapter(1, scale=50.0)]), layout(1e6))
+    assert result.accepted == [0, 1]
+    assert [a.action for a in result.actions] == ["no_majority"]
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    "settings,message",
     [
-        ({"hospital_ids": [1]}, "got 1 hospital ids for 4 states"),
-        ({"norm_factor": 0.5}, "norm_factor must be a finite number >= 1, got 0.5"),
-        ({"scales": [1.0]}, "got 1 scales for 4 states"),
+        ({"norm_factor": 0.5}, "norm_factor must be >= 1"),
+        ({"clip_factor": 0.5}, "clip_factor"),
+        ({"min_cosine": 1.0}, "min_cosine"),
+        ({"max_update_ratio": float("nan")}, "max_update_ratio"),
+        ({"bogus": 1}, "has no setting"),
     ],
 )
-def test_screen_validates_arguments(kwargs, message):
+def test_settings_are_validated(settings, message):
     with pytest.raises(ValueError, match=message):
-        screen_adapters(healthy(), **({"hospital_ids": IDS} | kwargs))
+        ScreenSettings.from_config(settings)

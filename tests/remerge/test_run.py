@@ -30,3 +30,38 @@ def test_an_existing_remerge_version_needs_force(tmp_path):
 
     with pytest.raises(ValueError, match="already exists .* pass --force"):
         remerge(run, [_request("remerge-x")])
+
+
+def test_explicit_weighting_remerges_with_the_runs_weights_and_caps_only_counts(tmp_path):
+    # A run made with strategy.weighting=explicit can be re-merged ("unknown weight scheme" before issue 11)
+    import torch
+    from omegaconf import OmegaConf
+
+    from fl_app.remerge.plan import plan_requests
+    from fl_app.remerge.run import merge_version
+    from fl_app.remerge.stored import StoredHospital
+
+    def state(seed):
+        g = torch.Generator().manual_seed(seed)
+        return {
+            "m.q.lora_A.weight": torch.randn(2, 6, generator=g),
+            "m.q.lora_B.weight": torch.randn(5, 2, generator=g),
+            "m.heads.t.weight": torch.randn(2, 5, generator=g),
+        }
+
+    hospitals = [StoredHospital(i, "t", n, state(i), 2, 4.0) for i, n in enumerate([10, 10**9, 30])]
+    strategy = {"merge": "task_arithmetic", "weighting": "explicit", "weights": {0: 1.0, 1: 0.5, 2: -0.5}}
+    strategy |= {"scale": 1.0, "merge_rank": None, "merge_params": None, "robust": {"max_share": 0.5}}
+    run = StoredRun(tmp_path, "{}", {}, OmegaConf.create({"strategy": strategy}), hospitals)
+    (request,) = plan_requests(["task_arithmetic"], [], strategy)
+    version = merge_version(run, request)
+    assert version.details["weights"] == {"0": 1.0, "1": 0.5, "2": -0.5}  # explicit: as given, never capped
+    expected = sum(
+        w * 2.0 * h.state["m.q.lora_B.weight"] @ h.state["m.q.lora_A.weight"]
+        for w, h in zip([1.0, 0.5, -0.5], hospitals)
+    )
+    merged = version.state["m.q.lora_B.weight"] @ version.state["m.q.lora_A.weight"]
+    assert torch.allclose(merged, expected, atol=1e-5)
+    # with num_examples the run's cap applies: the 1e9 count buys half the weight, not all of it
+    (counted,) = plan_requests(["task_arithmetic"], [], strategy, weighting="num_examples")
+    assert merge_version(run, counted).details["weights"]["1"] == pytest.approx(0.5)

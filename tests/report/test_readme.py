@@ -94,3 +94,10 @@ def test_ci_lints_then_runs_the_readme_test_command():
         < ci.index(test)
     )
     assert ci[-1] == test
+
+
+def test_attack_fails_clearly_on_a_folder_without_results(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script_main("attack.py")([str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "is not a results folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

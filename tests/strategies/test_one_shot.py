@@ -13,26 +13,37 @@ from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import ARRAYS, HOSPITAL, METRICS, hospital_record
 from strategies.one_shot import OneShotMerge
 from strategies.replies import NotEnoughHospitals
+from strategies.screening import expected_layout
+from tests.conftest import TINY_MODEL
 
-MODULE = "base_model.model.backbone.layers.0.attention.q_proj"
-
-
-def adapter(seed: int, task: str = "breastmnist") -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        f"{MODULE}.lora_A.weight": torch.randn(4, 16, generator=generator),
-        f"{MODULE}.lora_B.weight": torch.randn(16, 4, generator=generator),
-        f"base_model.model.heads.{task}.weight": torch.randn(2, 16, generator=generator),
-        f"base_model.model.heads.{task}.bias": torch.randn(2, generator=generator),
-    }
+BASE = ["data=multi_center", "data.flags=[breastmnist]", "strategy.min_hospitals=2", *TINY_MODEL]
+LAYOUT = expected_layout(compose_experiment(BASE))
+MODULE = LAYOUT.modules[0]
 
 
-def reply(hospital_id: int, state: dict[str, torch.Tensor], n_train: int = 100) -> SimpleNamespace:
+def adapter(seed: int, task: str = "breastmnist", r: int = 4) -> dict[str, torch.Tensor]:
+    """An adapter of the experiment's layout: A from a shared init, B = a shared direction + hospital noise, small."""
+    shared, own = torch.Generator().manual_seed(0), torch.Generator().manual_seed(seed)
+    state = {}
+    for key, signature in LAYOUT.lora.items():
+        shape = tuple(r if d is None else d for d in signature)
+        if key.endswith("lora_A.weight"):
+            state[key] = torch.randn(shape, generator=shared)
+        else:
+            state[key] = 1e-3 * (torch.randn(shape, generator=shared) + 0.3 * torch.randn(shape, generator=own))
+    for key, shape in LAYOUT.heads[task].items():
+        state[key] = 0.01 * torch.randn(shape, generator=own)
+    return state
+
+
+def reply(
+    hospital_id: int, state: dict[str, torch.Tensor], n_train: int = 100, lora_r: int = 4, lora_alpha: float = 8.0
+) -> SimpleNamespace:
     content = RecordDict(
         {
             ARRAYS: state_to_arrayrecord(state),
             METRICS: MetricRecord({"num-examples": n_train}),
-            HOSPITAL: hospital_record(hospital_id, "breastmnist", n_train, 10, 10, "synthetic", 4, 8.0),
+            HOSPITAL: hospital_record(hospital_id, "breastmnist", n_train, 10, 10, "synthetic", lora_r, lora_alpha),
         }
     )
     return SimpleNamespace(
@@ -50,7 +61,7 @@ class Sink:
 
 def strategy(*overrides: str) -> tuple[OneShotMerge, Sink]:
     sink = Sink()
-    cfg = compose_experiment(["data=multi_center", "strategy.min_hospitals=2", *overrides])
+    cfg = compose_experiment([*BASE, *overrides])
     return OneShotMerge(cfg, available_nodes=3, sink=sink), sink
 
 
@@ -126,3 +137,62 @@ def test_two_nodes_claiming_one_hospital_id_are_not_both_merged():
     assert [h.hospital_id for h in one_shot.hospitals] == [0, 1]
     assert [(f["hospital_id"], f["node_id"]) for f in failures] == [(1, 999)]
     assert "give each SuperNode its own hospital-id" in failures[0]["error"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lora_r", 0, "lora-r=0 is not an integer >= 1"),
+        ("lora_alpha", float("nan"), "lora-alpha=nan is not a finite number > 0"),
+        ("lora_alpha", float("inf"), "lora-alpha=inf is not a finite number > 0"),
+        ("n_train", -5, "n-train=-5 is not an integer >= 1"),
+    ],
+)
+def test_a_malformed_reply_is_left_out_and_the_others_merged(field, value, message):
+    # Before: ZeroDivisionError / ValueError inside aggregate_train, after every hospital had trained
+    merge, sink = strategy()
+
+    merge.aggregate_train(1, [reply(0, adapter(0)), reply(1, adapter(1)), reply(2, adapter(2), **{field: value})])
+
+    assert [h.hospital_id for h in merge.hospitals] == [0, 1]
+    delivered, failures = sink.rounds[0]
+    assert delivered == [0, 1]
+    assert failures[0]["hospital_id"] == 2 and message in failures[0]["error"]
+
+
+def test_the_documented_negative_weight_example_merges():
+    # conf/strategy/one_shot.yaml's example: hospital 2's ΔW is subtracted; heads use the positive weights
+    merge, _ = strategy("strategy.weighting=explicit", "strategy.weights={0: 1.0, 1: 0.5, 2: -0.5}")
+    states = [adapter(i) for i in range(3)]
+
+    merge.aggregate_train(1, [reply(i, s) for i, s in enumerate(states)])
+
+    merged = merge.merge_result.state
+    key = next(k for k in LAYOUT.heads["breastmnist"] if k.endswith("weight"))
+    expected_head = (1.0 * states[0][key] + 0.5 * states[1][key]) / 1.5
+    assert torch.allclose(merged[key], expected_head, atol=1e-6)
+    a, b = f"{MODULE}.lora_A.weight", f"{MODULE}.lora_B.weight"
+    expected = sum(w * 2.0 * s[b] @ s[a] for w, s in zip([1.0, 0.5, -0.5], states))
+    assert torch.allclose(merged[b] @ merged[a], expected, atol=1e-6)
+
+
+def test_an_inflated_example_count_buys_at_most_the_capped_share():
+    merge, _ = strategy()  # weighting num_examples, robust.max_share 0.5
+
+    merge.aggregate_train(1, [reply(0, adapter(0)), reply(1, adapter(1)), reply(2, adapter(2), n_train=10**9)])
+
+    assert merge.weights == pytest.approx([0.25, 0.25, 0.5])
+    uncapped, _ = strategy("strategy.robust.max_share=null")
+    uncapped.aggregate_train(1, [reply(0, adapter(0)), reply(1, adapter(1)), reply(2, adapter(2), n_train=10**9)])
+    assert uncapped.weights[2] > 0.999
+
+
+def test_a_head_for_another_task_is_dropped_before_the_merge():
+    merge, _ = strategy()
+    smuggler = adapter(2) | {"base_model.model.heads.retinamnist.weight": torch.ones(5, 48)}
+
+    merge.aggregate_train(1, [reply(0, adapter(0)), reply(1, adapter(1)), reply(2, smuggler)])
+
+    assert [h.hospital_id for h in merge.hospitals] == [0, 1, 2]
+    assert not any("retinamnist" in k for k in merge.merge_result.state)
+    assert [(a.hospital_id, a.action) for a in merge.screen_actions] == [(2, "dropped")]
