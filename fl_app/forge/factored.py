@@ -44,9 +44,18 @@ def common_ratio(old: Recipe, new: Recipe, kept: Sequence[int]) -> float | None:
     return ratios[0]
 
 
-def _head_weight(recipe: Recipe, hospital: int) -> float:
-    """A hospital's weight in its task's head: its merge weight; MedForge's heads are plain means."""
-    return 1.0 if recipe.method == FUSION else recipe.coefficients[hospital]
+def head_weight(recipe: Recipe, hospital: int) -> float:
+    """A hospital's weight in its task's head: its merge weight, 0 if negative (`head_weights`); MedForge's heads are plain means."""
+    return 1.0 if recipe.method == FUSION else max(recipe.coefficients[hospital], 0.0)
+
+
+def heads_revisable(old: Recipe, new: Recipe, hospital: StoredHospital, tasks: Mapping[int, str]) -> bool:
+    """True when every hospital of the withdrawn one's task weighs its head (> 0) before and after: then the
+    head's weighted mean can be revised in place; otherwise the version is rebuilt from the adapters."""
+    holders = [h for h in old.hospitals if tasks[h] == hospital.task]
+    return all(head_weight(old, h) > 0 for h in holders) and all(
+        head_weight(new, h) > 0 for h in new.hospitals if tasks.get(h) == hospital.task
+    )
 
 
 def _float64(factors: LoraFactors) -> LoraFactors:
@@ -95,11 +104,11 @@ def revise_heads(
     heads = split_heads(non_lora_state(version_state))
     task = hospital.task
     holders = [h for h in old.hospitals if tasks[h] == task]
-    total = math.fsum(_head_weight(old, h) for h in holders)
+    total = math.fsum(head_weight(old, h) for h in holders)
     kept = [h for h in holders if h != hospital.id]
     ratio = 1.0 if old.method == FUSION or not kept else new.coefficients[kept[0]] / old.coefficients[kept[0]]
-    gone = _head_weight(old, hospital.id)
-    added = _head_weight(new, hospital.id) if replacement is not None else 0.0
+    gone = head_weight(old, hospital.id)
+    added = head_weight(new, hospital.id) if replacement is not None else 0.0
     new_total = ratio * (total - gone) + added
     revised = {k: v for t, group in heads.items() if t != task for k, v in group.items()}
     if not kept and replacement is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from fl_app.adapter_keys import is_lora_key
 from fl_app.forge.diff import delta_changes
-from fl_app.forge.factored import common_ratio, members_rank, revise_heads, revise_lora
+from fl_app.forge.factored import common_ratio, heads_revisable, members_rank, revise_heads, revise_lora
 from fl_app.forge.recipe import (
     FUSION,
     Recipe,
@@ -74,7 +74,9 @@ def revised_version(
     )
     truncated = bool(entry.get("relative_error")) or recipe.rank is not None
     ratio = common_ratio(recipe, new, [h for h in new.hospitals if h != hospital_id])
-    if allow_factored and recipe.linear and not truncated and ratio is not None:
+    tasks = {h: m.task for h, m in members.items()}
+    heads_ok = heads_revisable(recipe, new, hospital, tasks)
+    if allow_factored and recipe.linear and not truncated and ratio is not None and heads_ok:
         state = version_state(run, entry)
         scale = recipe.scale if recipe.method != FUSION else 1.0
         terms = [(hospital, -ratio * scale * recipe.coefficients[hospital_id])]
@@ -82,7 +84,6 @@ def revised_version(
             terms.append((replacement, scale * new.coefficients[hospital_id]))
         rank_needed = members_rank({h: m.r for h, m in after.items()}, new.hospitals)
         lora, rank, dropped = revise_lora(state, version_scale(entry), terms, ratio, rank_needed)
-        tasks = {h: m.task for h, m in members.items()}
         heads = revise_heads(state, recipe, new, hospital, replacement, tasks)
         details = new.details() | extra
         details["forge"] = details["forge"] | {"path": "factored", "compression_error": dropped}

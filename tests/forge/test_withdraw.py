@@ -41,11 +41,11 @@ def test_uniform_and_explicit_weights_follow_their_rule(tmp_path, hospitals):
         merge_adapters(
             [h.state for h in hospitals],
             [h.scale for h in hospitals],
-            [0.5, 1.0, 0.3, 0.25],
+            [0.5, 1.0, -0.5, 0.25],
             [h.task for h in hospitals],
         ),
         [0, 1, 2, 3],
-        [0.5, 1.0, 0.3, 0.25],
+        [0.5, 1.0, -0.5, 0.25],
         weighting="explicit",
     )
     run = make_run(tmp_path, hospitals, [uniform, explicit])
@@ -56,8 +56,8 @@ def test_uniform_and_explicit_weights_follow_their_rule(tmp_path, hospitals):
     assert_same_version(without_uniform, run_merge(hospitals, "task_arithmetic", "uniform", ids=[0, 2, 3]))
     assert without_uniform.details["weights"] == {"0": 1 / 3, "2": 1 / 3, "3": 1 / 3}
     rest = [h for h in hospitals if h.id != 3]
-    want = merge_adapters([h.state for h in rest], [h.scale for h in rest], [0.5, 1.0, 0.3], [h.task for h in rest])
-    assert_same_version(without_explicit, merged_version("x", want, [0, 1, 2], [0.5, 1.0, 0.3]))
+    want = merge_adapters([h.state for h in rest], [h.scale for h in rest], [0.5, 1.0, -0.5], [h.task for h in rest])
+    assert_same_version(without_explicit, merged_version("x", want, [0, 1, 2], [0.5, 1.0, -0.5]))
 
 
 def test_fusion_withdraw_keeps_the_searched_coefficients(tmp_path, hospitals):
@@ -147,3 +147,18 @@ def test_withdrawing_the_last_hospital_is_refused(tmp_path, hospitals):
 
 def test_registry_names_resolve():
     assert get_merge_method("svd").fn is task_arithmetic
+
+
+def test_a_negative_weight_on_the_withdrawn_task_is_rebuilt_from_the_adapters(tmp_path, hospitals):
+    weights = [-0.5, 1.0, 0.3, 0.25]  # hospital 0 negates its ΔW and does not shape task a's head
+    states, scales, tasks = [h.state for h in hospitals], [h.scale for h in hospitals], [h.task for h in hospitals]
+    negated = merged_version(
+        "negated", merge_adapters(states, scales, weights, tasks), [0, 1, 2, 3], weights, weighting="explicit"
+    )
+    run = make_run(tmp_path, hospitals, [negated])
+
+    version = withdrawn_version(run, "negated", 3)
+
+    want = merge_adapters(states[:3], scales[:3], weights[:3], tasks[:3])
+    assert_same_version(version, merged_version("x", want, [0, 1, 2], weights[:3]))
+    assert version.details["forge"]["path"] == "recomputed"
