@@ -21,6 +21,8 @@ def parent_of(entry: Mapping[str, Any], versions: Sequence[Mapping[str, Any]]) -
     """The version this one was made from: a forge parent, or a progressive predecessor, or none."""
     if entry.get("parent"):
         return str(entry["parent"])
+    if entry.get("kind") == "commit" and entry.get("replaces"):
+        return str(entry["replaces"])  # a hospital's newer adapter follows its previous one
     if entry.get("kind") == "progressive" and int(entry.get("step", 1)) > 1:
         for other in versions:
             same_chain = other.get("method") == entry.get("method") and other.get("kind") == "progressive"
@@ -39,6 +41,8 @@ def change_of(entry: Mapping[str, Any]) -> str:
         return "~" + ",".join(map(str, entry["recommitted"]))
     if entry.get("kind") == "hospital":
         return f"+{entry.get('hospital')}"
+    if entry.get("kind") == "commit":
+        return f"~{entry.get('hospital')}"
     if entry.get("kind") == "progressive":
         return f"+{entry.get('hospital')}"
     merged = entry.get("hospitals") or list((entry.get("weights") or {}).keys()) or list(entry.get("mixture") or {})
@@ -52,7 +56,7 @@ def _short(value: float) -> str:
 def method_of(entry: Mapping[str, Any]) -> str:
     """The method and its coefficients, compactly: `task_arithmetic w[0=.18 1=.19]`."""
     method = entry.get("method")
-    if entry.get("kind") == "hospital":
+    if entry.get("kind") in ("hospital", "commit"):
         return f"own adapter r={entry.get('r')} ({entry.get('task')})"
     if method is None:
         return str(entry.get("label") or entry.get("kind") or "")

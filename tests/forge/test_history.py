@@ -51,6 +51,7 @@ RESULTS = {
             "weights": {"0": 1.0},
         },
         {"name": "fedavg-round-2", "kind": "fedavg", "round": 2},
+        {"name": "hospital-0.2", "kind": "commit", "hospital": 0, "task": "a", "r": 4, "replaces": "hospital-0"},
     ]
 }
 
@@ -67,6 +68,7 @@ def test_log_has_one_line_per_version_with_parent_change_and_method():
     )
     assert cells[4][2:4] == ["merged", "-1"]
     assert cells[5][2] == "fedavg-round-1"
+    assert cells[6][2:4] == ["hospital-0", "~0"] and "own adapter r=4 (a)" in lines[6]
 
 
 def test_show_prints_one_version_in_full_or_names_the_versions():
