@@ -78,6 +78,9 @@ def hospital_payload(cfg: DictConfig) -> str:
         str(k): float(v) for k, v in (container["simulation"].get("slow_hospitals") or {}).items()
     }
     payload["data_cache_size"] = int(container["simulation"].get("data_cache_size", DEFAULT_DATA_CACHE))
+    # hospitals of different capacity: a LoRA rank (and alpha) per hospital, hospital i -> [i % len]
+    payload["lora_ranks"] = list(container["simulation"].get("lora_r") or [])
+    payload["lora_alphas"] = list(container["simulation"].get("lora_alpha") or [])
     return json.dumps(payload, sort_keys=True)
 
 

@@ -21,7 +21,7 @@ from fl_app.adapter_keys import head_state, lora_state
 from fl_app.calibration import CalibrationSet, DistillSettings, calibration_records, distill_calibration_set
 from fl_app.data import HospitalData, experiment_tasks, load_site, site_config
 from fl_app.data.worker_cache import DEFAULT_DATA_CACHE, cached_hospital_data
-from fl_app.model.adapter import arrayrecord_to_state, state_to_arrayrecord
+from fl_app.model.adapter import arrayrecord_to_state, fit_rank, state_to_arrayrecord
 from fl_app.model.backbone import backbone_image_size, pooled_features
 from fl_app.model.lora import HospitalModel, hospital_model
 from fl_app.model.mixture import mixture_probabilities
@@ -48,13 +48,37 @@ def hospital_seed(seed: int, hospital_id: int, server_round: int) -> int:
     return zlib.crc32(f"{seed}/{hospital_id}/{server_round}".encode()) & 0x7FFFFFFF
 
 
+def hospital_lora(
+    experiment: Mapping[str, Any], hospital_id: int, node_config: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The LoRA settings of one hospital: `lora`, with its own rank where hospitals differ in capacity.
+
+    The rank comes from the node config's `lora-r` (a real site), else `simulation.lora_r[id % len]`
+    (sent as `lora_ranks`), else `lora.r`. Alpha: `lora-alpha` / `simulation.lora_alpha[id % len]`,
+    else lora.alpha · r / lora.r, which keeps PEFT's scale alpha / r the same at every hospital.
+    """
+    lora = dict(experiment["lora"])
+    node_config = node_config or {}
+    ranks, alphas = experiment.get("lora_ranks") or [], experiment.get("lora_alphas") or []
+    r = node_config.get("lora-r") or (ranks[hospital_id % len(ranks)] if ranks else None)
+    if r is None:
+        return lora
+    alpha = node_config.get("lora-alpha") or (alphas[hospital_id % len(alphas)] if alphas else None)
+    if alpha is None:
+        alpha = float(lora["alpha"]) * int(r) / int(lora["r"])
+    return lora | {"r": int(r), "alpha": float(alpha)}
+
+
 class Hospital:
     """One hospital's data and the process-wide model it trains on."""
 
-    def __init__(self, experiment: Mapping[str, Any], data: HospitalData) -> None:
+    def __init__(
+        self, experiment: Mapping[str, Any], data: HospitalData, node_config: Mapping[str, Any] | None = None
+    ) -> None:
         self.experiment = experiment
         self.id = data.hospital_id
         self.data = data
+        self.lora = hospital_lora(experiment, data.hospital_id, node_config)
         self.model: HospitalModel = hospital_model(experiment["model"], task_outputs(experiment))
         self.device = pick_device()
         self.model.backbone.to(self.device)
@@ -65,7 +89,7 @@ class Hospital:
         return self.data.task.name
 
     def record(self) -> ConfigRecord:
-        lora = self.experiment["lora"]
+        lora = self.lora
         return hospital_record(
             self.id,
             self.task,
@@ -85,11 +109,12 @@ class Hospital:
         With `calibration` settings (sent only by merge methods that need one) the reply also
         carries a distilled calibration set.
         """
-        lora, train = self.experiment["lora"], self.experiment["train"]
+        lora, train = self.lora, self.experiment["train"]
         name = self.model.use_adapter(lora)
         self.model.reset_adapter(name, seed=int(self.experiment["seed"]))
         if start is not None and len(start) > 0:
-            self.model.load_adapter_state(name, arrayrecord_to_state(start), self.task)
+            # a global adapter of a larger rank (FedAvg over mixed ranks) is truncated to this hospital's
+            self.model.load_adapter_state(name, fit_rank(arrayrecord_to_state(start), int(lora["r"])), self.task)
         self.model.peft.to(self.device)
         settings = train_settings(train)
         seed = hospital_seed(int(self.experiment["seed"]), self.id, server_round)
@@ -200,13 +225,19 @@ class Hospital:
         return medmnist_metrics(self.data.task, split.labels, self._scores(split))
 
 
-def simulated_hospital(experiment: Mapping[str, Any], hospital_id: int, num_hospitals: int) -> Hospital:
+def simulated_hospital(
+    experiment: Mapping[str, Any],
+    hospital_id: int,
+    num_hospitals: int,
+    node_config: Mapping[str, Any] | None = None,
+) -> Hospital:
     """Hospital `hospital_id` of a simulation: its share of its task (fl_app.data.load_hospital),
     from this worker's bounded cache (`simulation.data_cache_size` hospitals)."""
     capacity = int(experiment.get("data_cache_size", DEFAULT_DATA_CACHE))
     return Hospital(
         experiment,
         cached_hospital_data(experiment["data"], hospital_id, num_hospitals, int(experiment["seed"]), capacity),
+        node_config,
     )
 
 
@@ -214,9 +245,11 @@ def hospital_for(experiment: Mapping[str, Any], node_config: Mapping[str, Any]) 
     """The hospital this node plays: a site's own data (`data-path`), or a simulated `partition-id`."""
     site = site_config(node_config)
     if site is None:
-        return simulated_hospital(experiment, int(node_config["partition-id"]), int(node_config["num-partitions"]))
+        return simulated_hospital(
+            experiment, int(node_config["partition-id"]), int(node_config["num-partitions"]), node_config
+        )
     image_size = backbone_image_size(hospital_model(experiment["model"], task_outputs(experiment)).backbone)
-    return Hospital(experiment, load_site(experiment["data"], site, image_size, int(experiment["seed"])))
+    return Hospital(experiment, load_site(experiment["data"], site, image_size, int(experiment["seed"])), node_config)
 
 
 def hospital_id_of(node_config: Mapping[str, Any]) -> Any:

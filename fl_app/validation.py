@@ -107,6 +107,7 @@ def validate_experiment(cfg: DictConfig) -> None:
     _require(int(lora.r) >= 1, f"lora.r={lora.r} is not valid; the LoRA rank must be a positive integer.")
     _require(float(lora.alpha) > 0, f"lora.alpha={lora.alpha} must be > 0.")
     _require(0 <= float(lora.dropout) < 1, f"lora.dropout={lora.dropout} must be in [0, 1).")
+    _validate_hospital_ranks(cfg)
     _require(int(train.local_epochs) >= 1, f"train.local_epochs={train.local_epochs} must be >= 1.")
     _require(float(train.lr) > 0, f"train.lr={train.lr} must be > 0.")
     _require(int(train.batch_size) >= 1, f"train.batch_size={train.batch_size} must be >= 1.")
@@ -120,6 +121,32 @@ def validate_experiment(cfg: DictConfig) -> None:
     )
     validate_data_config(cfg.data, int(sim.num_hospitals))
     _validate_lora_targets(cfg)
+
+
+def _validate_hospital_ranks(cfg: DictConfig) -> None:
+    """simulation.lora_r / lora_alpha: positive per-hospital values; merges other than fedit take mixed ranks."""
+    ranks, alphas = list(cfg.simulation.get("lora_r") or []), list(cfg.simulation.get("lora_alpha") or [])
+    _require(
+        all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks),
+        f"simulation.lora_r={ranks} must be a list of positive integers (hospital i gets lora_r[i % len]), or null.",
+    )
+    _require(
+        not alphas or (len(alphas) == len(ranks) and all(float(a) > 0 for a in alphas)),
+        f"simulation.lora_alpha={alphas} needs one positive alpha per entry of simulation.lora_r={ranks}, or null.",
+    )
+    if len(set(ranks)) > 1 and cfg.strategy.name == "one_shot":
+        _require(
+            get_merge_method(str(cfg.strategy.merge)).fn.__name__ != "fedit",
+            f"strategy.merge={cfg.strategy.merge} averages A and B separately and needs one rank; simulation.lora_r={ranks} "
+            "mixes ranks: use task_arithmetic, ties, knots, ... (exact for mixed ranks).",
+        )
+    if len(set(ranks)) > 1 and cfg.strategy.name == "fedavg" and alphas:
+        scales = {float(a) / r for a, r in zip(alphas, ranks)}
+        _require(
+            len(scales) == 1,
+            f"FedAvg over mixed ranks zero-pads the factors (HetLoRA), which needs one scale alpha / r; "
+            f"simulation.lora_alpha={alphas} with lora_r={ranks} gives {sorted(scales)}: leave lora_alpha null.",
+        )
 
 
 def _validate_explicit_weights(weights, num_hospitals: int) -> None:

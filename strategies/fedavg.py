@@ -2,6 +2,12 @@
 
 Multi-task runs have one head per task, so replies do not share every key; each tensor is then
 averaged over the hospitals that sent it. With identical keys this is exactly Flower's FedAvg.
+
+Hospitals of different capacity (LoRA ranks r_i): the factors are zero-padded to the largest rank
+and averaged, and each hospital takes the first r_i directions of the global adapter back: the
+zero-padding scheme of HetLoRA (Cho et al. 2024, "Heterogeneous LoRA for Federated Fine-tuning of
+On-Device Foundation Models", https://arxiv.org/abs/2401.06432), without its rank self-pruning or
+sparsity-weighted aggregation. It needs one scale alpha / r at every hospital.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig
 
-from fl_app.model.adapter import arrayrecord_to_state, state_to_arrayrecord
+from fl_app.model.adapter import arrayrecord_to_state, fit_rank, state_to_arrayrecord
 from fl_app.protocol import instructions
 from strategies.outcome import ModelVersion, StrategyOutcome
 from strategies.replies import (
@@ -53,6 +59,7 @@ class AdapterFedAvg(EvaluateAfterTraining, FedAvg):
         self.min_hospitals = min_hospitals
         self.sink = sink
         self.round_states: list[dict[str, torch.Tensor]] = []
+        self.round_ranks: list[int] = []
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any
@@ -69,7 +76,12 @@ class AdapterFedAvg(EvaluateAfterTraining, FedAvg):
         hospitals, failures = collect_replies(replies, server_round, self.sink.bound_nodes())
         self.sink.record_round(server_round, hospitals, failures)
         require_enough(hospitals, failures, self.min_hospitals, server_round)
-        if len({frozenset(h.state) for h in hospitals}) == 1:
+        ranks = {h.lora_r for h in hospitals}
+        if len(ranks) > 1:  # HetLoRA: zero-pad to the largest rank, then average
+            states = [fit_rank(h.state, max(ranks)) for h in hospitals]
+            arrays = state_to_arrayrecord(keywise_average(states, [h.n_train for h in hospitals]))
+            metrics = MetricRecord({"hospitals": len(hospitals), "ranks": sorted(ranks)})
+        elif len({frozenset(h.state) for h in hospitals}) == 1:
             accepted = {h.node_id for h in hospitals}
             good = [m for m in replies if not m.has_error() and m.metadata.src_node_id in accepted]
             arrays, metrics = super().aggregate_train(server_round, good)
@@ -77,6 +89,7 @@ class AdapterFedAvg(EvaluateAfterTraining, FedAvg):
             arrays = state_to_arrayrecord(keywise_average([h.state for h in hospitals], [h.n_train for h in hospitals]))
             metrics = MetricRecord({"hospitals": len(hospitals)})
         self.round_states.append(arrayrecord_to_state(arrays))
+        self.round_ranks.append(max(ranks))
         return arrays, metrics
 
 
@@ -91,8 +104,10 @@ def run_fedavg(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink
         timeout=train_timeout(cfg.strategy),
         train_config=instructions(experiment_json),
     )
+    # a global adapter of rank r keeps the hospitals' scale alpha / r (one scale: see the module docstring)
+    scale = float(cfg.lora.alpha) / int(cfg.lora.r)
     versions = [
-        ModelVersion(f"fedavg-round-{i}", "fedavg", state, int(cfg.lora.r), float(cfg.lora.alpha), {"round": i})
-        for i, state in enumerate(strategy.round_states, start=1)
+        ModelVersion(f"fedavg-round-{i}", "fedavg", state, rank, scale * rank, {"round": i})
+        for i, (state, rank) in enumerate(zip(strategy.round_states, strategy.round_ranks), start=1)
     ]
     return StrategyOutcome(versions=versions, merge=None, details={"rounds": rounds})

@@ -113,6 +113,8 @@ def test_hospital_payload_holds_only_what_hospitals_need():
         "crash_hospitals",
         "slow_hospitals",
         "data_cache_size",
+        "lora_ranks",
+        "lora_alphas",
     }
 
 

@@ -8,7 +8,7 @@ a new module that no prefix names fails `test_every_module_has_a_layer` until it
                         composition), pooled AUC, adapter keys, failure records, hospital steps
     1  merging          strategies/merging: pure torch merge math (no flwr, no nevergrad, no Hydra)
     2  strategies       Flower strategies and MedForge's runner
-    3  fl_app apps      ServerApp, ClientApp, server orchestration, results, report, remerge,
+    3  fl_app apps      ServerApp, ClientApp, server orchestration, results, report, remerge, forge,
                         poisoning experiments (attack), benchmarks, experiment validation (it checks strategy settings), simulation
 
 The ClientApp sits in layer 3 but imports the hospital steps (layer 0) only when the first
@@ -52,6 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "fl_app.attack",
             "fl_app.bench",
             "fl_app.client_app",
+            "fl_app.forge",
             "fl_app.remerge",
             "fl_app.report",
             "fl_app.server",

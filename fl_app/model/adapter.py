@@ -12,6 +12,8 @@ from flwr.app import ArrayRecord
 from peft import LoraConfig
 from safetensors.torch import save_file
 
+from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX
+
 
 def state_to_arrayrecord(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
     """Pack adapter tensors (never backbone weights) into an ArrayRecord, keys sorted."""
@@ -21,6 +23,35 @@ def state_to_arrayrecord(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
 def arrayrecord_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
     """Unpack an ArrayRecord into torch tensors."""
     return {key: torch.from_numpy(array.numpy().copy()) for key, array in record.items()}
+
+
+def fit_rank(state: Mapping[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """The adapter at LoRA rank `rank`: A's rows and B's columns cut, or zero-padded, to `rank`.
+
+    Zero-padding keeps ΔW = B A exactly; cutting keeps the first `rank` directions, as HetLoRA
+    (Cho et al. 2024, https://arxiv.org/abs/2401.06432) sends a larger global adapter to a smaller
+    client. Heads and other keys pass through.
+    """
+    fitted = {}
+    for key, tensor in state.items():
+        axis = 0 if is_lora_a(key) else 1 if is_lora_b(key) else None
+        if axis is None or tensor.shape[axis] == rank:
+            fitted[key] = tensor
+        elif tensor.shape[axis] > rank:
+            fitted[key] = tensor.narrow(axis, 0, rank).clone()
+        else:
+            shape = list(tensor.shape)
+            shape[axis] = rank - tensor.shape[axis]
+            fitted[key] = torch.cat([tensor, tensor.new_zeros(shape)], dim=axis)
+    return fitted
+
+
+def is_lora_a(key: str) -> bool:
+    return key.endswith(LORA_A_SUFFIX)
+
+
+def is_lora_b(key: str) -> bool:
+    return key.endswith(LORA_B_SUFFIX)
 
 
 def record_dict_bytes(content) -> int:

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from fl_app.remerge.plan import MergeRequest
 from fl_app.remerge.stored import StoredRun
 from fl_app.server.evaluation import evaluation_fields
 from fl_app.server.results import RESULTS_FILE, version_entry, write_json_atomic
-from fl_app.server.versions import save_version, version_provenance
+from fl_app.server.versions import save_mixture, save_version, version_provenance
 from strategies.merging import hospital_weights, merge_adapters
 from strategies.outcome import ModelVersion, merged_version
 from strategies.screening import max_share
@@ -91,9 +91,14 @@ def merge_version(run: StoredRun, request: MergeRequest) -> ModelVersion:
     )
 
 
-def _stage_adapters(run: StoredRun, versions: Sequence[ModelVersion], staging: Path) -> None:
+def _stage_adapters(
+    run: StoredRun, versions: Sequence[ModelVersion], staging: Path, components: Mapping[str, ModelVersion]
+) -> None:
     for version in versions:
-        save_version(staging / version.name, run.experiment, version, version_provenance(version))
+        if version.mixture is not None:
+            save_mixture(staging / version.name, run.experiment, version, components, version_provenance(version))
+        else:
+            save_version(staging / version.name, run.experiment, version, version_provenance(version))
 
 
 def _install_adapters(run: StoredRun, staging: Path, names: Sequence[str]) -> None:
@@ -109,6 +114,31 @@ def _install_adapters(run: StoredRun, staging: Path, names: Sequence[str]) -> No
             shutil.rmtree(old)
 
 
+def add_versions(
+    run: StoredRun,
+    versions: Sequence[ModelVersion],
+    entries: Sequence[dict[str, Any]],
+    components: Mapping[str, ModelVersion] | None = None,
+) -> None:
+    """Save `versions` under adapters/<name>/ and append their `entries` to results.json, or write nothing.
+
+    An entry of the same name is replaced (callers decide whether that is allowed); `components`
+    are the versions a mixture's components are (its hospitals' adapters).
+    """
+    results_path = run.folder / RESULTS_FILE
+    (run.folder / "adapters").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=run.folder / "adapters", prefix=".staging-") as staging:
+        _stage_adapters(run, versions, Path(staging), components or {})
+        if results_path.read_text() != run.results_text:
+            raise RuntimeError(
+                f"{results_path} changed while this command ran (another remerge or forge?); nothing was written. Run it again."
+            )
+        _install_adapters(run, Path(staging), [v.name for v in versions])
+    names = {e["name"] for e in entries}
+    kept = [v for v in run.results["versions"] if v["name"] not in names]
+    write_json_atomic(results_path, {**run.results, "versions": kept + list(entries)})
+
+
 def remerge(
     run: StoredRun, requests: Sequence[MergeRequest], *, force: bool = False, data_root: str | None = None
 ) -> list[dict[str, Any]]:
@@ -119,18 +149,7 @@ def remerge(
     recorded = {int(h["id"]): h for h in run.results.get("hospitals", [])}
     scores = evaluate_at_hospitals(experiment, versions, run.evaluated_hospitals, recorded)
     entries = [{**version_entry(v), **evaluation_fields(scores, v.name)} for v in versions]
-    results_path = run.folder / RESULTS_FILE
-    (run.folder / "adapters").mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=run.folder / "adapters", prefix=".staging-") as staging:
-        _stage_adapters(run, versions, Path(staging))
-        if results_path.read_text() != run.results_text:
-            raise RuntimeError(
-                f"{results_path} changed while re-merging (another remerge?); nothing was written. Run remerge again."
-            )
-        _install_adapters(run, Path(staging), [v.name for v in versions])
-    names = {e["name"] for e in entries}
-    kept = [v for v in run.results["versions"] if v["name"] not in names]
-    write_json_atomic(results_path, {**run.results, "versions": kept + entries})
+    add_versions(run, versions, entries)
     for entry in entries:
         logger.info(
             "Added version %s: mean ACC %s, mean AUC %s",

@@ -37,6 +37,12 @@ def test_site_node_config_names_hospital_task_and_path(tmp_path):
     assert config == SiteConfig(2, "chest", tmp_path / "x")
 
 
+def test_a_site_may_name_its_lora_rank(tmp_path):
+    config = site_config({"hospital-id": 2, "task": "chest", "data-path": str(tmp_path / "x"), "lora-r": 4})
+
+    assert config == SiteConfig(2, "chest", tmp_path / "x")
+
+
 def test_simulation_node_config_is_not_a_site():
     assert site_config({"partition-id": 1, "num-partitions": 3}) is None
 
@@ -49,6 +55,7 @@ def test_simulation_node_config_is_not_a_site():
         ({"partition-id": 0, "hospital-id": 0, "task": "chest", "data-path": "/x"}, "mixes simulation keys"),
         ({"hospital-id": "zero", "task": "chest", "data-path": "/x"}, "hospital-id='zero' must be an integer >= 0"),
         ({"hospital-id": -1, "task": "chest", "data-path": "/x"}, "must be an integer >= 0"),
+        ({"hospital-id": 0, "task": "chest", "data-path": "/x", "lora-r": 0}, "lora-r=0 must be a positive number"),
     ],
 )
 def test_bad_node_config_says_what_to_pass(node_config, message):

@@ -75,3 +75,18 @@ def test_training_is_reproducible_whatever_the_process_did_before(tiny_experimen
     second = hospital.train(None, server_round=1)["arrays"].to_torch_state_dict()
 
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_hospitals_of_different_capacity_train_their_own_rank(tiny_experiment):
+    from fl_app.hospital_steps import hospital_lora
+
+    cfg = tiny_experiment("data=multi_center", "data.flags=[breastmnist]", "simulation.lora_r=[2,4]", "lora.alpha=8")
+    experiment = json.loads(hospital_payload(cfg))
+
+    reply = simulated_hospital(experiment, 1, 3).train(None, server_round=1)
+
+    assert [hospital_lora(experiment, i)["r"] for i in range(3)] == [2, 4, 2]
+    assert hospital_lora(experiment, 1)["alpha"] == 8.0 and hospital_lora(experiment, 0)["alpha"] == 4.0  # lora.r = 4
+    assert hospital_lora(experiment, 0, {"lora-r": 16, "lora-alpha": 3})["r"] == 16  # a site's node config wins
+    assert reply["hospital"]["lora-r"] == 4
+    assert all(a.shape[0] == 4 for k, a in reply["arrays"].to_torch_state_dict().items() if k.endswith("lora_A.weight"))
