@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig
 
@@ -28,7 +28,6 @@ from strategies.replies import (
     RoundSink,
     collect_replies,
     require_enough,
-    train_messages,
     train_timeout,
 )
 
@@ -60,14 +59,6 @@ class AdapterFedAvg(EvaluateAfterTraining, FedAvg):
         self.sink = sink
         self.round_states: list[dict[str, torch.Tensor]] = []
         self.round_ranks: list[int] = []
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any
-    ) -> Iterable[Message]:
-        """Each round: the hospitals online then, once `min_hospitals` are (a dropped one does not stall the run)."""
-        config["server-round"] = server_round
-        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return train_messages(grid, self.cfg.strategy, server_round, content)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

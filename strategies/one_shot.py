@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from logging import INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig
@@ -25,7 +25,6 @@ from strategies.replies import (
     RoundSink,
     collect_replies,
     require_enough,
-    train_messages,
     train_timeout,
 )
 from strategies.screening import expected_layout, merge_hospitals, screen, weigh
@@ -48,14 +47,6 @@ class OneShotMerge(EvaluateAfterTraining, FedAvg):
         self.merge_result = None
         self.weights: list[float] = []
         self.screen_actions: list[ScreenAction] = []
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any
-    ) -> Iterable[Message]:
-        """Every hospital online, once `min_hospitals` are (Flower's own sampling would wait for ever)."""
-        config["server-round"] = server_round
-        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return train_messages(grid, self.cfg.strategy, server_round, content)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -33,9 +33,20 @@ class RoundSink(Protocol):
 
 
 class EvaluateAfterTraining:
-    """Mixed into a Flower FedAvg: no per-round evaluation by Flower (which, with fraction_evaluate=0,
-    would announce "Federated evaluation will be skipped"); every version is evaluated once, at every
-    hospital, after training (fl_app/server/evaluation.py)."""
+    """Mixed into a Flower FedAvg (with `self.cfg`, the experiment): each round trains at every hospital
+    online once `min_hospitals` are, within the deadline (Flower's own sampling would wait for ever for
+    a dropped node); no per-round evaluation by Flower (which, with fraction_evaluate=0, would announce
+    "Federated evaluation will be skipped"): every version is evaluated once, at every hospital, after
+    training (fl_app/server/evaluation.py)."""
+
+    cfg: Any
+    arrayrecord_key: str
+    configrecord_key: str
+
+    def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> list[Message]:
+        config["server-round"] = server_round
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return train_messages(grid, self.cfg.strategy, server_round, content)
 
     def configure_evaluate(self, server_round: int, arrays: Any, config: Any, grid: Any) -> list[Message]:
         return []
