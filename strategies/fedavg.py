@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig
 
 from fl_app.model.adapter import arrayrecord_to_state, fit_rank, state_to_arrayrecord
-from fl_app.protocol import instructions
+from fl_app.protocol import HospitalReply, instructions
 from strategies.outcome import ModelVersion, StrategyOutcome
 from strategies.replies import (
     EvaluateAfterTraining,
@@ -41,6 +41,15 @@ def keywise_average(states: list[dict[str, torch.Tensor]], weights: list[float])
         total = sum(w for _, w in pairs)
         averaged[key] = sum(t.double() * (w / total) for t, w in pairs).to(pairs[0][0].dtype)
     return averaged
+
+
+def average_hospitals(hospitals: list[HospitalReply]) -> tuple[dict[str, torch.Tensor], int]:
+    """FedAvg of the hospitals' adapters by `n_train`, and its rank: mixed ranks are zero-padded to the
+    largest first (HetLoRA), which leaves equal ranks unchanged. The one average a round, a resumed
+    round and the benchmark floor share."""
+    rank = max(h.lora_r for h in hospitals)
+    states = [fit_rank(h.state, rank) for h in hospitals]
+    return keywise_average(states, [h.n_train for h in hospitals]), rank
 
 
 class AdapterFedAvg(EvaluateAfterTraining, FedAvg):
@@ -68,19 +77,19 @@ class AdapterFedAvg(EvaluateAfterTraining, FedAvg):
         self.sink.record_round(server_round, hospitals, failures)
         require_enough(hospitals, failures, self.min_hospitals, server_round)
         ranks = {h.lora_r for h in hospitals}
-        if len(ranks) > 1:  # HetLoRA: zero-pad to the largest rank, then average
-            states = [fit_rank(h.state, max(ranks)) for h in hospitals]
-            arrays = state_to_arrayrecord(keywise_average(states, [h.n_train for h in hospitals]))
-            metrics = MetricRecord({"hospitals": len(hospitals), "ranks": sorted(ranks)})
-        elif len({frozenset(h.state) for h in hospitals}) == 1:
+        if len(ranks) == 1 and len({frozenset(h.state) for h in hospitals}) == 1:
             accepted = {h.node_id for h in hospitals}
             good = [m for m in replies if not m.has_error() and m.metadata.src_node_id in accepted]
             arrays, metrics = super().aggregate_train(server_round, good)
-        else:
-            arrays = state_to_arrayrecord(keywise_average([h.state for h in hospitals], [h.n_train for h in hospitals]))
-            metrics = MetricRecord({"hospitals": len(hospitals)})
+            rank = ranks.pop()
+        else:  # mixed ranks (HetLoRA padding) or mixed key sets (each key over the hospitals that send it)
+            state, rank = average_hospitals(hospitals)
+            arrays = state_to_arrayrecord(state)
+            metrics = MetricRecord(
+                {"hospitals": len(hospitals), **({"ranks": sorted(ranks)} if len(ranks) > 1 else {})}
+            )
         self.round_states.append(arrayrecord_to_state(arrays))
-        self.round_ranks.append(max(ranks))
+        self.round_ranks.append(rank)
         return arrays, metrics
 
 

@@ -22,7 +22,7 @@ from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import HospitalReply, decode_train_content
 from fl_app.server.evaluation import versions_content
 from fl_app.server.versions import save_version
-from strategies.fedavg import keywise_average
+from strategies.fedavg import average_hospitals
 from strategies.one_shot import one_shot_versions
 from strategies.outcome import ModelVersion
 from strategies.screening import expected_layout, merge_hospitals, screen, weigh
@@ -62,7 +62,7 @@ def fedavg(cfg: DictConfig, experiment: dict) -> tuple[list[ModelVersion], int]:
     versions, start, seen = [], None, 0
     for server_round in range(1, int(cfg.strategy.rounds) + 1):
         replies = train_all(experiment, int(cfg.simulation.num_hospitals), server_round, start)
-        state = keywise_average([h.state for h in replies], [h.n_train for h in replies])
+        state, _ = average_hospitals(replies)
         start = state_to_arrayrecord(state)
         seen += sum(h.n_train for h in replies)
         versions.append(

@@ -26,7 +26,7 @@ from fl_app.remerge.stored import ADAPTER_FILE, received_adapters
 from fl_app.server.evaluation import evaluation_fields
 from fl_app.server.results import RESULTS_FILE, read_results, version_entry, write_json_atomic
 from fl_app.server.versions import save_version, version_provenance
-from strategies.fedavg import keywise_average
+from strategies.fedavg import average_hospitals
 from strategies.one_shot import one_shot_versions
 from strategies.outcome import ModelVersion
 from strategies.replies import require_enough
@@ -83,14 +83,15 @@ def _fedavg(folder: Path, results: dict[str, Any], cfg: DictConfig) -> tuple[lis
         hospitals = received_hospitals(folder, results, server_round)
         if len(hospitals) < int(cfg.strategy.min_hospitals):
             break
-        state = keywise_average([h.state for h in hospitals], [h.n_train for h in hospitals])
+        state, rank = average_hospitals(hospitals)  # as the round itself averages (mixed ranks padded)
+        scale = float(cfg.lora.alpha) / int(cfg.lora.r)
         versions.append(
             ModelVersion(
                 f"fedavg-round-{server_round}",
                 "fedavg",
                 state,
-                int(cfg.lora.r),
-                float(cfg.lora.alpha),
+                rank,
+                scale * rank,
                 {"round": server_round, "resumed": True},
             )
         )
