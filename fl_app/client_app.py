@@ -12,7 +12,7 @@ import os
 import time
 from types import ModuleType
 
-from flwr.app import Context, Error, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
 app = ClientApp()
@@ -27,6 +27,18 @@ def _steps() -> ModuleType:
 
 def _protocol() -> ModuleType:
     return importlib.import_module("fl_app.protocol")
+
+
+def _privacy() -> ModuleType:
+    return importlib.import_module("fl_app.privacy.ledger")
+
+
+def _ledger(context: Context):
+    """This node's DP ledger for the run (empty at its first round), from Flower's per-node context state."""
+    ledger = _privacy()
+    if ledger.LEDGER_KEY not in context.state:
+        return ledger.Ledger()
+    return ledger.Ledger.from_json(str(context.state[ledger.LEDGER_KEY]["history"]))
 
 
 def _fail(msg: Message, context: Context, error: Exception) -> Message:
@@ -50,7 +62,9 @@ def train(msg: Message, context: Context) -> Message:
         time.sleep(float(experiment.get("slow_hospitals", {}).get(str(hospital.id), 0)))  # a straggler
         server_round = int(msg.content["config"].get("server-round", 1))
         start = msg.content[steps.ARRAYS] if steps.ARRAYS in msg.content else None
-        content = hospital.train(start, server_round, _protocol().calibration_request(msg.content))
+        ledger = _ledger(context)
+        content = hospital.train(start, server_round, _protocol().calibration_request(msg.content), ledger)
+        context.state[_privacy().LEDGER_KEY] = ConfigRecord({"history": ledger.to_json()})  # kept for the next round
         # The hospital's own work (data, training, validation): what a run's framework overhead is measured against.
         content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
         return Message(content, reply_to=msg)

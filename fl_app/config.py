@@ -81,6 +81,10 @@ def hospital_payload(cfg: DictConfig) -> str:
     # hospitals of different capacity: a LoRA rank (and alpha) per hospital, hospital i -> [i % len]
     payload["lora_ranks"] = list(container["simulation"].get("lora_r") or [])
     payload["lora_alphas"] = list(container["simulation"].get("lora_alpha") or [])
+    # differential privacy at the hospital; a target ε covers every round the hospital will be asked for
+    payload["privacy"] = dict(container.get("privacy") or {"enabled": False})
+    strategy = container["strategy"]
+    payload["privacy_rounds"] = int(strategy.get("rounds", 1)) if strategy.get("name") == "fedavg" else 1
     return json.dumps(payload, sort_keys=True)
 
 

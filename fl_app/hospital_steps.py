@@ -5,6 +5,7 @@ No Flower here beyond the record types, so these steps run in tests without a si
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -19,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fl_app.adapter_keys import head_state, lora_state
 from fl_app.calibration import CalibrationSet, DistillSettings, calibration_records, distill_calibration_set
+from fl_app.calibration.distill import PrivateMeans
 from fl_app.data import HospitalData, experiment_tasks, load_site, site_config
 from fl_app.data.worker_cache import DEFAULT_DATA_CACHE, cached_hospital_data
 from fl_app.model.adapter import arrayrecord_to_state, fit_rank, state_to_arrayrecord
@@ -26,6 +28,10 @@ from fl_app.model.backbone import backbone_image_size, pooled_features
 from fl_app.model.lora import HospitalModel, hospital_model
 from fl_app.model.mixture import mixture_probabilities
 from fl_app.pooled_auc import score_histograms, sparse_histograms
+from fl_app.privacy.accounting import check_budget, epsilon_spent, plan, training_plan
+from fl_app.privacy.dp_sgd import train_adapter_dp
+from fl_app.privacy.ledger import Ledger
+from fl_app.privacy.settings import PrivacySettings, privacy_settings, refuse_plain_calibration
 from fl_app.protocol import ARRAYS, CONFIG, HOSPITAL, METRICS, VERSION_PREFIX, hospital_record, read_experiment
 from fl_app.training import (
     medmnist_metrics,
@@ -102,32 +108,46 @@ class Hospital:
         )
 
     def train(
-        self, start: ArrayRecord | None, server_round: int, calibration: Mapping[str, Any] | None = None
+        self,
+        start: ArrayRecord | None,
+        server_round: int,
+        calibration: Mapping[str, Any] | None = None,
+        ledger: Ledger | None = None,
     ) -> RecordDict:
         """Fine-tune from `start` (or a fresh adapter seeded by the experiment seed); reply content.
 
         With `calibration` settings (sent only by merge methods that need one) the reply also
-        carries a distilled calibration set.
+        carries a distilled calibration set. Under `privacy`, training is DP-SGD and every release
+        is added to `ledger` (the hospital's, kept across rounds); its ε is in the reply's metrics.
         """
         lora, train = self.lora, self.experiment["train"]
+        privacy = privacy_settings(self.experiment.get("privacy"))
+        ledger = ledger if ledger is not None else Ledger()
+        if calibration:
+            refuse_plain_calibration(privacy)  # before any work: a non-private set is never made
         name = self.model.use_adapter(lora)
         self.model.reset_adapter(name, seed=int(self.experiment["seed"]))
         if start is not None and len(start) > 0:
             # a global adapter of a larger rank (FedAvg over mixed ranks) is truncated to this hospital's
             self.model.load_adapter_state(name, fit_rank(arrayrecord_to_state(start), int(lora["r"])), self.task)
         self.model.peft.to(self.device)
+        freeze_lora_a(self.model.peft, name, bool(lora.get("freeze_a", False)))
         settings = train_settings(train)
         seed = hospital_seed(int(self.experiment["seed"]), self.id, server_round)
-        result = train_adapter(
-            self.model.peft,
-            self.data.task,
-            self.data.train,
-            settings,
-            self.image_size,
-            seed,
-            self.device,
-            validate=lambda: validation_score(self._metrics(self.data.val)),
-        )
+        dp_metrics: dict[str, float] = {}
+        if privacy.enabled:
+            result, dp_metrics = self._train_private(settings, seed, privacy, ledger, server_round)
+        else:
+            result = train_adapter(
+                self.model.peft,
+                self.data.task,
+                self.data.train,
+                settings,
+                self.image_size,
+                seed,
+                self.device,
+                validate=lambda: validation_score(self._metrics(self.data.val)),
+            )
         val = self._metrics(self.data.val)
         # Same keys from every hospital (Flower's FedAvg requires it): NaN when AUC is undefined.
         metrics = {
@@ -136,19 +156,72 @@ class Hospital:
             "val-acc": val["acc"],
             "val-auc": val["auc"],
             "best-epoch": result.best_epoch,
+            **dp_metrics,
         }
         state = self.model.adapter_state(name, [self.task])
         reply = RecordDict(
             {ARRAYS: state_to_arrayrecord(state), METRICS: MetricRecord(metrics), HOSPITAL: self.record()}
         )
         if calibration:
-            for key, record in calibration_records(self.calibration_set(DistillSettings(**calibration))).items():
+            calibration_set = self.calibration_set(DistillSettings(**calibration), privacy, ledger)
+            if privacy.enabled:
+                delta = privacy.delta_for(len(self.data.train))
+                metrics["dp-epsilon-distill"] = calibration_set.epsilon
+                metrics["dp-epsilon"] = ledger.epsilon(delta)  # training and distillation composed
+                reply[METRICS] = MetricRecord(metrics)
+            for key, record in calibration_records(calibration_set).items():
                 reply[key] = record
         return reply
 
-    def calibration_set(self, settings: DistillSettings) -> CalibrationSet:
-        """Distil the training split under the frozen backbone (LoRA switched off), seeded per hospital."""
+    def _train_private(
+        self, settings, seed: int, privacy: PrivacySettings, ledger: Ledger, server_round: int
+    ) -> tuple[Any, dict[str, float]]:
+        """DP-SGD with noise calibrated to the run's budget (all planned rounds), refused beyond it."""
+        n = len(self.data.train)
+        delta = privacy.delta_for(n)
+        rounds = int(self.experiment.get("privacy_rounds", 1))
+        release = training_plan(privacy.target, delta, n, settings.batch_size, settings.epochs, rounds)
+        epsilon = check_budget(ledger.history, release, privacy.target, f"hospital {self.id}'s round {server_round}")
+        result = train_adapter_dp(
+            self.model.peft,
+            self.data.task,
+            self.data.train,
+            settings,
+            release,
+            privacy.max_grad_norm,
+            self.image_size,
+            seed,
+            self.device,
+        )
+        ledger.history.append(release.mechanism)
+        return result, {
+            "dp-epsilon": epsilon,
+            "dp-epsilon-train": epsilon,
+            "dp-delta": delta,
+            "dp-noise-multiplier": release.noise_multiplier,
+            "dp-sample-rate": release.sample_rate,
+            "dp-max-grad-norm": privacy.max_grad_norm,
+            "dp-steps": sum(steps for _, _, steps in ledger.history),
+            "dp-releases": len(ledger.history),
+        }
+
+    def calibration_set(
+        self, settings: DistillSettings, privacy: PrivacySettings | None = None, ledger: Ledger | None = None
+    ) -> CalibrationSet:
+        """Distil the training split under the frozen backbone (LoRA switched off), seeded per hospital.
+
+        Under privacy the real images are read only through DP class means; the release is added to
+        `ledger` and the set carries its own ε.
+        """
         peft = self.model.peft
+        private = None
+        if privacy is not None and privacy.enabled:
+            refuse_plain_calibration(privacy)
+            dp = privacy.distill
+            delta = privacy.delta_for(len(self.data.train))
+            release = plan(dp.target, delta, dp.sample_rate, settings.iterations)
+            check_budget([], release, dp.target, f"hospital {self.id}'s calibration set")
+            private = PrivateMeans(dp.sample_rate, dp.max_norm, release.noise_multiplier)
 
         def embed(unit):
             return pooled_features(
@@ -156,13 +229,18 @@ class Hospital:
             ).cpu()
 
         with peft.disable_adapter():
-            return distill_calibration_set(
+            distilled = distill_calibration_set(
                 embed,
                 self.data.task,
                 self.data.train,
                 settings,
                 hospital_seed(int(self.experiment["seed"]), self.id, -1),
+                private,
             )
+        if private is None:
+            return distilled
+        ledger.history.append(release.mechanism)
+        return dataclasses.replace(distilled, epsilon=epsilon_spent([release.mechanism], delta))
 
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Test ACC/AUC of every version in the message on this hospital's test split.
@@ -223,6 +301,17 @@ class Hospital:
 
     def _metrics(self, split) -> dict[str, float]:
         return medmnist_metrics(self.data.task, split.labels, self._scores(split))
+
+
+def freeze_lora_a(peft, adapter: str, frozen: bool) -> None:
+    """FFA-LoRA (Sun et al., ICLR 2024): keep every LoRA A at its seeded random init and train B only.
+
+    Hospitals share the seed, so they share A: task arithmetic then equals FedAvg of the Bs exactly,
+    and DP-SGD noises half the LoRA values. Set each message: PEFT's set_adapter re-enables A.
+    """
+    for name, parameter in peft.named_parameters():
+        if f".lora_A.{adapter}." in name:
+            parameter.requires_grad_(not frozen)
 
 
 def simulated_hospital(

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from fl_app.data import experiment_tasks, validate_data_config
 from fl_app.model.backbone import build_backbone
 from fl_app.model.lora import resolve_lora_targets
+from fl_app.privacy.settings import privacy_settings, refuse_plain_calibration, validate_privacy
 from fl_app.training import CLASS_WEIGHTINGS, OPTIMIZERS, SCHEDULES
 from strategies import STRATEGIES
 from strategies.medforge.settings import validate_medforge
@@ -121,6 +122,12 @@ def validate_experiment(cfg: DictConfig) -> None:
     )
     validate_data_config(cfg.data, int(sim.num_hospitals))
     _validate_lora_targets(cfg)
+    _require(
+        isinstance(lora.get("freeze_a", False), bool), f"lora.freeze_a={lora.get('freeze_a')} must be true or false."
+    )
+    validate_privacy(cfg.get("privacy"), str(strategy.name), train)
+    if strategy.name == "medforge":
+        refuse_plain_calibration(privacy_settings(cfg.get("privacy")))  # the hospitals would refuse too
 
 
 def _validate_hospital_ranks(cfg: DictConfig) -> None:

@@ -9,6 +9,7 @@ images is an explicit opt-in, recorded as a privacy risk.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from fl_app.calibration.augment import augment, sample_augment
+from fl_app.calibration.dp_means import noisy_class_means
 from fl_app.data import SplitArrays, TaskInfo
 from fl_app.training import unit_images
 
@@ -36,6 +38,15 @@ class DistillSettings:
 
 
 @dataclass(frozen=True)
+class PrivateMeans:
+    """DP access to the real data (fl_app.calibration.dp_means): Poisson rate, clip norm, noise multiplier."""
+
+    sample_rate: float
+    max_norm: float
+    noise_multiplier: float
+
+
+@dataclass(frozen=True)
 class CalibrationSet:
     """Distilled images in MedMNIST layout (uint8 (N,H,W[,3]), labels (N,1)) and how they were made."""
 
@@ -43,9 +54,10 @@ class CalibrationSet:
     images: np.ndarray
     labels: np.ndarray
     init: str
-    loss_before: float  # matching loss of the initial images (no augmentation)
+    loss_before: float  # matching loss of the initial images (no augmentation); NaN under DP (it reads real data)
     loss_after: float
     seconds: float
+    epsilon: float = math.nan  # DP distillation: ε of this set alone (NaN: not private)
 
     @property
     def split(self) -> SplitArrays:
@@ -65,11 +77,18 @@ def class_indices(labels: np.ndarray, n_classes: int) -> dict[int, np.ndarray]:
 
 def matching_loss(embed: Embed, real: dict[int, torch.Tensor], synthetic: dict[int, torch.Tensor]) -> torch.Tensor:
     """Σ over classes of ||mean embedding(real) − mean embedding(synthetic)||² (the DM objective)."""
+    with torch.no_grad():
+        targets = {c: embed(real[c]).mean(dim=0) for c in synthetic}
+    return matching_loss_to(embed, targets, synthetic)
+
+
+def matching_loss_to(
+    embed: Embed, targets: dict[int, torch.Tensor], synthetic: dict[int, torch.Tensor]
+) -> torch.Tensor:
+    """The DM objective against given per-class target means (real ones, or DP noisy ones)."""
     loss = torch.zeros(())
     for c, images in synthetic.items():
-        with torch.no_grad():
-            target = embed(real[c]).mean(dim=0)
-        loss = loss + ((target - embed(images).mean(dim=0)) ** 2).sum()
+        loss = loss + ((targets[c] - embed(images).mean(dim=0)) ** 2).sum()
     return loss
 
 
@@ -86,9 +105,18 @@ def _initial_images(
 
 
 def distill_calibration_set(
-    embed: Embed, task: TaskInfo, train: SplitArrays, settings: DistillSettings, seed: int
+    embed: Embed,
+    task: TaskInfo,
+    train: SplitArrays,
+    settings: DistillSettings,
+    seed: int,
+    private: PrivateMeans | None = None,
 ) -> CalibrationSet:
-    """Distil `train` into `settings.ipc` images per class present; reproducible for a seed."""
+    """Distil `train` into `settings.ipc` images per class present; reproducible for a seed.
+
+    With `private`, real images are read only through DP class means (every class of the task gets
+    images, present or not; no loss against real data is reported): the set is DP by post-processing.
+    """
     if task.multi_label:
         raise ValueError(
             f"task {task.name!r} is multi-label: distribution matching needs one class per image. "
@@ -100,28 +128,43 @@ def distill_calibration_set(
         raise ValueError(
             f"strategy.calibration needs ipc >= 1 and iterations >= 0, got ipc={settings.ipc}, iterations={settings.iterations}."
         )
+    if private is not None and settings.init != "noise":
+        raise ValueError(
+            "strategy.calibration.init='real' copies patient images into the set, which DP cannot cover; "
+            "use init=noise with privacy.distill.enabled=true."
+        )
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
+    noise = torch.Generator().manual_seed(seed + 1)
     indices = class_indices(train.labels, task.n_outputs)
+    if private is not None:  # every class, present or not: presence is not revealed
+        indices = {c: indices.get(c, np.zeros(0, dtype=np.int64)) for c in range(task.n_outputs)}
     synthetic = {
         c: images.clone().requires_grad_(True)
         for c, images in _initial_images(train, indices, settings, generator).items()
     }
-    reference = {c: unit_images(train.images[idx[:256]]) for c, idx in indices.items()}
-    loss_before = float(matching_loss(embed, reference, {c: s.detach() for c, s in synthetic.items()}))
+    reference = {c: unit_images(train.images[idx[:256]]) for c, idx in indices.items()} if private is None else {}
+    loss_before = (
+        float(matching_loss(embed, reference, {c: s.detach() for c, s in synthetic.items()}))
+        if private is None
+        else math.nan
+    )
     optimizer = torch.optim.Adam(list(synthetic.values()), lr=settings.lr)
+    labels = torch.from_numpy(train.labels[:, 0].astype(np.int64))
     for _ in range(settings.iterations):
         params = sample_augment(generator) if settings.augment else None
-        real_batches = {}
-        for c, idx in indices.items():
-            pick = idx[torch.randperm(len(idx), generator=generator)[: settings.batch_real].numpy()]
-            real_batches[c] = unit_images(train.images[pick])
-        if params is not None:  # Siamese: the same transform on both sides
-            real_batches = {c: augment(images, params) for c, images in real_batches.items()}
-            views = {c: augment(s, params) for c, s in synthetic.items()}
+        views = {c: augment(s, params) for c, s in synthetic.items()} if params is not None else synthetic
+        if private is None:
+            real_batches = {}
+            for c, idx in indices.items():
+                pick = idx[torch.randperm(len(idx), generator=generator)[: settings.batch_real].numpy()]
+                real_batches[c] = unit_images(train.images[pick])
+            if params is not None:  # Siamese: the same transform on both sides
+                real_batches = {c: augment(images, params) for c, images in real_batches.items()}
+            loss = matching_loss(embed, real_batches, views)
         else:
-            views = synthetic
-        loss = matching_loss(embed, real_batches, views)
+            targets = _private_targets(embed, train, labels, task, private, params, generator, noise)
+            loss = matching_loss_to(embed, targets, views)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -129,7 +172,7 @@ def distill_calibration_set(
             for s in synthetic.values():
                 s.clamp_(0.0, 1.0)
     final = {c: quantised(s.detach()) for c, s in synthetic.items()}
-    loss_after = float(matching_loss(embed, reference, final))
+    loss_after = float(matching_loss(embed, reference, final)) if private is None else math.nan
     images = torch.cat([final[c] for c in sorted(final)])
     labels = np.concatenate([np.full((settings.ipc, 1), c, dtype=np.int64) for c in sorted(final)])
     return CalibrationSet(
@@ -140,6 +183,29 @@ def distill_calibration_set(
         loss_before,
         loss_after,
         time.perf_counter() - started,
+    )
+
+
+def _private_targets(
+    embed: Embed,
+    train: SplitArrays,
+    labels: torch.Tensor,
+    task: TaskInfo,
+    private: PrivateMeans,
+    params,
+    generator: torch.Generator,
+    noise: torch.Generator,
+) -> dict[int, torch.Tensor]:
+    """One DP read of the real data: a Poisson sample, augmented like the synthetic views, embedded, noisy means."""
+    pick = torch.nonzero(torch.rand(len(train), generator=generator) < private.sample_rate).flatten()
+    real = unit_images(train.images[pick.numpy()])
+    if params is not None and len(real):
+        real = augment(real, params)
+    with torch.no_grad():
+        # an empty sample still releases pure noise, of the embedding's width
+        embeddings = embed(real) if len(real) else embed(unit_images(train.images[:1]))[:0]
+    return noisy_class_means(
+        embeddings, labels[pick], task.n_outputs, private.max_norm, private.noise_multiplier, noise
     )
 
 

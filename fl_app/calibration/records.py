@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -22,6 +23,7 @@ def calibration_records(calibration: CalibrationSet) -> dict[str, ArrayRecord | 
             "loss-before": calibration.loss_before,
             "loss-after": calibration.loss_after,
             "seconds": calibration.seconds,
+            "dp-epsilon": calibration.epsilon,
         }
     )
     return {CALIBRATION: arrays, CALIBRATION_INFO: info}
@@ -42,4 +44,5 @@ def decode_calibration(content: RecordDict) -> CalibrationSet | None:
         loss_before=float(info["loss-before"]),
         loss_after=float(info["loss-after"]),
         seconds=float(info["seconds"]),
+        epsilon=float(info.get("dp-epsilon", math.nan)),
     )

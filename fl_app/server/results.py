@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_app.failures import Failure
+from fl_app.privacy.summary import privacy_summary
 from fl_app.protocol import HospitalReply
 from strategies.outcome import ModelVersion
 
@@ -98,6 +99,9 @@ class RunResults:
         self.data.setdefault("train_metrics", {})[str(server_round)] = {
             str(h.hospital_id): h.metrics for h in hospitals
         }
+        privacy_config = (self.data.get("config") or {}).get("privacy")
+        if (privacy_config or {}).get("enabled"):  # each hospital's DP accountant, re-checked (fl_app.privacy.summary)
+            self.data["privacy"] = privacy_summary(self.data["train_metrics"], privacy_config)
         self.write()
 
     def set_hospitals(self, summaries: list[dict[str, Any]]) -> None:
