@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,3 +86,37 @@ def one_shot_points(comparison: Comparison) -> list[tuple[str, Stat, Stat]]:
     return [
         (row.label, row.stats["total_bytes"], row.stats["mean/acc"]) for row in comparison.rows if row.kind == "merged"
     ]
+
+
+@dataclass(frozen=True)
+class PrivacyPoint:
+    epsilon: float  # the hospitals' target ε; math.inf for the non-private runs
+    mean_auc: Stat
+    mean_acc: Stat
+
+
+def _without_privacy_tag(label: str) -> str:
+    """`task_arithmetic [ε=8, lora.r=4]` -> `task_arithmetic [lora.r=4]`; `fedavg (10 rounds) [ε=1]` -> `fedavg (10 rounds)`."""
+    stripped = re.sub(r"(ε|σ)=[^,\]]+(, )?", "", label)
+    return re.sub(r" \[\]$", "", stripped.replace(", ]", "]"))
+
+
+def privacy_curves(comparison: Comparison) -> dict[str, list[PrivacyPoint]]:
+    """{method: points by ε} for every method compared at two or more privacy levels with a target ε
+    (rows with a fixed σ have no ε to place them on)."""
+    series: dict[str, list[PrivacyPoint]] = {}
+    for row in comparison.rows:
+        private, target = row.stats.get("private"), row.stats.get("target_epsilon")
+        if row.reference or private is None or private.mean is None:
+            continue
+        if private.mean == 0:
+            epsilon = math.inf
+        elif private.mean == 1 and target is not None and target.mean is not None:
+            epsilon = target.mean
+        else:  # a fixed σ: no ε to place the row at
+            continue
+        point = PrivacyPoint(epsilon, row.stats["mean/auc"], row.stats["mean/acc"])
+        series.setdefault(_without_privacy_tag(row.label), []).append(point)
+    curves = {label: sorted(points, key=lambda p: p.epsilon) for label, points in series.items() if len(points) > 1}
+    has_private = any(math.isfinite(p.epsilon) for points in curves.values() for p in points)
+    return curves if has_private else {}

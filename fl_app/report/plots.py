@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fl_app.report.curves import Curve, one_shot_points  # noqa: E402
+from fl_app.report.curves import Curve, PrivacyPoint, one_shot_points  # noqa: E402
 from fl_app.report.table import Comparison, Row, Stat  # noqa: E402
 
 DPI = 130
@@ -150,4 +151,33 @@ def plot_progressive(curves: Sequence[Curve], path: Path) -> Path:
     ax.set_title("Progressive merging: accuracy of each version\n(mean over seeds, whiskers: ± std)")
     ax.grid(alpha=0.3)
     _legend_below(ax, len(curves))
+    return _save(fig, path)
+
+
+def plot_privacy_utility(curves: dict[str, list[PrivacyPoint]], path: Path) -> Path:
+    """Mean AUC and mean ACC (± std over seeds) against the hospitals' target ε; ∞ = not private."""
+    levels = sorted({p.epsilon for points in curves.values() for p in points})
+    position = {eps: i for i, eps in enumerate(levels)}
+    ticks = ["∞ (no DP)" if math.isinf(eps) else f"{eps:g}" for eps in levels]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for (label, points), color in zip(curves.items(), _colors(len(curves))):
+        x = [position[p.epsilon] for p in points]
+        for ax, key in zip(axes, ("mean_auc", "mean_acc")):
+            stats = [getattr(p, key) for p in points]
+            ax.errorbar(
+                x,
+                [_mean(s) for s in stats],
+                yerr=[_std(s) for s in stats],
+                marker="o",
+                capsize=3,
+                color=color,
+                label=label,
+            )
+    for ax, title in zip(axes, ("mean AUC over tasks", "mean ACC over tasks")):
+        ax.set_xticks(range(len(levels)), ticks)
+        ax.set_xlabel("ε per hospital (whole run, δ = 1/(10·n_train)); DP-SGD on LoRA + head")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    _legend_below(axes[0], len(curves))
+    fig.suptitle("Privacy against utility (mean ± std over seeds)")
     return _save(fig, path)

@@ -96,17 +96,22 @@ class Comparison:
     settings: list[str]  # per run, in the order given: what distinguishes it besides the seed
 
 
-def columns_for(tasks: Sequence[str]) -> list[Column]:
-    """ACC and AUC per task and averaged over tasks, then the cost columns."""
+def columns_for(tasks: Sequence[str], private: bool = False) -> list[Column]:
+    """ACC and AUC per task and averaged over tasks, ε when any run is private, then the cost columns."""
     metric_columns = [
         Column(f"{task}/{m}", f"{task} {m.upper()}", True, "") for task in [*tasks, "mean"] for m in ("acc", "auc")
     ]
-    return metric_columns + [
-        Column("upload_bytes", "upload", False, "bytes"),
-        Column("download_bytes", "download", False, "bytes"),
-        Column("rounds", "rounds", False, "rounds"),
-        Column("wall_seconds", "wall time", False, "s"),
-    ]
+    privacy_columns = [Column("epsilon", "ε (max hospital)", False, "epsilon")] if private else []
+    return (
+        metric_columns
+        + privacy_columns
+        + [
+            Column("upload_bytes", "upload", False, "bytes"),
+            Column("download_bytes", "download", False, "bytes"),
+            Column("rounds", "rounds", False, "rounds"),
+            Column("wall_seconds", "wall time", False, "s"),
+        ]
+    )
 
 
 def cumulative_bytes(communication: Mapping[str, Any], through_round: int | None = None) -> tuple[int, int]:
@@ -177,6 +182,27 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return Stat.of(values).mean
 
 
+def privacy_tag(results: Mapping[str, Any]) -> str:
+    """`ε=8` (or `σ=1.1` for a fixed noise multiplier) for a run under DP; "" for a non-private one."""
+    privacy = (results.get("config") or {}).get("privacy") or {}
+    if not privacy.get("enabled"):
+        return ""
+    if privacy.get("epsilon") is not None:
+        return f"ε={float(privacy['epsilon']):g}"
+    return f"σ={float(privacy['noise_multiplier']):g}"
+
+
+def privacy_values(results: Mapping[str, Any]) -> dict[str, float | None]:
+    """The ε the run's hospitals report spending (the largest), the target ε, and whether it is private (1/0)."""
+    config = (results.get("config") or {}).get("privacy") or {}
+    private = bool(config.get("enabled"))
+    return {
+        "epsilon": (results.get("privacy") or {}).get("max_epsilon") if private else None,
+        "target_epsilon": float(config["epsilon"]) if private and config.get("epsilon") is not None else None,
+        "private": 1.0 if private else 0.0,
+    }
+
+
 def fedavg_label(rounds: int, settings: str) -> str:
     return _with_settings(f"fedavg ({rounds} rounds)", settings)
 
@@ -194,8 +220,10 @@ def entries_of_run(
     wall = results.get("wall_seconds")
     strategy, seed = str(results.get("strategy")), results.get("seed")
 
+    dp = privacy_values(results)
+
     def entry(label: str, kind: str, values: dict[str, float | None]) -> Entry:
-        return Entry(label, kind, strategy, folder, seed, values)
+        return Entry(label, kind, strategy, folder, seed, values | (dp if kind != "hospital" else {}))
 
     entries = []
     by_kind: dict[str, list[Mapping[str, Any]]] = {}
@@ -306,16 +334,22 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def run_settings(results: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Per run, the config keys that vary between runs of the same strategy (besides the seed)."""
+    """Per run, its privacy tag (`ε=8`) and the config keys that vary between runs of the same strategy
+    and privacy level (besides the seed): the recipe `privacy=dp` implies is not repeated in labels."""
     flat = [flatten(r.get("config") or {}) for r in results]
-    strategies = [str(r.get("strategy")) for r in results]
+    groups = [(str(r.get("strategy")), privacy_tag(r)) for r in results]
     varying = set()
     for key in set().union(*flat) - NOT_SETTINGS:
-        for strategy in set(strategies):
-            values = {f[key] for f, s in zip(flat, strategies) if s == strategy and key in f}
+        if key.startswith("privacy."):
+            continue
+        for group in set(groups):
+            values = {f[key] for f, g in zip(flat, groups) if g == group and key in f}
             if len(values) > 1:
                 varying.add(key)
-    return [", ".join(f"{key}={f[key]}" for key in sorted(varying) if key in f) for f in flat]
+    return [
+        ", ".join([t for t in [tag] if t] + [f"{key}={f[key]}" for key in sorted(varying) if key in f])
+        for f, (_, tag) in zip(flat, groups)
+    ]
 
 
 def _without_duplicates(entries: Sequence[Entry]) -> list[Entry]:
@@ -345,7 +379,7 @@ def compare_runs(runs: Sequence[Run], fedavg_rounds: Sequence[int] = ()) -> Comp
         for t in dict.fromkeys(k.split("/")[0] for e in entries for k in e.values if "/" in k)
         if t not in tasks and t != "mean"
     ]
-    columns = columns_for(tasks)
+    columns = columns_for(tasks, private=any(privacy_tag(r) for r in results))
     groups: dict[str, list[Entry]] = {}
     for e in entries:
         groups.setdefault(e.label, []).append(e)

@@ -10,8 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fl_app.report.collect import Run
-from fl_app.report.curves import fedavg_curves, one_shot_points, progressive_curves
-from fl_app.report.plots import plot_accuracy_vs_bytes, plot_per_task_accuracy, plot_progressive
+from fl_app.report.curves import fedavg_curves, one_shot_points, privacy_curves, progressive_curves
+from fl_app.report.plots import (
+    plot_accuracy_vs_bytes,
+    plot_per_task_accuracy,
+    plot_privacy_utility,
+    plot_progressive,
+)
 from fl_app.report.table import Column, Comparison, Row, Stat, compare_runs
 
 logger = logging.getLogger("medforge.report")
@@ -21,6 +26,7 @@ PLOT_FILES = {
     "per_task_accuracy.png": "Test accuracy per task by method",
     "accuracy_vs_bytes.png": "Accuracy against communication",
     "progressive.png": "Progressive merging: accuracy of each version",
+    "privacy_utility.png": "Privacy against utility: AUC and ACC at each ε",
 }
 
 HOW_TO_READ = """\
@@ -35,6 +41,9 @@ HOW_TO_READ = """\
 - **Cost**: `upload` and `download` are the bytes of the training messages of all hospitals
   together (adapter tensors and instructions, as sent), up to the compared round; the evaluation
   traffic is not included. `wall time` is the whole run (training, merge, evaluation of every version).
+- **Privacy**: rows of runs under DP carry `[ε=8]` (the hospitals' target); the `ε (max hospital)`
+  column is the largest ε a hospital's accountant reports for the whole run (every round, and the
+  calibration set if any) at its δ (results.json `privacy`). Rows without a tag are not private (ε = ∞).
 - **Bold**: the best row of each column (highest ACC/AUC, lowest cost) among the methods; the
   reference row does not compete.
 """
@@ -64,6 +73,8 @@ def format_cell(stat: Stat, unit: str) -> str:
         return f"{stat.mean:g}" + (f" ± {stat.std:.1f}" if spread else "")
     if unit == "s":
         return f"{stat.mean:.0f} s" + (f" ± {stat.std:.0f}" if spread else "")
+    if unit == "epsilon":
+        return f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if spread else "")
     return _fraction(stat)
 
 
@@ -162,6 +173,8 @@ def write_report(runs: Sequence[Run], out_dir: Path, fedavg_rounds: Sequence[int
         written["accuracy_vs_bytes.png"] = plot_accuracy_vs_bytes(comparison, fedavg, out_dir / "accuracy_vs_bytes.png")
     if progressive := progressive_curves(runs, comparison):
         written["progressive.png"] = plot_progressive(progressive, out_dir / "progressive.png")
+    if privacy := privacy_curves(comparison):
+        written["privacy_utility.png"] = plot_privacy_utility(privacy, out_dir / "privacy_utility.png")
     plots = "\n\n".join(f"![{title}]({name})" for name, title in PLOT_FILES.items() if name in written)
     if not progressive:
         plots += "\n\nNo progressive versions (kind `progressive`) in these runs: no progressive curve."
