@@ -223,14 +223,9 @@ class Hospital:
             check_budget([], release, dp.target, f"hospital {self.id}'s calibration set")
             private = PrivateMeans(dp.sample_rate, dp.max_norm, release.noise_multiplier)
 
-        def embed(unit):
-            return pooled_features(
-                peft.base_model.model.backbone, model_pixels(unit.to(self.device), self.image_size)
-            ).cpu()
-
         with peft.disable_adapter():
             distilled = distill_calibration_set(
-                embed,
+                self.frozen_embedding,
                 self.data.task,
                 self.data.train,
                 settings,
@@ -241,6 +236,12 @@ class Hospital:
             return distilled
         ledger.history.append(release.mechanism)
         return dataclasses.replace(distilled, epsilon=epsilon_spent([release.mechanism], delta))
+
+    def frozen_embedding(self, unit: torch.Tensor) -> torch.Tensor:
+        """Pooled features of the pretrained backbone (call inside `peft.disable_adapter()` for the
+        frozen one): images (N, C, H, W) in [0, 1] -> (N, D). Distillation matches these; the audit measures in them."""
+        backbone = self.model.peft.base_model.model.backbone
+        return pooled_features(backbone, model_pixels(unit.to(self.device), self.image_size)).cpu()
 
     def evaluate(self, content: RecordDict) -> RecordDict:
         """Test ACC/AUC of every version in the message on this hospital's test split.

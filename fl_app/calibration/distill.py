@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fl_app.calibration.augment import augment, sample_augment
-from fl_app.calibration.dp_means import noisy_class_means
+from fl_app.calibration.dp_means import clip_rows, noisy_class_means
 from fl_app.data import SplitArrays, TaskInfo
 from fl_app.training import unit_images
 
@@ -164,7 +164,8 @@ def distill_calibration_set(
             loss = matching_loss(embed, real_batches, views)
         else:
             targets = _private_targets(embed, train, labels, task, private, params, generator, noise)
-            loss = matching_loss_to(embed, targets, views)
+            # the synthetic side is clipped like the real one: both means live in the same ball
+            loss = matching_loss_to(lambda images: clip_rows(embed(images), private.max_norm), targets, views)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -92,7 +92,9 @@ def train_adapter_dp(
                         pixels[flip] = pixels[flip].flip(-1)
                     logits = wrapped(pixel_values=pixels.to(device), task=task.name)
                     loss = task_loss(task, logits, labels[batch].to(device))
-                    with warnings.catch_warnings():  # the pixels need no gradient: Opacus's hooks fire on outputs, as intended
+                    with (
+                        warnings.catch_warnings()
+                    ):  # the pixels need no gradient: Opacus's hooks fire on outputs, as intended
                         warnings.filterwarnings("ignore", message="Full backward hook is firing")
                         loss.backward()
                     total += float(loss.detach()) * len(index)
