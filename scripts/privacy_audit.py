@@ -56,16 +56,22 @@ def membership_table(rows: list[dict]) -> str:
     by_level: dict[tuple[str, float], list[dict]] = {}
     for row in rows:
         by_level.setdefault((row["task"], row["epsilon"]), []).append(row)
-    lines = ["| task | ε | runs | member loss | non-member loss | MIA AUC (mean ± std) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | ε | runs | loss: members / val / test | MIA AUC, non-members = val | MIA AUC, non-members = test |",
+        "|---|---|---|---|---|---|",
+    ]
     for (task, epsilon), group in sorted(by_level.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
-        aucs = [r["mia_auc"] for r in group]
-        spread = f" ± {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else ""
         eps = "∞" if math.isinf(epsilon) else f"{epsilon:.2f}"
+        losses = " / ".join(f"{np.mean([r[k] for r in group]):.3f}" for k in ("member_loss", "val_loss", "test_loss"))
         lines.append(
-            f"| {task} | {eps} | {len(group)} | {np.mean([r['member_loss'] for r in group]):.3f} | "
-            f"{np.mean([r['non_member_loss'] for r in group]):.3f} | {np.mean(aucs):.3f}{spread} |"
+            f"| {task} | {eps} | {len(group)} | {losses} | {_mean_std([r['mia_auc_val'] for r in group])} | "
+            f"{_mean_std([r['mia_auc_test'] for r in group])} |"
         )
     return "\n".join(lines)
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f}" + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
 
 
 def calibration_table(rows: list[dict]) -> str:

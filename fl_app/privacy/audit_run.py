@@ -49,8 +49,9 @@ def run_epsilon(results: Mapping[str, Any]) -> float:
 
 
 def membership_rows(folder: Path) -> list[dict[str, Any]]:
-    """Loss-threshold MIA AUC of every hospital's released adapter, members = its training split,
-    non-members = its test split."""
+    """Loss-threshold MIA AUC of every hospital's released adapter. Members: its training split.
+    Non-members: its validation split (drawn like the training split; without DP it only picked the
+    epoch), and its test split (for PneumoniaMNIST from another source: a shift inflates that AUC)."""
     run = load_stored_run(folder)
     payload = json.loads(hospital_payload(run.experiment))
     num_hospitals = int(run.experiment.simulation.num_hospitals)
@@ -60,8 +61,9 @@ def membership_rows(folder: Path) -> list[dict[str, Any]]:
         name = hospital.model.use_adapter(payload["lora"], rank=stored.r, alpha=stored.alpha)
         hospital.model.load_adapter_state(name, stored.state, stored.task)
         hospital.model.peft.to(hospital.device)
-        members, others = (
-            per_sample_losses(hospital, hospital.data.train),
+        members = per_sample_losses(hospital, hospital.data.train)
+        validation, test = (
+            per_sample_losses(hospital, hospital.data.val),
             per_sample_losses(hospital, hospital.data.test),
         )
         rows.append(
@@ -73,10 +75,11 @@ def membership_rows(folder: Path) -> list[dict[str, Any]]:
                 "hospital": stored.id,
                 "task": stored.task,
                 "members": len(members),
-                "non_members": len(others),
                 "member_loss": float(np.mean(members)),
-                "non_member_loss": float(np.mean(others)),
-                "mia_auc": membership_auc(members, others, seed=stored.id),
+                "val_loss": float(np.mean(validation)),
+                "test_loss": float(np.mean(test)),
+                "mia_auc_val": membership_auc(members, validation, seed=stored.id),
+                "mia_auc_test": membership_auc(members, test, seed=stored.id),
             }
         )
     return rows
