@@ -5,11 +5,12 @@ a new module that no prefix names fails `test_every_module_has_a_layer` until it
 
     0  fl_app base      the hospital side and what both sides share: data, model (+ LoRA, mixture
                         math), training, calibration, protocol (wire format), config (Hydra
-                        composition), pooled AUC, adapter keys, failure records, hospital steps
+                        composition), pooled AUC, adapter keys, failure records, hospital steps,
+                        privacy (DP settings, accountant, DP-SGD, ledger, audit math)
     1  merging          strategies/merging: pure torch merge math (no flwr, no nevergrad, no Hydra)
     2  strategies       Flower strategies and MedForge's runner
     3  fl_app apps      ServerApp, ClientApp, server orchestration, results, report, remerge, forge,
-                        poisoning experiments (attack), benchmarks, experiment validation (it checks strategy settings), simulation
+                        poisoning experiments (attack), the leakage audit (privacy.audit_run), benchmarks, experiment validation (it checks strategy settings), simulation
 
 The ClientApp sits in layer 3 but imports the hospital steps (layer 0) only when the first
 message arrives; `test_client_app_first_import_*` below checks what it loads at import.
@@ -40,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "fl_app.hospital_steps",
             "fl_app.model",
             "fl_app.pooled_auc",
+            "fl_app.privacy",  # settings, accounting, DP-SGD, the ledger, the audit's math
             "fl_app.protocol",
             "fl_app.training",
         ),
@@ -53,6 +55,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "fl_app.bench",
             "fl_app.client_app",
             "fl_app.forge",
+            "fl_app.privacy.audit_run",  # the leakage audit on stored runs (reads them like remerge)
             "fl_app.remerge",
             "fl_app.report",
             "fl_app.server",
