@@ -31,7 +31,13 @@ from fl_app.pooled_auc import score_histograms, sparse_histograms
 from fl_app.privacy.accounting import check_budget, epsilon_spent, plan, training_plan
 from fl_app.privacy.dp_sgd import train_adapter_dp
 from fl_app.privacy.ledger import Ledger
-from fl_app.privacy.settings import PrivacySettings, privacy_settings, refuse_plain_calibration
+from fl_app.privacy.settings import (
+    NoiseTarget,
+    PrivacySettings,
+    privacy_settings,
+    refuse_below_site_budget,
+    refuse_plain_calibration,
+)
 from fl_app.protocol import ARRAYS, CONFIG, HOSPITAL, METRICS, VERSION_PREFIX, hospital_record, read_experiment
 from fl_app.training import (
     medmnist_metrics,
@@ -85,6 +91,8 @@ class Hospital:
         self.id = data.hospital_id
         self.data = data
         self.lora = hospital_lora(experiment, data.hospital_id, node_config)
+        site_epsilon = (node_config or {}).get("privacy-epsilon")  # the site's own DP budget (fl_app.data.site)
+        self.site_budget = NoiseTarget(epsilon=float(site_epsilon)) if site_epsilon is not None else None
         self.model: HospitalModel = hospital_model(experiment["model"], task_outputs(experiment))
         self.device = pick_device()
         self.model.backbone.to(self.device)
@@ -123,6 +131,7 @@ class Hospital:
         lora, train = self.lora, self.experiment["train"]
         privacy = privacy_settings(self.experiment.get("privacy"))
         ledger = ledger if ledger is not None else Ledger()
+        refuse_below_site_budget(privacy, self.site_budget.epsilon if self.site_budget else None)
         if calibration:
             refuse_plain_calibration(privacy)  # before any work: a non-private set is never made
         name = self.model.use_adapter(lora)
@@ -182,6 +191,14 @@ class Hospital:
         rounds = int(self.experiment.get("privacy_rounds", 1))
         release = training_plan(privacy.target, delta, n, settings.batch_size, settings.epochs, rounds)
         epsilon = check_budget(ledger.history, release, privacy.target, f"hospital {self.id}'s round {server_round}")
+        if self.site_budget is not None:  # the server's target may be looser than the site allows
+            check_budget(
+                ledger.history,
+                release,
+                self.site_budget,
+                f"hospital {self.id}'s round {server_round}",
+                "the node config's privacy-epsilon",
+            )
         result = train_adapter_dp(
             self.model.peft,
             self.data.task,
@@ -221,6 +238,14 @@ class Hospital:
             delta = privacy.delta_for(len(self.data.train))
             release = plan(dp.target, delta, dp.sample_rate, settings.iterations)
             check_budget([], release, dp.target, f"hospital {self.id}'s calibration set")
+            if self.site_budget is not None:
+                check_budget(
+                    ledger.history,
+                    release,
+                    self.site_budget,
+                    f"hospital {self.id}'s calibration set",
+                    "the node config's privacy-epsilon",
+                )
             private = PrivateMeans(dp.sample_rate, dp.max_norm, release.noise_multiplier)
 
         with peft.disable_adapter():

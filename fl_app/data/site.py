@@ -29,6 +29,7 @@ from fl_app.data.tasks import TWO_D_FLAGS
 
 SITE_KEYS: tuple[str, ...] = ("hospital-id", "task", "data-path")
 CAPACITY_KEYS = ("lora-r", "lora-alpha")  # optional: this hospital's LoRA rank and alpha (hospital_steps.hospital_lora)
+POLICY_KEYS = ("privacy-epsilon",)  # optional: the site's own DP budget, enforced whatever the server asks
 SIMULATION_KEYS: tuple[str, ...] = ("partition-id", "num-partitions")
 EXAMPLE = """--node-config 'hospital-id=0 task="breastmnist" data-path="/data/breastmnist.npz"'"""
 
@@ -49,16 +50,19 @@ def site_config(node_config: Mapping[str, Any]) -> SiteConfig | None:
         return None
     if given & set(SIMULATION_KEYS):
         raise ValueError(f"node_config mixes simulation keys {SIMULATION_KEYS} with site keys {SITE_KEYS}; a site uses only {EXAMPLE}")
-    missing, unknown = [k for k in SITE_KEYS if k not in given], sorted(given - set(SITE_KEYS) - set(CAPACITY_KEYS))
+    optional = set(CAPACITY_KEYS) | set(POLICY_KEYS)
+    missing, unknown = [k for k in SITE_KEYS if k not in given], sorted(given - set(SITE_KEYS) - optional)
     if missing or unknown:
         raise ValueError(f"node_config {dict(node_config)}: missing keys {missing}, unknown keys {unknown}; start the SuperNode with {EXAMPLE}")
-    for key in CAPACITY_KEYS:
+    for key in (*CAPACITY_KEYS, *POLICY_KEYS):
         value = node_config.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise ValueError(
-                f"node_config {key}={value!r} must be a positive number (this hospital's LoRA {key[5:]}), "
-                f"e.g. --node-config '... lora-r=4'"
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf")
+        ):
+            what, example = (
+                (f"this hospital's LoRA {key[5:]}", "lora-r=4") if key in CAPACITY_KEYS else ("this site's DP budget ε", "privacy-epsilon=8")
             )
+            raise ValueError(f"node_config {key}={value!r} must be a positive number ({what}), e.g. --node-config '... {example}'")
     hospital_id = node_config["hospital-id"]
     if isinstance(hospital_id, bool) or not isinstance(hospital_id, int) or hospital_id < 0:
         raise ValueError(f"node_config hospital-id={hospital_id!r} must be an integer >= 0, e.g. {EXAMPLE}")

@@ -84,7 +84,9 @@ def training_plan(target: NoiseTarget, delta: float, n_train: int, batch_size: i
     return plan(target, delta, sample_rate, steps, rounds)
 
 
-def check_budget(history: Sequence[Mechanism], next_release: Plan, target: NoiseTarget, what: str) -> float:
+def check_budget(
+    history: Sequence[Mechanism], next_release: Plan, target: NoiseTarget, what: str, budget: str = "privacy.epsilon"
+) -> float:
     """ε after `next_release`; raises when a target ε would be exceeded (a server asking for more
     rounds than the hospital budgeted for is refused here, at the hospital)."""
     after = epsilon_spent([*history, next_release.mechanism], next_release.delta)
@@ -92,7 +94,7 @@ def check_budget(history: Sequence[Mechanism], next_release: Plan, target: Noise
         spent = epsilon_spent(history, next_release.delta)
         raise ValueError(
             f"{what} would spend ε={after:.3f} at δ={next_release.delta:.2g}, beyond this hospital's budget "
-            f"privacy.epsilon={target.epsilon} (already spent: ε={spent:.3f} over {len(history)} release(s)). "
-            "The hospital refuses; raise privacy.epsilon or plan fewer rounds (strategy.rounds)."
+            f"{budget}={target.epsilon} (already spent: ε={spent:.3f} over {len(history)} release(s)). "
+            f"The hospital refuses; raise {budget} or plan fewer rounds (strategy.rounds)."
         )
     return after

@@ -135,3 +135,12 @@ def refuse_plain_calibration(settings: PrivacySettings) -> None:
             "hospital's patients without differential privacy, so it is not sent. Set privacy.distill.enabled=true "
             "(DP distribution matching), or use a data-free merge (strategy=one_shot)."
         )
+
+
+def refuse_below_site_budget(settings: PrivacySettings, site_epsilon: float | None) -> None:
+    """A site whose node config sets `privacy-epsilon` trains only under DP, whatever the server sends."""
+    if site_epsilon is not None and not settings.enabled:
+        raise ValueError(
+            f"this site's node config sets privacy-epsilon={site_epsilon:g}, but the server asked to train without "
+            "differential privacy; the hospital refuses. Run the experiment with privacy=dp."
+        )

@@ -71,3 +71,23 @@ def test_the_server_flags_a_claimed_epsilon_its_noise_settings_do_not_give(tiny_
     assert honest["per_hospital"]["1"]["consistent"] and honest["all_consistent"]
     assert honest["max_epsilon"] == metrics["dp-epsilon"]
     assert not lying["per_hospital"]["1"]["consistent"] and not lying["all_consistent"]
+
+
+def site_hospital(tiny_experiment, site_epsilon: float, *overrides: str):
+    cfg = tiny_experiment("train.local_epochs=1", *overrides)
+    return simulated_hospital(json.loads(hospital_payload(cfg)), 1, 3, {"privacy-epsilon": site_epsilon})
+
+
+def test_a_site_with_its_own_budget_refuses_to_train_without_dp(tiny_experiment):
+    with pytest.raises(ValueError, match="privacy-epsilon=3.*without differential privacy; the hospital refuses"):
+        site_hospital(tiny_experiment, 3.0).train(None, 1, None, Ledger())
+
+
+def test_a_site_refuses_a_looser_epsilon_than_its_own_and_accepts_a_tighter_one(tiny_experiment):
+    with pytest.raises(ValueError, match="beyond this hospital's budget the node config's privacy-epsilon=3.0"):
+        site_hospital(tiny_experiment, 3.0, "privacy=dp", "privacy.epsilon=8").train(None, 1, None, Ledger())
+
+    metrics = dict(
+        site_hospital(tiny_experiment, 8.0, "privacy=dp", "privacy.epsilon=3").train(None, 1, None, Ledger())["metrics"]
+    )
+    assert metrics["dp-epsilon"] <= 3.02
