@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +29,21 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
+def _folders_below(root: Path) -> list[Path]:
+    """Folders holding a results.json below `root`, following symlinked folders (a curve that links
+    runs made elsewhere) but visiting each real folder once, so a link cycle ends."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        if RESULTS_FILE in files:
+            found.append(Path(folder))
+    return found
+
+
 def find_result_folders(paths: Iterable[Path | str]) -> list[Path]:
     """Every folder holding a results.json at or below `paths`, each once, in natural order."""
     folders: dict[Path, None] = {}
@@ -36,11 +52,7 @@ def find_result_folders(paths: Iterable[Path | str]) -> list[Path]:
             raise FileNotFoundError(
                 f"{path} does not exist; pass a run folder (outputs/<date>/<time>) or a sweep folder (multirun/<date>/<time>)."
             )
-        found = (
-            [path]
-            if (path / RESULTS_FILE).is_file()
-            else sorted((p.parent for p in path.rglob(RESULTS_FILE)), key=_natural_key)
-        )
+        found = [path] if (path / RESULTS_FILE).is_file() else sorted(_folders_below(path), key=_natural_key)
         if not found:
             raise FileNotFoundError(
                 f"no {RESULTS_FILE} at or below {path}; pass a run folder (outputs/<date>/<time>) or a sweep folder (multirun/<date>/<time>)."

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from fl_app.config import compose_experiment
 from fl_app.hospital_steps import task_outputs
 from fl_app.model import MedForgeClassifier, build_backbone
+from fl_app.report.collect import find_result_folders
 from fl_app.server.results import read_results
 from strategies.merging import MERGE_METHODS
 from tests.conftest import REPO, TINY
@@ -210,3 +211,17 @@ def test_compare_shows_remerged_methods_as_rows(remerged, tmp_path):
     rows = read_csv(tmp_path / "report.csv")
     assert set(MERGE_METHODS) <= set(rows) and "hospital (own adapter, mean)" in rows
     assert rows["task_arithmetic"]["runs"] == "1"  # the remerge repeating the run's own merge counts once
+
+
+def test_runs_linked_into_a_folder_are_found_once_and_link_cycles_end(tmp_path):
+    made_elsewhere = tmp_path / "elsewhere" / "run"
+    made_elsewhere.mkdir(parents=True)
+    (made_elsewhere / "results.json").write_text(json.dumps({"status": "completed"}))
+    curve = tmp_path / "curve" / "eps-inf"
+    curve.mkdir(parents=True)
+    (curve / "one_shot").symlink_to(made_elsewhere)
+    (curve / "loop").symlink_to(tmp_path / "curve")
+
+    found = find_result_folders([tmp_path / "curve"])
+
+    assert [f.resolve() for f in found] == [made_elsewhere.resolve()]
