@@ -175,9 +175,9 @@ def plot_privacy_utility(curves: dict[str, list[PrivacyPoint]], path: Path) -> P
             )
     for ax, title in zip(axes, ("mean AUC over tasks", "mean ACC over tasks")):
         ax.set_xticks(range(len(levels)), ticks)
-        ax.set_xlabel("ε per hospital (whole run, δ = 1/(10·n_train)); DP-SGD on LoRA + head")
+        ax.set_xlabel("ε per hospital, whole run")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
     _legend_below(axes[0], len(curves))
-    fig.suptitle("Privacy against utility (mean ± std over seeds)")
+    fig.suptitle("Privacy against utility: DP-SGD on LoRA + head at every hospital (mean ± std over seeds)")
     return _save(fig, path)
