@@ -69,14 +69,14 @@ def test_full_dermamnist_train_split_is_fast():
     labels = synthetic_labels("dermamnist", "train", seed=0)
     synthetic_images("dermamnist", 28, "train", np.arange(2), labels[:2], seed=0)
 
-    # Execute
-    start = time.perf_counter()
+    # Execute: CPU time, not wall time, so a busy machine (CI shares it) does not fail the test
+    start = time.process_time()
     images = synthetic_images("dermamnist", 28, "train", np.arange(len(labels)), labels, seed=0)
-    elapsed = time.perf_counter() - start
+    cpu_seconds = time.process_time() - start
 
-    # Assert (about 0.15 s on 2 cores; loose bound for busy CI machines)
+    # Assert (about 0.15 s of CPU; a regression to per-image generation costs tens of seconds)
     assert images.shape == (7007, 28, 28, 3)
-    assert elapsed < 2.0
+    assert cpu_seconds < 5.0
 
 
 @pytest.mark.filterwarnings("ignore", category=ConvergenceWarning)  # a partial fit suffices here
