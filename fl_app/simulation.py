@@ -10,6 +10,7 @@ interrupted run's results.json says `status: interrupted`; the adapters it recei
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -136,8 +137,13 @@ def stop_process_group(process: subprocess.Popen, grace: float = 10.0, tag: str 
 
 
 @contextmanager
-def local_superlink(log_path: Path, startup_timeout: float = 60.0) -> Iterator[dict[str, str]]:
-    """Start a simulation-mode SuperLink on a free port; yield the env for `flwr run`; stop it."""
+def local_superlink(
+    log_path: Path, startup_timeout: float = 60.0, grace: Callable[[], float] = lambda: 10.0
+) -> Iterator[dict[str, str]]:
+    """Start a simulation-mode SuperLink on a free port; yield the env for `flwr run`; stop it.
+
+    grace: seconds its processes (Ray's included) get after SIGTERM, asked when stopping them.
+    """
     flwr_home = Path(tempfile.mkdtemp(prefix="medforge-flwr-"))
     port = free_port()
     (flwr_home / "config.toml").write_text(
@@ -165,7 +171,7 @@ def local_superlink(log_path: Path, startup_timeout: float = 60.0) -> Iterator[d
         wait_until_healthy(process, f"http://127.0.0.1:{port}/health", startup_timeout, log_path)
         yield env
     finally:
-        survivors = stop_process_group(process, tag=env[RUN_TAG])
+        survivors = stop_process_group(process, grace=grace(), tag=env[RUN_TAG])
         shutil.rmtree(flwr_home, ignore_errors=True)
         if survivors:
             raise RuntimeError(f"processes of the run survived SIGKILL: {survivors}")
@@ -249,13 +255,14 @@ def mark_interrupted(results_dir: Path, signal_name: str) -> dict | None:
 
 
 COMPLETION_POLL_S = 0.25  # how often the run's results.json is read for `completed`
-COMPLETION_GRACE_S = 1.0  # after `completed`: time for the ServerApp's last log lines to reach the stream
+COMPLETION_GRACE_S = 0.5  # after `completed`: time for the ServerApp's last log lines to reach the stream
+COMPLETED_GRACE_S = 0.5  # after `completed`: SIGTERM to SIGKILL for the SuperLink's and Ray's processes
 
 
 class CompletionWatcher(threading.Thread):
     """Stops `flwr run` as soon as results.json says `completed`, instead of waiting for Flower's
-    graceful shutdown (~5 s): everything the run keeps is written by then (results.json last,
-    atomically), and the SuperLink's process group is stopped by `local_superlink` right after."""
+    graceful shutdown: everything the run keeps is written by then (results.json last, atomically),
+    and `local_superlink` then stops the SuperLink's and Ray's processes with a short grace."""
 
     def __init__(self, results_path: Path, process: subprocess.Popen) -> None:
         super().__init__(name="medforge-completion-watcher", daemon=True)
@@ -287,6 +294,12 @@ def run_completed(results_path: Path) -> bool:
         return False
 
 
+def stop_grace(results_path: Path) -> float:
+    """SIGTERM-to-SIGKILL seconds for a run's SuperLink and Ray: a completed run has written
+    everything, so it skips their graceful shutdown (~5 s); any other run gets the full 10 s."""
+    return COMPLETED_GRACE_S if run_completed(results_path) else 10.0
+
+
 def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> Path:
     """Validate, write the resolved config, run the Flower simulation, return the results folder.
 
@@ -303,7 +316,8 @@ def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> P
     log_path = results_dir / "flower.log"
     process = None
     try:
-        with signals_interrupt(), local_superlink(log_path) as env, open(log_path, "ab") as log:
+        grace = functools.partial(stop_grace, results_dir / RESULTS_FILE)
+        with signals_interrupt(), local_superlink(log_path, grace=grace) as env, open(log_path, "ab") as log:
             process = subprocess.Popen(
                 flwr_run_command(cfg, config_path, results_dir, validated=config_digest(config_path)),
                 env=env,

@@ -116,3 +116,21 @@ def test_the_validated_digest_reaches_the_server_app(tiny_experiment):
     command = flwr_run_command(tiny_experiment(), Path("/r/config.yaml"), Path("/r"), validated="abc123")
 
     assert "validated='abc123'" in command[command.index("--run-config") + 1]
+
+
+def test_a_completed_run_gets_a_short_grace_and_any_other_the_full_one(tmp_path, monkeypatch):
+    import fl_app.simulation as simulation
+    from fl_app.server.results import write_json_atomic
+
+    graces = []
+    monkeypatch.setattr(simulation.subprocess, "Popen", lambda *a, **k: SimpleNamespace(pid=0))
+    monkeypatch.setattr(simulation, "wait_until_healthy", lambda *a, **k: None)
+    monkeypatch.setattr(simulation, "stop_process_group", lambda process, grace, tag: graces.append(grace) or [])
+    results = tmp_path / "results.json"
+
+    for status in ("failed", "completed"):
+        write_json_atomic(results, {"status": status})
+        with simulation.local_superlink(tmp_path / "superlink.log", grace=lambda: simulation.stop_grace(results)):
+            pass
+
+    assert graces == [10.0, simulation.COMPLETED_GRACE_S]
