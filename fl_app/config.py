@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -65,6 +66,23 @@ def experiment_from_run_config(run_config: Mapping[str, Any]) -> DictConfig:
     if config_path:
         return OmegaConf.load(config_path)
     return compose_experiment(run_config_overrides(run_config))
+
+
+def config_digest(path: str | Path) -> str:
+    """SHA-256 of a resolved experiment file: what `validated` in the run config refers to."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def validated_before(run_config: Mapping[str, Any]) -> bool:
+    """Whether `scripts/run.py` already validated this very file (`validated` = its digest), so the
+    ServerApp need not import the backbone, PEFT and the training code again to check it."""
+    config_path, digest = str(run_config.get("config-path", "")), str(run_config.get("validated", ""))
+    if not config_path or not digest:
+        return False
+    try:
+        return config_digest(config_path) == digest
+    except OSError:
+        return False
 
 
 def hospital_payload(cfg: DictConfig) -> str:

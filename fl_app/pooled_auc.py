@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import rankdata
 
 from fl_app.data import TaskInfo
 
@@ -33,6 +32,10 @@ def split_auc(task: TaskInfo, labels: np.ndarray, scores: np.ndarray) -> float:
     sklearn's ROC AUC exactly; without sklearn's per-call input checks, which cost more than the
     model's forward pass when a hospital scores a hundred versions of a small test split.
     """
+    from scipy.stats import (
+        rankdata,
+    )  # scipy.stats costs ~1 s to import: only where an AUC is computed, not on the server
+
     aucs = []
     for positive, score in _columns(task, labels, scores):
         n_pos = int(positive.sum())

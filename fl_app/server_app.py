@@ -8,9 +8,8 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fl_app.config import experiment_from_run_config
+from fl_app.config import experiment_from_run_config, validated_before
 from fl_app.server.experiment import run_experiment_on_grid
-from fl_app.validation import validate_experiment
 
 app = ServerApp()
 
@@ -24,5 +23,8 @@ def results_dir_of(run_config) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = experiment_from_run_config(context.run_config)
-    validate_experiment(cfg)
+    if not validated_before(context.run_config):  # `flwr run .` by hand: check it here
+        from fl_app.validation import validate_experiment  # imports the backbone and PEFT: only when needed
+
+        validate_experiment(cfg)
     run_experiment_on_grid(grid, cfg, results_dir_of(context.run_config))

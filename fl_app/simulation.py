@@ -10,6 +10,7 @@ interrupted run's results.json says `status: interrupted`; the adapters it recei
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -18,9 +19,10 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import httpx
 import psutil
 from omegaconf import DictConfig
 
-from fl_app.config import save_experiment
+from fl_app.config import config_digest, save_experiment
 from fl_app.server.results import RESULTS_FILE, read_results, write_json_atomic
 from fl_app.validation import validate_experiment
 
@@ -135,8 +137,13 @@ def stop_process_group(process: subprocess.Popen, grace: float = 10.0, tag: str 
 
 
 @contextmanager
-def local_superlink(log_path: Path, startup_timeout: float = 60.0) -> Iterator[dict[str, str]]:
-    """Start a simulation-mode SuperLink on a free port; yield the env for `flwr run`; stop it."""
+def local_superlink(
+    log_path: Path, startup_timeout: float = 60.0, grace: Callable[[], float] = lambda: 10.0
+) -> Iterator[dict[str, str]]:
+    """Start a simulation-mode SuperLink on a free port; yield the env for `flwr run`; stop it.
+
+    grace: seconds its processes (Ray's included) get after SIGTERM, asked when stopping them.
+    """
     flwr_home = Path(tempfile.mkdtemp(prefix="medforge-flwr-"))
     port = free_port()
     (flwr_home / "config.toml").write_text(
@@ -164,7 +171,7 @@ def local_superlink(log_path: Path, startup_timeout: float = 60.0) -> Iterator[d
         wait_until_healthy(process, f"http://127.0.0.1:{port}/health", startup_timeout, log_path)
         yield env
     finally:
-        survivors = stop_process_group(process, tag=env[RUN_TAG])
+        survivors = stop_process_group(process, grace=grace(), tag=env[RUN_TAG])
         shutil.rmtree(flwr_home, ignore_errors=True)
         if survivors:
             raise RuntimeError(f"processes of the run survived SIGKILL: {survivors}")
@@ -187,13 +194,16 @@ def wait_until_healthy(
     raise RuntimeError(f"flower-superlink did not become ready within {timeout:.0f} s; see {log_path}.")
 
 
-def flwr_run_command(cfg: DictConfig, config_path: Path, results_dir: Path) -> list[str]:
-    """`flwr run` for this experiment: hospitals = simulated SuperNodes, resources per hospital."""
+def flwr_run_command(cfg: DictConfig, config_path: Path, results_dir: Path, validated: str = "") -> list[str]:
+    """`flwr run` for this experiment: hospitals = simulated SuperNodes, resources per hospital.
+
+    validated: the digest of `config_path` once `validate_experiment` passed on it (the ServerApp
+    then skips the repeat; see `config.validated_before`)."""
     sim = cfg.simulation
     federation = f"num-supernodes={int(sim.num_hospitals)} client-resources-num-cpus={int(sim.client_cpus)} client-resources-num-gpus={float(sim.client_gpus)}"
     if sim.get("ray_cpus") is not None:  # Ray's own CPU count: fewer workers than the machine's cores
         federation += f" init-args-num-cpus={int(sim.ray_cpus)}"
-    run_config = f"config-path='{config_path}' results-dir='{results_dir}'"
+    run_config = f"config-path='{config_path}' results-dir='{results_dir}' validated='{validated}'"
     return [
         "flwr",
         "run",
@@ -244,6 +254,52 @@ def mark_interrupted(results_dir: Path, signal_name: str) -> dict | None:
     return results
 
 
+COMPLETION_POLL_S = 0.25  # how often the run's results.json is read for `completed`
+COMPLETION_GRACE_S = 0.5  # after `completed`: time for the ServerApp's last log lines to reach the stream
+COMPLETED_GRACE_S = 0.5  # after `completed`: SIGTERM to SIGKILL for the SuperLink's and Ray's processes
+
+
+class CompletionWatcher(threading.Thread):
+    """Stops `flwr run` as soon as results.json says `completed`, instead of waiting for Flower's
+    graceful shutdown: everything the run keeps is written by then (results.json last, atomically),
+    and `local_superlink` then stops the SuperLink's and Ray's processes with a short grace."""
+
+    def __init__(self, results_path: Path, process: subprocess.Popen) -> None:
+        super().__init__(name="medforge-completion-watcher", daemon=True)
+        self.results_path, self.process = results_path, process
+        self.stopping = threading.Event()
+        self.completed_at: float | None = None
+
+    def run(self) -> None:
+        while not self.stopping.wait(COMPLETION_POLL_S):
+            if self.process.poll() is not None:
+                return
+            if run_completed(self.results_path):
+                self.completed_at = time.time()
+                if not self.stopping.wait(COMPLETION_GRACE_S):
+                    stop_process_group(self.process, grace=2.0)
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=30.0)
+
+
+def run_completed(results_path: Path) -> bool:
+    """Whether results.json exists and says `completed` (a half-written file is never seen: it is replaced atomically)."""
+    try:
+        return read_results(results_path.parent).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def stop_grace(results_path: Path) -> float:
+    """SIGTERM-to-SIGKILL seconds for a run's SuperLink and Ray: a completed run has written
+    everything, so it skips their graceful shutdown (~5 s); any other run gets the full 10 s."""
+    return COMPLETED_GRACE_S if run_completed(results_path) else 10.0
+
+
 def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> Path:
     """Validate, write the resolved config, run the Flower simulation, return the results folder.
 
@@ -260,15 +316,18 @@ def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> P
     log_path = results_dir / "flower.log"
     process = None
     try:
-        with signals_interrupt(), local_superlink(log_path) as env, open(log_path, "ab") as log:
+        grace = functools.partial(stop_grace, results_dir / RESULTS_FILE)
+        with signals_interrupt(), local_superlink(log_path, grace=grace) as env, open(log_path, "ab") as log:
             process = subprocess.Popen(
-                flwr_run_command(cfg, config_path, results_dir),
+                flwr_run_command(cfg, config_path, results_dir, validated=config_digest(config_path)),
                 env=env,
                 cwd=PROJECT_ROOT,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's Ctrl-C reaches this process only; it stops the CLI itself
             )
+            watcher = CompletionWatcher(results_dir / RESULTS_FILE, process)
+            watcher.start()
             try:
                 for line in process.stdout:
                     log.write(line)
@@ -277,6 +336,7 @@ def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> P
                         sys.stdout.flush()
                 process.wait()
             finally:
+                watcher.stop()
                 stop_process_group(process, grace=5.0)
     except Interrupted as interrupted:
         mark_interrupted(results_dir, interrupted.signal_name)

@@ -67,6 +67,11 @@ def validate_experiment(cfg: DictConfig) -> None:
             strategy.get(key) is None or float(strategy.get(key)) > 0,
             f"strategy.{key}={strategy.get(key)} must be a positive number of seconds.",
         )
+    _require(
+        isinstance(strategy.get("cross_evaluation", False), bool),
+        f"strategy.cross_evaluation={strategy.get('cross_evaluation')!r} must be true (every hospital adapter "
+        "at every hospital) or false (each at its own hospital).",
+    )
     for key in ("crash_hospitals", "fail_hospitals"):
         _require(
             all(isinstance(h, int) for h in sim.get(key) or []),

@@ -18,6 +18,7 @@ DARE with the same seed (PEFT's global RNG is re-seeded after it initialises the
 
     .venv/bin/python scripts/bench_merge.py                      # N = 2 8 32, every method
     .venv/bin/python scripts/bench_merge.py --n 8 --methods svd svd_r16 --repeats 5
+    .venv/bin/python scripts/bench_merge.py --n 32 --methods svd_r16 --spectrum gapped   # the randomized path
 """
 
 from __future__ import annotations
@@ -71,8 +72,28 @@ class ViTProjections(nn.Module):
         self.vit.encoder.layer = nn.ModuleList(ViTLayer() for _ in range(LAYERS))
 
 
-def hospitals(n: int, seed: int):
-    """A PeftModel holding adapters h0..h{n-1} with seeded random A and B, and their state dicts."""
+def gapped_factors(n: int, g: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(A, B) of n adapters of one module sharing RANK directions (singular values 1..0.1) plus 1e-4 noise:
+    a spectrum with a gap at RANK, as when hospitals' updates agree on a few directions."""
+    U = torch.linalg.qr(torch.randn(HIDDEN, RANK, generator=g)).Q
+    V = torch.linalg.qr(torch.randn(HIDDEN, RANK, generator=g)).Q
+    strengths = torch.logspace(0, -1, RANK)
+    return [
+        (
+            V.T + 1e-4 * torch.randn(RANK, HIDDEN, generator=g),
+            (U * strengths) @ torch.randn(RANK, RANK, generator=g) / math.sqrt(RANK)
+            + 1e-4 * torch.randn(HIDDEN, RANK, generator=g),
+        )
+        for _ in range(n)
+    ]
+
+
+def hospitals(n: int, seed: int, spectrum: str = "random"):
+    """A PeftModel holding adapters h0..h{n-1} with seeded A and B, and their state dicts.
+
+    spectrum "random": independent Gaussian factors (a flat spectrum of Σ ΔW_i: no rank-16 gap);
+    "gapped": `gapped_factors`.
+    """
     torch.manual_seed(seed)
     config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["query", "value"])
     model = get_peft_model(ViTProjections(), config, adapter_name="h0")
@@ -81,6 +102,11 @@ def hospitals(n: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     for module in model.modules():
         if hasattr(module, "lora_A") and "h0" in module.lora_A:
+            if spectrum == "gapped":
+                for i, (A, B) in enumerate(gapped_factors(n, g)):
+                    module.lora_A[f"h{i}"].weight.data.copy_(A)
+                    module.lora_B[f"h{i}"].weight.data.copy_(B)
+                continue
             for i in range(n):
                 module.lora_A[f"h{i}"].weight.data.copy_(torch.randn(RANK, HIDDEN, generator=g) / math.sqrt(HIDDEN))
                 module.lora_B[f"h{i}"].weight.data.copy_(0.02 * torch.randn(HIDDEN, RANK, generator=g))
@@ -329,7 +355,7 @@ class Row:
 
 
 def bench(n: int, selected: list[Case], args) -> list[Row]:
-    model, states = hospitals(n, args.seed)
+    model, states = hospitals(n, args.seed, args.spectrum)
     weights = [1.0 / n] * n
     rows = []
     for case in selected:
@@ -397,6 +423,10 @@ def summary(rows: list[Row], ns: list[int]) -> str:
     if svd8 is not None and svd8.speedup is not None:
         ok = svd8.speedup >= 5 and svd8.ours_err <= 1e-4
         svd_part = f"exact svd @N=8: {svd8.speedup:.1f}x faster than PEFT svd, rel err {svd8.ours_err:.1e} ({'PASS' if ok else 'FAIL'} >=5x, <=1e-4)"
+    svd32 = next((r for r in rows if r.label == "svd_r16" and r.n == 32), None)
+    if svd32 is not None and svd32.speedup is not None:
+        ok = svd32.speedup >= 10 and svd32.ours_err <= 1e-4
+        svd_part += f"; svd_r16 @N=32: {svd32.speedup:.1f}x, rel err {svd32.ours_err:.1e} ({'PASS' if ok else 'FAIL'} >=10x, <=1e-4)"
     compared = [r for r in rows if r.speedup is not None]
     slowest = min(compared, key=lambda r: r.speedup, default=None)
     slow_part = "no PEFT comparisons"
@@ -418,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory profiling calls")
+    parser.add_argument(
+        "--spectrum",
+        choices=["random", "gapped"],
+        default="random",
+        help="random: independent Gaussian adapters (flat spectrum); gapped: shared rank-16 directions + noise",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -427,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {list(available)}")
     print(
-        f"ViT-B/16 LoRA: {LAYERS} layers x (query, value), {HIDDEN}x{HIDDEN}, r={RANK}, alpha={ALPHA}; torch {torch.__version__}, threads {torch.get_num_threads()}"
+        f"ViT-B/16 LoRA: {LAYERS} layers x (query, value), {HIDDEN}x{HIDDEN}, r={RANK}, alpha={ALPHA}, {args.spectrum} spectrum; torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
     print(
         "time: min over repeats; memory: peak live tensor bytes (torch profiler); err: max over modules vs float64 reference; trunc: error the project reports"

@@ -140,6 +140,7 @@ def bench(args, n: int, strategy: str, work: Path) -> Row:
         download_bytes=int(communication["download_bytes"]) + int(evaluation.get("download_bytes", 0)),
         load=os.getloadavg()[0],
         inrun_ratio=inrun_ratio(results),
+        evaluation_download_bytes=int(evaluation.get("download_bytes", 0)),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,8 @@ def merged_version(
     """A version made by a registered merge (one-shot, a baseline, a re-merge), with its provenance.
 
     Details: the method and the parameters it ran with, each hospital's weight, whether the merge
-    is exact and its truncation error, the merged rank, then `extra` (label, weighting, ...).
+    is exact and its truncation error (the worst module's, and `truncation_summary`), the merged
+    rank, then `extra` (label, weighting, ...).
     """
     details = {
         "method": result.method,
@@ -52,7 +53,21 @@ def merged_version(
         "params": result.params,
         "exact": result.exact,
         "relative_error": result.relative_error,
+        "truncation": truncation_summary(result.module_errors),
         "rank": result.rank,
         **extra,
     }
     return ModelVersion(name, "merged", result.state, result.rank, result.lora_alpha, details)
+
+
+def truncation_summary(module_errors: Mapping[str, float]) -> dict[str, Any]:
+    """What a rank cap cost, for results.json: the relative Frobenius error of ΔW per LoRA module, its
+    mean and max, and how many modules lost more than 1% (0.0 everywhere: lossless)."""
+    errors = {module: float(error) for module, error in sorted(module_errors.items())}
+    values = list(errors.values())
+    return {
+        "max": max(values, default=0.0),
+        "mean": sum(values) / len(values) if values else 0.0,
+        "modules_over_1pct": sum(1 for e in values if e > 0.01),
+        "per_module": errors,
+    }

@@ -136,3 +136,18 @@ def test_strategies_that_train_once_have_no_rounds_knob(strategy):
     assert "rounds" not in compose_experiment([f"strategy={strategy}"]).strategy
     with pytest.raises(Exception, match="rounds"):
         compose_experiment([f"strategy={strategy}", "strategy.rounds=2"])
+
+
+def test_the_server_app_skips_validation_only_for_the_file_that_was_validated(tmp_path):
+    from fl_app.config import config_digest, validated_before
+
+    path = tmp_path / "config.yaml"
+    path.write_text("seed: 0\n")
+    digest = config_digest(path)
+
+    assert validated_before({"config-path": str(path), "validated": digest})
+    assert not validated_before({"config-path": str(path), "validated": ""})  # `flwr run .` by hand
+    assert not validated_before({"config-path": "", "validated": digest})
+    path.write_text("seed: 1\n")  # edited after validation
+    assert not validated_before({"config-path": str(path), "validated": digest})
+    assert not validated_before({"config-path": str(tmp_path / "gone.yaml"), "validated": digest})

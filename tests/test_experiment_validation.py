@@ -1,4 +1,4 @@
-"""Experiment validation (fl_app/validation.py): per-hospital LoRA ranks."""
+"""Experiment validation (fl_app/validation.py): per-hospital LoRA ranks, the evaluation switch."""
 
 from __future__ import annotations
 
@@ -27,3 +27,10 @@ def test_bad_hospital_ranks_are_refused_naming_the_setting(tiny_experiment, over
 def test_mixed_ranks_are_accepted_for_exact_merges_and_fedavg(tiny_experiment):
     validate_experiment(tiny_experiment("simulation.lora_r=[2,4,8]"))
     validate_experiment(tiny_experiment("strategy=fedavg", "simulation.lora_r=[2,4,8]"))
+
+
+def test_cross_evaluation_must_be_a_boolean(tiny_experiment):
+    validate_experiment(tiny_experiment("strategy.cross_evaluation=true"))
+
+    with pytest.raises(ValueError, match=r"strategy.cross_evaluation='yes' must be true .* or false"):
+        validate_experiment(tiny_experiment("strategy.cross_evaluation=yes"))

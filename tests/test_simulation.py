@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,3 +62,75 @@ def test_cpu_only_machines_train_on_the_cpu(monkeypatch):
 
 def test_hospital_workers_run_at_normal_priority(tmp_path):
     assert flower_env(tmp_path)["RAY_worker_niceness"] == "0"  # Ray's default, 15, starves them on a busy machine
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+
+
+def test_the_run_is_stopped_once_results_json_says_completed(tmp_path):
+    import time
+
+    from fl_app.server.results import write_json_atomic
+    from fl_app.simulation import COMPLETION_GRACE_S, CompletionWatcher
+
+    process = _sleeper()  # stands in for `flwr run`, which lingers in Flower's graceful shutdown
+    watcher = CompletionWatcher(tmp_path / "results.json", process)
+    watcher.start()
+    try:
+        write_json_atomic(tmp_path / "results.json", {"status": "running"})
+        time.sleep(1.0)
+        assert process.poll() is None  # still running: not completed yet
+        write_json_atomic(tmp_path / "results.json", {"status": "completed"})
+
+        process.wait(timeout=COMPLETION_GRACE_S + 10)
+
+        assert watcher.completed_at is not None
+    finally:
+        watcher.stop()
+        process.kill()
+        process.wait()
+
+
+def test_a_failed_run_is_left_to_end_on_its_own(tmp_path):
+    import time
+
+    from fl_app.server.results import write_json_atomic
+    from fl_app.simulation import CompletionWatcher
+
+    process = _sleeper()
+    write_json_atomic(tmp_path / "results.json", {"status": "failed"})
+    watcher = CompletionWatcher(tmp_path / "results.json", process)
+    watcher.start()
+    try:
+        time.sleep(1.5)
+
+        assert process.poll() is None and watcher.completed_at is None
+    finally:
+        watcher.stop()
+        process.kill()
+        process.wait()
+
+
+def test_the_validated_digest_reaches_the_server_app(tiny_experiment):
+    command = flwr_run_command(tiny_experiment(), Path("/r/config.yaml"), Path("/r"), validated="abc123")
+
+    assert "validated='abc123'" in command[command.index("--run-config") + 1]
+
+
+def test_a_completed_run_gets_a_short_grace_and_any_other_the_full_one(tmp_path, monkeypatch):
+    import fl_app.simulation as simulation
+    from fl_app.server.results import write_json_atomic
+
+    graces = []
+    monkeypatch.setattr(simulation.subprocess, "Popen", lambda *a, **k: SimpleNamespace(pid=0))
+    monkeypatch.setattr(simulation, "wait_until_healthy", lambda *a, **k: None)
+    monkeypatch.setattr(simulation, "stop_process_group", lambda process, grace, tag: graces.append(grace) or [])
+    results = tmp_path / "results.json"
+
+    for status in ("failed", "completed"):
+        write_json_atomic(results, {"status": status})
+        with simulation.local_superlink(tmp_path / "superlink.log", grace=lambda: simulation.stop_grace(results)):
+            pass
+
+    assert graces == [10.0, simulation.COMPLETED_GRACE_S]

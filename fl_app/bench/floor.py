@@ -3,7 +3,7 @@
 No Flower, no Ray, no messages crossing processes: hospitals train one after another in this
 process through `Hospital` (the code a ClientApp runs), the server-side pieces run on the replies
 as `run_experiment_on_grid` would (screen, weights, merge or FedAvg average, save every version),
-and every hospital evaluates every version from one record dict. What a Flower run spends beyond
+and every hospital evaluates the versions the run would send it (`evaluation_plan`). What a Flower run spends beyond
 this is framework overhead.
 """
 
@@ -21,6 +21,7 @@ from fl_app.hospital_steps import simulated_hospital
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import HospitalReply, decode_train_content
 from fl_app.server.evaluation import versions_content
+from fl_app.server.evaluation_plan import cross_evaluation, versions_for_hospital
 from fl_app.server.versions import save_version
 from strategies.fedavg import average_hospitals
 from strategies.one_shot import one_shot_versions
@@ -91,12 +92,13 @@ def run_floor(cfg: DictConfig, out_dir: Path) -> FloorRun:
     for version in versions:
         save_version(out_dir / "adapters" / version.name, cfg, version, {"version": version.name})
     trained = time.perf_counter()
-    content = versions_content(versions, experiment_json)
+    cross = cross_evaluation(cfg.strategy)
     images = 0
     for i in range(n):
+        planned = versions_for_hospital(versions, i, cross)  # what the run sends hospital i
         hospital = simulated_hospital(experiment, i, n)
-        hospital.evaluate(content)
-        images += len(hospital.data.test) * len(versions)
+        hospital.evaluate(versions_content(planned, experiment_json))
+        images += len(hospital.data.test) * len(planned)
     done = time.perf_counter()
     trained_images = examples * int(cfg.train.local_epochs)
     return FloorRun(done - started, trained - started, done - trained, len(versions), trained_images, images)

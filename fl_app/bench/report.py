@@ -14,6 +14,7 @@ from typing import Any
 RATIO_TARGET = 1.10
 RATIO_FROM_N = 10
 STARTUP_TARGET_S = 15.0
+MEMORY_SLOPE_TARGET = 1.0  # one-shot: MB of peak memory per extra hospital, up to N=100
 
 
 def split_startup(launched_at: float, ended_at: float, results: Mapping[str, Any]) -> tuple[float, float]:
@@ -90,6 +91,7 @@ class Row:
     download_bytes: int
     load: float  # 1-minute load average when the row finished
     inrun_ratio: float | None = None  # see `inrun_ratio`
+    evaluation_download_bytes: int = 0  # the evaluate messages alone (O(N) unless strategy.cross_evaluation)
 
     @property
     def total_s(self) -> float:
@@ -149,7 +151,15 @@ def summary(rows: Sequence[Row]) -> str:
                 )
         memory = slope([r.n for r in mine], [r.flower_peak_mb for r in mine])
         if memory is not None:
-            parts.append(f"{strategy} memory slope {memory:+.1f} MB/hospital")
+            target = (
+                f" {_check(memory <= MEMORY_SLOPE_TARGET)} <={MEMORY_SLOPE_TARGET:.0f}"
+                if strategy == "one_shot"
+                else ""
+            )
+            parts.append(f"{strategy} memory slope {memory:+.1f} MB/hospital{target}")
+        traffic = slope([r.n for r in mine], [r.evaluation_download_bytes / 1e6 for r in mine])
+        if traffic is not None:
+            parts.append(f"{strategy} evaluation download slope {traffic:+.2f} MB/hospital")
     if rows:
         startup = max(r.startup_s for r in rows)
         parts.append(f"start-up max {startup:.1f} s {_check(startup <= STARTUP_TARGET_S)} <={STARTUP_TARGET_S:.0f} s")

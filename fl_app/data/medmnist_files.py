@@ -7,11 +7,10 @@ import os
 import tempfile
 import urllib.request
 
-import medmnist
 import numpy as np
-from medmnist import INFO
 
 from fl_app.data.arrays import SPLITS, SplitArrays
+from fl_app.data.medmnist_info import INFO
 from fl_app.data.tasks import SIZES, npz_name, task_info
 
 
@@ -43,6 +42,8 @@ def load_medmnist_split(
         raise MedMNISTUnavailable(
             flag, size, root, "the root directory does not exist (create it)", download, missing=True
         )
+    import medmnist  # its dataset classes; imported here, not with the data package (see medmnist_info)
+
     dataset_class = getattr(medmnist, INFO[flag]["python_class"], None)
     if dataset_class is None:  # medmnist swallows import errors of torch/PIL in its __init__
         raise ImportError(f"medmnist.{INFO[flag]['python_class']} is missing: check that torch and Pillow import")

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from medmnist import INFO
+from fl_app.data.medmnist_info import INFO
 
 #: Every 2D MedMNIST flag; the 3D volumes (`*mnist3d`) need a different model and are left out.
 TWO_D_FLAGS: tuple[str, ...] = tuple(flag for flag in INFO if not flag.endswith("3d"))

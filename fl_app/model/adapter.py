@@ -6,13 +6,16 @@ import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from flwr.app import ArrayRecord
-from peft import LoraConfig
 from safetensors.torch import save_file
 
 from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX
+
+if TYPE_CHECKING:  # PEFT costs seconds to import; the server's message handling needs none of it
+    from peft import LoraConfig
 
 
 def state_to_arrayrecord(state: Mapping[str, torch.Tensor]) -> ArrayRecord:

@@ -69,6 +69,7 @@ def run_summary(results: Mapping[str, Any]) -> list[str]:
     lines += format_table(header, rows) if rows else ["(no model version was evaluated)"]
     if len(tasks) > MAX_TASK_COLUMNS:
         lines.append(f"{len(tasks)} tasks: per-task figures in results.json and `scripts/compare.py`.")
+    lines += truncation_lines(versions)
     if results.get("failures"):
         lines.append(f"{len(results['failures'])} failure(s) recorded: see `failures` in results.json.")
     lines.append(
@@ -76,4 +77,18 @@ def run_summary(results: Mapping[str, Any]) -> list[str]:
     )
     source = results.get("data_source")
     lines.append(f"data: {DATA_SOURCES.get(source, 'unknown')} (data_source={source})")
+    return lines
+
+
+def truncation_lines(versions: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per merged version whose rank cap lost part of ΔW: what `merge_rank` cost."""
+    lines = []
+    for entry in versions:
+        truncation = entry.get("truncation") or {}
+        if not truncation.get("max"):
+            continue
+        lines.append(
+            f"{entry['name']}: rank {entry.get('rank')} keeps ΔW up to a relative error of {truncation['mean']:.3f} "
+            f"(mean over modules; max {truncation['max']:.3f}, {truncation['modules_over_1pct']}/{len(truncation['per_module'])} modules above 1%)"
+        )
     return lines

@@ -1,4 +1,4 @@
-"""Federated evaluation of model versions: one message per hospital carrying every version."""
+"""Federated evaluation of model versions: one message per hospital carrying the versions it scores."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from fl_app.failures import REJECTED, Failure
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.pooled_auc import AUC_BINS, auc_from_histograms, dense_histograms
 from fl_app.protocol import HOSPITAL, METRICS, evaluation_content, reply_failure
+from fl_app.server.evaluation_plan import keep_planned, scored_versions, versions_for_hospital
 from strategies.outcome import ModelVersion
 
 
@@ -27,10 +28,32 @@ class HospitalScores:
 
 
 def evaluation_messages(
-    versions: Sequence[ModelVersion], experiment_json: str, node_ids: Iterable[int]
+    versions: Sequence[ModelVersion],
+    experiment_json: str,
+    node_ids: Iterable[int],
+    *,
+    hospital_of_node: Mapping[int, int],
+    cross: bool,
 ) -> list[Message]:
-    content = versions_content(versions, experiment_json)
-    return [Message(content=content, dst_node_id=node, message_type="evaluate") for node in node_ids]
+    """One evaluate message per node with the versions its hospital scores (`evaluation_plan`).
+
+    Each version's arrays are built once and shared by every message that carries them, so the
+    server holds one copy of each version whatever N is.
+    """
+    records = {v.name: (state_to_arrayrecord(v.state), version_meta(v)) for v in versions}
+    messages = []
+    for node in node_ids:
+        planned = versions_for_hospital(versions, hospital_of_node.get(node), cross)
+        content = evaluation_content({v.name: records[v.name] for v in planned}, experiment_json)
+        messages.append(Message(content=content, dst_node_id=node, message_type="evaluate"))
+    return messages
+
+
+def planned_scores(
+    scores: Sequence[HospitalScores], versions: Sequence[ModelVersion], cross: bool
+) -> list[HospitalScores]:
+    """Each hospital's scores of the versions it was meant to score (mixture components it ran are dropped)."""
+    return [keep_planned(s, scored_versions(versions, s.hospital_id, cross)) for s in scores]
 
 
 def versions_content(versions: Sequence[ModelVersion], experiment_json: str) -> RecordDict:

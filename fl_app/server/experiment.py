@@ -14,10 +14,11 @@ from fl_app.config import hospital_payload, save_experiment
 from fl_app.data import experiment_tasks, synthetic_stand_ins
 from fl_app.failures import REJECTED, Failure
 from fl_app.protocol import HospitalReply, decode_train_reply
-from fl_app.server.evaluation import decode_scores, evaluation_fields, evaluation_messages
+from fl_app.server.evaluation import decode_scores, evaluation_fields, evaluation_messages, planned_scores
+from fl_app.server.evaluation_plan import cross_evaluation
 from fl_app.server.results import RunResults, version_entry
 from fl_app.server.traffic import CountingGrid
-from fl_app.server.versions import save_mixture, save_version, version_provenance
+from fl_app.server.versions import save_mixture, save_version, version_provenance, warm_up
 from strategies import get_strategy
 from strategies.outcome import ModelVersion
 from strategies.replies import evaluate_timeout
@@ -102,7 +103,7 @@ class RunRecorder:
 
 
 def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> RunResults:
-    """Run the configured strategy, evaluate every model version on every task, write results."""
+    """Run the configured strategy, evaluate the versions (`evaluation_plan`: O(N) by default), write results."""
     results_dir.mkdir(parents=True, exist_ok=True)
     if not (results_dir / "config.yaml").exists():
         save_experiment(cfg, results_dir / "config.yaml")
@@ -123,6 +124,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         hospital_of_node=bound_nodes(cfg),
     )
     try:
+        warm_up()  # the backbone and PEFT, for saving versions, load while the hospitals start and train
         counting = CountingGrid(grid)
         nodes = wait_for_nodes(counting, int(cfg.strategy.min_hospitals))
         if len(nodes) != int(cfg.simulation.num_hospitals):
@@ -155,11 +157,20 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         _save_versions(results, cfg, outcome.versions)
         nodes = counting.get_node_ids()  # who is online now, refused nodes left out
         results.set(stage="evaluate")
-        log(INFO, "Evaluating %d model versions at %d hospitals (one message each)", len(outcome.versions), len(nodes))
-        replies = counting.send_and_receive(
-            evaluation_messages(outcome.versions, experiment_json, nodes), timeout=evaluate_timeout(cfg.strategy)
+        cross = cross_evaluation(cfg.strategy)
+        log(
+            INFO,
+            "Evaluating %d model versions at %d hospitals (one message each; %s)",
+            len(outcome.versions),
+            len(nodes),
+            "every version everywhere" if cross else "each hospital's own adapter at that hospital only",
         )
+        messages = evaluation_messages(
+            outcome.versions, experiment_json, nodes, hospital_of_node=results.hospital_of_node, cross=cross
+        )
+        replies = counting.send_and_receive(messages, timeout=evaluate_timeout(cfg.strategy))
         scores, failures, answered = decode_scores(replies, results.hospital_of_node)
+        scores = planned_scores(scores, outcome.versions, cross)
         results.learn_nodes(answered)
         results.record_failures(failures)
         for failure in failures:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,23 @@ from omegaconf import DictConfig
 
 from fl_app.adapter_keys import lora_state
 from fl_app.model.adapter import save_adapter
-from fl_app.model.backbone import build_backbone
-from fl_app.model.lora import linear_module_names, lora_config
-from fl_app.model.mixture import MIXTURE_FILE
 from strategies.outcome import ModelVersion
+
+# The backbone (transformers) and PEFT are imported where a version is saved, not with the ServerApp:
+# that keeps them off a run's start-up; `warm_up` imports them while the hospitals train.
+SAVING_MODULES = ("fl_app.model.backbone", "fl_app.model.lora", "fl_app.model.mixture")
+
+
+def warm_up() -> threading.Thread:
+    """Import what saving a version needs in a background thread (started when the first round is sent)."""
+
+    def load() -> None:
+        for name in SAVING_MODULES:
+            importlib.import_module(name)
+
+    thread = threading.Thread(target=load, name="medforge-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def version_provenance(version: ModelVersion) -> dict[str, Any]:
@@ -25,6 +40,9 @@ def version_provenance(version: ModelVersion) -> dict[str, Any]:
 
 def save_version(path: Path, cfg: DictConfig, version: ModelVersion, details: dict[str, Any]) -> Path:
     """Write `version` (LoRA + the heads it carries) to `path` with its own rank and alpha."""
+    from fl_app.model.backbone import build_backbone
+    from fl_app.model.lora import linear_module_names, lora_config
+
     with torch.device("meta"):  # module names only: no weights, no memory
         available = linear_module_names(build_backbone(cfg.model))
     tasks = version.tasks
@@ -39,6 +57,8 @@ def save_mixture(
     """A MedForge-Mixture version: one PEFT adapter per component (its LoRA + the mixture's heads)
     under `components/<name>/`, and `mixture.json` with the coefficients. `fl_app.model.mixture`
     loads it back with PEFT."""
+    from fl_app.model.mixture import MIXTURE_FILE
+
     components = {}
     for name, coefficient in version.mixture.items():
         component = ModelVersion(

@@ -17,8 +17,12 @@ from typing import Any, Literal, Protocol, get_args
 import torch
 from torch import Tensor
 
+from strategies.merging.randomized import randomized_factors, worth_trying
+
 OutputForm = Literal["svd", "cat"]
 OUTPUT_FORMS: tuple[str, ...] = get_args(OutputForm)
+Truncation = Literal["auto", "exact"]
+TRUNCATIONS: tuple[str, ...] = get_args(Truncation)
 
 
 @dataclass(frozen=True, eq=False)
@@ -238,9 +242,10 @@ def task_arithmetic(
     Ilharco et al. 2023, "Editing Models with Task Arithmetic", https://arxiv.org/abs/2212.04089.
     form "svd": re-factored from the factors (thin QRs + a small Σr x Σr core), computed in the
     adapters' precision (at least float32); rank None is lossless (min(Σ r_i, d_out, d_in)), an
-    int truncates. form "cat": the factors concatenated along the
-    rank axis (rank Σ r_i, lossless, no decomposition; PEFT's `cat`); takes no rank. Returns the
-    merged factors and the relative Frobenius error of the truncation (0.0 when lossless).
+    int truncates, trying the certified randomized range finder first when the rank is much below
+    Σ r_i (`truncate_lowrank`). form "cat": the factors concatenated along the rank axis (rank
+    Σ r_i, lossless, no decomposition; PEFT's `cat`); takes no rank. Returns the merged factors
+    and the relative Frobenius error of the truncation (0.0 when lossless).
     """
     check_adapters(adapters, weights)
     check_rank(rank)
@@ -260,5 +265,23 @@ def task_arithmetic(
     if form == "cat":
         return LoraFactors(A=A_stack.to(dtype), B=B_stack.to(dtype), scale=1.0), 0.0
     # re-factor
-    B, A, error = refactor_lowrank(B_stack, A_stack, rank)
+    B, A, error = truncate_lowrank(B_stack, A_stack, rank)
     return LoraFactors(A=A.to(dtype), B=B.to(dtype), scale=1.0), error
+
+
+def truncate_lowrank(
+    B_stack: Tensor, A_stack: Tensor, rank: int | None, truncation: Truncation = "auto"
+) -> tuple[Tensor, Tensor, float]:
+    """`refactor_lowrank`, trying the randomized range finder first where it can pay off (truncation "auto").
+
+    Its result is kept only when certified within 1e-4 of the exact best rank-k product
+    (`randomized.randomized_factors`); otherwise, and with truncation "exact", the exact path runs.
+    """
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"unknown truncation {truncation!r}; choose one of {list(TRUNCATIONS)}")
+    d_out, total = B_stack.shape
+    if truncation == "auto" and rank is not None and worth_trying(total, rank, d_out, A_stack.shape[1]):
+        found = randomized_factors(B_stack, A_stack, rank)
+        if found is not None:
+            return found
+    return refactor_lowrank(B_stack, A_stack, rank)

@@ -90,3 +90,14 @@ def test_phase_profile_names_each_phase_with_its_span_and_the_hospitals_own_time
 def test_in_run_ratio_takes_the_first_workers_start_up_out_of_the_spans():
     # train sent at 1, first reply at 10 after a 2 s step (7 s of start-up), last reply at 14; 5 s of own steps
     assert inrun_ratio(results(0.0, 20.0, 10.0, 2.0)) == pytest.approx((14 - 1 - 7) / 5.0)
+
+
+def test_the_summary_gives_the_memory_and_evaluation_traffic_slopes_per_hospital():
+    from dataclasses import replace
+
+    rows = [replace(row(n=n, peak=1000.0 + 0.5 * n), evaluation_download_bytes=int(2e6 * n)) for n in (10, 30, 100)]
+
+    line = summary(rows)
+
+    assert "one_shot memory slope +0.5 MB/hospital PASS <=1" in line
+    assert "one_shot evaluation download slope +2.00 MB/hospital" in line

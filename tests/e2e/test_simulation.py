@@ -73,8 +73,12 @@ def test_one_shot_results_follow_the_run_contract(one_shot_run):
     assert [h["task"] for h in results["hospitals"]] == ["breastmnist", "pneumoniamnist", "bloodmnist"]
     names = [v["name"] for v in results["versions"]]
     assert names == ["hospital-0", "hospital-1", "hospital-2", "merged"]
-    for version in results["versions"]:  # every version scored on every task
-        assert set(version["per_task"]) == {"breastmnist", "pneumoniamnist", "bloodmnist"}
+    for version in results["versions"]:  # the merge scored on every task, each hospital's adapter at its own hospital
+        own = version["kind"] == "hospital"
+        assert set(version["per_hospital"]) == ({str(version["hospital"])} if own else {"0", "1", "2"})
+        assert set(version["per_task"]) == (
+            {version["task"]} if own else {"breastmnist", "pneumoniamnist", "bloodmnist"}
+        )
         assert 0.0 <= version["mean_acc"] <= 1.0
     assert (run_dir / "config.yaml").exists()
 
@@ -116,6 +120,26 @@ def test_merged_adapter_loads_with_peft_and_is_the_exact_task_arithmetic(one_sho
         )
     assert torch.allclose(delta, expected, atol=1e-5, rtol=1e-4)
     assert merged(pixel_values=torch.zeros(1, 3, 28, 28), task="bloodmnist").shape == (1, 8)
+
+
+def test_cross_evaluation_scores_every_adapter_everywhere_and_changes_no_figure(tmp_path, one_shot_run):
+    """The full matrix (strategy.cross_evaluation=true) adds the cross cells: the planned cells stay the same."""
+    cfg = compose_experiment(tiny_overrides(tmp_path, "strategy=one_shot", "strategy.cross_evaluation=true"))
+
+    cross = read_results(run_simulation(cfg, tmp_path / "cross", quiet=True))
+
+    planned = read_results(one_shot_run[0])
+    assert cross["status"] == "completed"
+    by_name = {v["name"]: v for v in cross["versions"]}
+    for version in planned["versions"]:
+        full = by_name[version["name"]]
+        assert set(full["per_hospital"]) == {"0", "1", "2"}
+        for hospital, metrics in version["per_hospital"].items():
+            assert full["per_hospital"][hospital] == metrics  # same seed, same cell
+        if version["kind"] != "hospital":
+            assert (full["per_task"], full["mean_acc"]) == (version["per_task"], version["mean_acc"])
+    sent = cross["evaluation_traffic"]["download_bytes"]
+    assert sent > 1.5 * planned["evaluation_traffic"]["download_bytes"]  # 4 versions to each of 3 hospitals, not 2
 
 
 def test_fedavg_two_rounds_uploads_twice_the_adapters(tmp_path, one_shot_run):

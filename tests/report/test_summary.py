@@ -61,3 +61,20 @@ def test_a_run_without_versions_still_summarises():
     lines = run_summary({"strategy": "fedavg", "versions": [], "data_source": None})
 
     assert "(no model version was evaluated)" in lines and lines[-1] == "data: unknown (data_source=None)"
+
+
+def test_a_truncated_merge_says_what_its_rank_cap_cost():
+    results = one_shot_results(0, {TASKS[0]: 0.8, TASKS[1]: 0.6})
+    merged = next(v for v in results["versions"] if v["name"] == "merged")
+    merged |= {
+        "rank": 16,
+        "truncation": {"max": 0.5, "mean": 0.25, "modules_over_1pct": 1, "per_module": {"a": 0.5, "b": 0.0}},
+    }
+
+    lines = run_summary(results)
+
+    assert (
+        "merged: rank 16 keeps ΔW up to a relative error of 0.250 (mean over modules; max 0.500, 1/2 modules above 1%)"
+        in lines
+    )
+    assert not any(line.startswith("hospital-") and "rank" in line for line in lines)  # lossless versions say nothing
