@@ -115,6 +115,8 @@ def test_hospital_payload_holds_only_what_hospitals_need():
         "data_cache_size",
         "lora_ranks",
         "lora_alphas",
+        "privacy",  # the hospital enforces it (DP-SGD, its ledger)
+        "privacy_rounds",  # a target ε covers every round the hospital will be asked for
     }
 
 
