@@ -18,7 +18,7 @@ from fl_app.server.evaluation import decode_scores, evaluation_fields, evaluatio
 from fl_app.server.evaluation_plan import cross_evaluation
 from fl_app.server.results import RunResults, version_entry
 from fl_app.server.traffic import CountingGrid
-from fl_app.server.versions import save_mixture, save_version, version_provenance, warm_up
+from fl_app.server.versions import save_mixture, save_version, version_provenance
 from strategies import get_strategy
 from strategies.outcome import ModelVersion
 from strategies.replies import evaluate_timeout
@@ -124,7 +124,6 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
         hospital_of_node=bound_nodes(cfg),
     )
     try:
-        warm_up()  # the backbone and PEFT, for saving versions, load while the hospitals start and train
         counting = CountingGrid(grid)
         nodes = wait_for_nodes(counting, int(cfg.strategy.min_hospitals))
         if len(nodes) != int(cfg.simulation.num_hospitals):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,20 +15,8 @@ from fl_app.model.adapter import save_adapter
 from strategies.outcome import ModelVersion
 
 # The backbone (transformers) and PEFT are imported where a version is saved, not with the ServerApp:
-# that keeps them off a run's start-up; `warm_up` imports them while the hospitals train.
-SAVING_MODULES = ("fl_app.model.backbone", "fl_app.model.lora", "fl_app.model.mixture")
-
-
-def warm_up() -> threading.Thread:
-    """Import what saving a version needs in a background thread (started when the first round is sent)."""
-
-    def load() -> None:
-        for name in SAVING_MODULES:
-            importlib.import_module(name)
-
-    thread = threading.Thread(target=load, name="medforge-warm-up", daemon=True)
-    thread.start()
-    return thread
+# that keeps them off a run's start-up. Not in a background thread: importing transformers from two
+# threads at once fails ("cannot import name 'AutoModel' from 'transformers'", seen in a MedForge run).
 
 
 def version_provenance(version: ModelVersion) -> dict[str, Any]:
