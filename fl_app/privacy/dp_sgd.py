@@ -79,7 +79,7 @@ def train_adapter_dp(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)  # LoRA dropout draws
             model.train()
-            for step, batch in enumerate(poisson_batches(len(split), plan.sample_rate, plan.steps, generator)):
+            for batch in poisson_batches(len(split), plan.sample_rate, plan.steps, generator):
                 optimizer.zero_grad(set_to_none=True)
                 if len(batch) == 0:
                     for p in params.values():  # an empty Poisson batch: noise only, as the accountant assumes
@@ -102,8 +102,6 @@ def train_adapter_dp(
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
-                if step == plan.steps - 1:
-                    break
     finally:
         optimizer.zero_grad(set_to_none=True)
         for p in model.parameters():
