@@ -33,12 +33,18 @@ def _privacy() -> ModuleType:
     return importlib.import_module("fl_app.privacy.ledger")
 
 
-def _ledger(context: Context):
-    """This node's DP ledger for the run (empty at its first round), from Flower's per-node context state."""
-    ledger = _privacy()
-    if ledger.LEDGER_KEY not in context.state:
-        return ledger.Ledger()
-    return ledger.Ledger.from_json(str(context.state[ledger.LEDGER_KEY]["history"]))
+def _ledger_key(experiment: dict) -> str:
+    """Where this node's DP ledger lives in Flower's per-node context state: one per experiment,
+    so the jobs of a sweep (one Flower run) do not share a privacy budget."""
+    job = str(experiment.get("job", ""))
+    return f"{_privacy().LEDGER_KEY}/{job}" if job else _privacy().LEDGER_KEY
+
+
+def _ledger(context: Context, key: str):
+    """This node's DP ledger for the experiment (empty at its first round), from the context state."""
+    if key not in context.state:
+        return _privacy().Ledger()
+    return _privacy().Ledger.from_json(str(context.state[key]["history"]))
 
 
 def _fail(msg: Message, context: Context, error: Exception) -> Message:
@@ -62,9 +68,10 @@ def train(msg: Message, context: Context) -> Message:
         time.sleep(float(experiment.get("slow_hospitals", {}).get(str(hospital.id), 0)))  # a straggler
         server_round = int(msg.content["config"].get("server-round", 1))
         start = msg.content[steps.ARRAYS] if steps.ARRAYS in msg.content else None
-        ledger = _ledger(context)
+        ledger_key = _ledger_key(experiment)
+        ledger = _ledger(context, ledger_key)
         content = hospital.train(start, server_round, _protocol().calibration_request(msg.content), ledger)
-        context.state[_privacy().LEDGER_KEY] = ConfigRecord({"history": ledger.to_json()})  # kept for the next round
+        context.state[ledger_key] = ConfigRecord({"history": ledger.to_json()})  # kept for the next round
         # The hospital's own work (data, training, validation): what a run's framework overhead is measured against.
         content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
         return Message(content, reply_to=msg)

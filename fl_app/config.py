@@ -85,10 +85,14 @@ def validated_before(run_config: Mapping[str, Any]) -> bool:
         return False
 
 
-def hospital_payload(cfg: DictConfig) -> str:
-    """JSON of what hospitals need to train and evaluate (never anything secret)."""
+def hospital_payload(cfg: DictConfig, job: str = "") -> str:
+    """JSON of what hospitals need to train and evaluate (never anything secret).
+
+    job: the sweep job's name when several experiments share one Flower run (keys per-job state at
+    the hospital, e.g. its DP ledger); empty for a run of its own."""
     container = OmegaConf.to_container(cfg, resolve=True)
     payload = {key: container[key] for key in HOSPITAL_KEYS}
+    payload["job"] = job
     # Rehearsals of faults (simulation.*): raise, die mid-round, reply late.
     payload["fail_hospitals"] = list(container["simulation"].get("fail_hospitals") or [])
     payload["crash_hospitals"] = list(container["simulation"].get("crash_hospitals") or [])

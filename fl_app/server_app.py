@@ -1,4 +1,4 @@
-"""Flower ServerApp: read the experiment, run it on the Grid, write the results folder. Thin."""
+"""Flower ServerApp: read the experiment (or a sweep's jobs), run it on the Grid, write the results folder. Thin."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_app.config import experiment_from_run_config, validated_before
 from fl_app.server.experiment import run_experiment_on_grid
+from fl_app.sweep.jobs import SWEEP_KEY, read_manifest
 
 app = ServerApp()
 
@@ -22,6 +23,11 @@ def results_dir_of(run_config) -> Path:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    if sweep := str(context.run_config.get(SWEEP_KEY, "")):  # `scripts/run.py -m`: many experiments, one federation
+        from fl_app.sweep.server import run_jobs_on_grid
+
+        run_jobs_on_grid(grid, read_manifest(sweep))
+        return
     cfg = experiment_from_run_config(context.run_config)
     if not validated_before(context.run_config):  # `flwr run .` by hand: check it here
         from fl_app.validation import validate_experiment  # imports the backbone and PEFT: only when needed

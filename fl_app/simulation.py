@@ -62,6 +62,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # what an interrupted `scripts/run.py` exits with
 RUN_TAG = "MEDFORGE_RUN_TAG"  # in the environment of every process a run starts (Ray's included)
 
 
@@ -199,11 +200,16 @@ def flwr_run_command(cfg: DictConfig, config_path: Path, results_dir: Path, vali
 
     validated: the digest of `config_path` once `validate_experiment` passed on it (the ServerApp
     then skips the repeat; see `config.validated_before`)."""
+    return federation_command(cfg, f"config-path='{config_path}' results-dir='{results_dir}' validated='{validated}'")
+
+
+def federation_command(cfg: DictConfig, run_config: str) -> list[str]:
+    """`flwr run` on the local SuperLink with `cfg`'s federation shape (hospitals and their
+    resources) and the given `--run-config` (one experiment, or a sweep's manifest)."""
     sim = cfg.simulation
     federation = f"num-supernodes={int(sim.num_hospitals)} client-resources-num-cpus={int(sim.client_cpus)} client-resources-num-gpus={float(sim.client_gpus)}"
     if sim.get("ray_cpus") is not None:  # Ray's own CPU count: fewer workers than the machine's cores
         federation += f" init-args-num-cpus={int(sim.ray_cpus)}"
-    run_config = f"config-path='{config_path}' results-dir='{results_dir}' validated='{validated}'"
     return [
         "flwr",
         "run",
@@ -260,13 +266,13 @@ COMPLETED_GRACE_S = 0.5  # after `completed`: SIGTERM to SIGKILL for the SuperLi
 
 
 class CompletionWatcher(threading.Thread):
-    """Stops `flwr run` as soon as results.json says `completed`, instead of waiting for Flower's
-    graceful shutdown: everything the run keeps is written by then (results.json last, atomically),
-    and `local_superlink` then stops the SuperLink's and Ray's processes with a short grace."""
+    """Stops `flwr run` as soon as `finished()` says the run's results are all written (results.json
+    `completed`), instead of waiting for Flower's graceful shutdown; `local_superlink` then stops
+    the SuperLink's and Ray's processes with a short grace."""
 
-    def __init__(self, results_path: Path, process: subprocess.Popen) -> None:
+    def __init__(self, process: subprocess.Popen, finished: Callable[[], bool]) -> None:
         super().__init__(name="medforge-completion-watcher", daemon=True)
-        self.results_path, self.process = results_path, process
+        self.process, self.finished = process, finished
         self.stopping = threading.Event()
         self.completed_at: float | None = None
 
@@ -274,7 +280,7 @@ class CompletionWatcher(threading.Thread):
         while not self.stopping.wait(COMPLETION_POLL_S):
             if self.process.poll() is not None:
                 return
-            if run_completed(self.results_path):
+            if self.finished():
                 self.completed_at = time.time()
                 if not self.stopping.wait(COMPLETION_GRACE_S):
                     stop_process_group(self.process, grace=2.0)
@@ -300,44 +306,61 @@ def stop_grace(results_path: Path) -> float:
     return COMPLETED_GRACE_S if run_completed(results_path) else 10.0
 
 
-def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> Path:
-    """Validate, write the resolved config, run the Flower simulation, return the results folder.
-
-    SIGINT/SIGTERM stop every process of the run (waited on by PID), mark results.json
-    `interrupted` and raise `Interrupted`."""
+def prepare_run(cfg: DictConfig, results_dir: Path) -> Path:
+    """Validate `cfg` and write it into a new results folder; returns the config file's path."""
     validate_experiment(cfg)
-    results_dir = results_dir.resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     if (results_dir / RESULTS_FILE).exists():
         raise FileExistsError(
             f"{results_dir / RESULTS_FILE} already exists; choose a new hydra.run.dir so earlier results are kept."
         )
-    config_path = save_experiment(cfg, results_dir / "config.yaml")
+    return save_experiment(cfg, results_dir / "config.yaml")
+
+
+def stream_flwr_run(
+    command: list[str], env: dict[str, str], write: Callable[[bytes], None], quiet: bool, finished: Callable[[], bool]
+) -> subprocess.Popen:
+    """Run `flwr run --stream`, handing each output line to `write` (and to stdout unless quiet);
+    stopped early once `finished()` (see `CompletionWatcher`)."""
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a terminal's Ctrl-C reaches this process only; it stops the CLI itself
+    )
+    watcher = CompletionWatcher(process, finished)
+    watcher.start()
+    try:
+        for line in process.stdout:
+            write(line)
+            if not quiet:
+                sys.stdout.write(line.decode(errors="replace"))
+                sys.stdout.flush()
+        process.wait()
+    finally:
+        watcher.stop()
+        stop_process_group(process, grace=5.0)
+    return process
+
+
+def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> Path:
+    """Validate, write the resolved config, run the Flower simulation, return the results folder.
+
+    SIGINT/SIGTERM stop every process of the run (waited on by PID), mark results.json
+    `interrupted` and raise `Interrupted`."""
+    results_dir = results_dir.resolve()
+    config_path = prepare_run(cfg, results_dir)
     log_path = results_dir / "flower.log"
+    results_path = results_dir / RESULTS_FILE
     process = None
     try:
-        grace = functools.partial(stop_grace, results_dir / RESULTS_FILE)
+        grace = functools.partial(stop_grace, results_path)
         with signals_interrupt(), local_superlink(log_path, grace=grace) as env, open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                flwr_run_command(cfg, config_path, results_dir, validated=config_digest(config_path)),
-                env=env,
-                cwd=PROJECT_ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a terminal's Ctrl-C reaches this process only; it stops the CLI itself
-            )
-            watcher = CompletionWatcher(results_dir / RESULTS_FILE, process)
-            watcher.start()
-            try:
-                for line in process.stdout:
-                    log.write(line)
-                    if not quiet:
-                        sys.stdout.write(line.decode(errors="replace"))
-                        sys.stdout.flush()
-                process.wait()
-            finally:
-                watcher.stop()
-                stop_process_group(process, grace=5.0)
+            command = flwr_run_command(cfg, config_path, results_dir, validated=config_digest(config_path))
+            finished = functools.partial(run_completed, results_path)
+            process = stream_flwr_run(command, env, log.write, quiet, finished)
     except Interrupted as interrupted:
         mark_interrupted(results_dir, interrupted.signal_name)
         raise

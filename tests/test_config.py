@@ -117,6 +117,7 @@ def test_hospital_payload_holds_only_what_hospitals_need():
         "lora_alphas",
         "privacy",  # the hospital enforces it (DP-SGD, its ledger)
         "privacy_rounds",  # a target ε covers every round the hospital will be asked for
+        "job",  # a sweep job's name: per-job state at the hospital (its DP ledger)
     }
 
 

@@ -10,7 +10,7 @@ a new module that no prefix names fails `test_every_module_has_a_layer` until it
     1  merging          strategies/merging: pure torch merge math (no flwr, no nevergrad, no Hydra)
     2  strategies       Flower strategies and MedForge's runner
     3  fl_app apps      ServerApp, ClientApp, server orchestration, results, report, remerge, forge,
-                        poisoning experiments (attack), the leakage audit (privacy.audit_run), benchmarks, experiment validation (it checks strategy settings), simulation
+                        poisoning experiments (attack), the leakage audit (privacy.audit_run), benchmarks, experiment validation (it checks strategy settings), simulation, sweeps
 
 The ClientApp sits in layer 3 but imports the hospital steps (layer 0) only when the first
 message arrives; `test_client_app_first_import_*` below checks what it loads at import.
@@ -61,6 +61,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "fl_app.server",
             "fl_app.server_app",
             "fl_app.simulation",
+            "fl_app.sweep",  # a Hydra sweep as one simulation: the launcher, its runner, the ServerApp's job loop
             "fl_app.validation",
         ),
     ),

@@ -72,10 +72,10 @@ def test_the_run_is_stopped_once_results_json_says_completed(tmp_path):
     import time
 
     from fl_app.server.results import write_json_atomic
-    from fl_app.simulation import COMPLETION_GRACE_S, CompletionWatcher
+    from fl_app.simulation import COMPLETION_GRACE_S, CompletionWatcher, run_completed
 
     process = _sleeper()  # stands in for `flwr run`, which lingers in Flower's graceful shutdown
-    watcher = CompletionWatcher(tmp_path / "results.json", process)
+    watcher = CompletionWatcher(process, lambda: run_completed(tmp_path / "results.json"))
     watcher.start()
     try:
         write_json_atomic(tmp_path / "results.json", {"status": "running"})
@@ -96,11 +96,11 @@ def test_a_failed_run_is_left_to_end_on_its_own(tmp_path):
     import time
 
     from fl_app.server.results import write_json_atomic
-    from fl_app.simulation import CompletionWatcher
+    from fl_app.simulation import CompletionWatcher, run_completed
 
     process = _sleeper()
     write_json_atomic(tmp_path / "results.json", {"status": "failed"})
-    watcher = CompletionWatcher(tmp_path / "results.json", process)
+    watcher = CompletionWatcher(process, lambda: run_completed(tmp_path / "results.json"))
     watcher.start()
     try:
         time.sleep(1.5)

@@ -102,8 +102,10 @@ class RunRecorder:
         self.results.record_round(server_round, hospitals, failures)
 
 
-def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> RunResults:
-    """Run the configured strategy, evaluate the versions (`evaluation_plan`: O(N) by default), write results."""
+def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: str = "") -> RunResults:
+    """Run the configured strategy, evaluate the versions (`evaluation_plan`: O(N) by default), write results.
+
+    job: the sweep job's name when this experiment shares the Flower run with others (`fl_app.sweep`)."""
     results_dir.mkdir(parents=True, exist_ok=True)
     if not (results_dir / "config.yaml").exists():
         save_experiment(cfg, results_dir / "config.yaml")
@@ -133,7 +135,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path) -> Run
                 len(nodes),
                 cfg.simulation.num_hospitals,
             )
-        experiment_json = hospital_payload(cfg)
+        experiment_json = hospital_payload(cfg, job)
         if stand_ins := synthetic_stand_ins(cfg.data):
             log(
                 WARNING,
