@@ -22,6 +22,14 @@ the ratio mixes overhead with parallel speed-up. The GPU check uses 0.25 GPU per
 
     PYTHONPATH=. .venv/bin/python scripts/bench_sim.py --n 3 10                     # quick
     PYTHONPATH=. .venv/bin/python scripts/bench_sim.py --n 3 10 30 100 --strategies one_shot fedavg --rounds 3
+
+Sweep mode (`--sweep K`): K jobs (seeds 0..K-1) of each N and strategy, three ways in one
+invocation: K plain-loop floors (summed), K separate Flower runs, and one Flower simulation for
+all K (`scripts/run.py -m`'s launcher, `fl_app.sweep`); it also checks that every sweep job scored
+exactly what its separate run scored. `--quickstart` benchmarks the default experiment (real
+MedMNIST tasks, EfficientNet-Lite0) with the caps given, instead of the synthetic tiny workload.
+
+    PYTHONPATH=. .venv/bin/python scripts/bench_sim.py --sweep 8 --quickstart --n 3 --strategies one_shot --max-train 200 --max-eval 200
 """
 
 from __future__ import annotations
@@ -46,21 +54,41 @@ from fl_app.bench.floor import FloorRun  # noqa: E402
 from fl_app.bench.memory import PeakMemory  # noqa: E402
 from fl_app.bench.report import (  # noqa: E402
     HEADER,
+    SWEEP_HEADER,
     Row,
+    SweepRow,
     format_row,
+    format_sweep_row,
     inrun_ratio,
     phase_profile,
     split_startup,
     startup_parts,
     summary,
+    sweep_summary,
 )
 from fl_app.config import compose_experiment, save_experiment  # noqa: E402
-from fl_app.simulation import run_simulation  # noqa: E402
+from fl_app.simulation import prepare_run, run_simulation  # noqa: E402
+from fl_app.sweep.runner import PreparedJob, run_sweep  # noqa: E402
 from fl_app.training import pick_device  # noqa: E402
 
 
 def workload(args, n: int, strategy: str, data_root: Path) -> list[str]:
-    """Hydra overrides of one benchmark experiment: N hospitals of one task, small synthetic data."""
+    """Hydra overrides of one benchmark experiment: N hospitals of one task, small synthetic data
+    (`--quickstart`: the default experiment on the real MedMNIST files, capped)."""
+    if args.quickstart:
+        return [
+            f"data.root={args.data_root}",
+            f"data.max_train={args.max_train}",
+            f"data.max_eval={args.max_eval}",
+            f"train.local_epochs={args.epochs}",
+            f"strategy={strategy}",
+            *([f"strategy.rounds={args.rounds}"] if strategy == "fedavg" else []),
+            f"simulation.num_hospitals={n}",
+            f"simulation.client_cpus={args.client_cpus}",
+            f"simulation.ray_cpus={args.ray_cpus if args.ray_cpus else 'null'}",
+            "quiet=true",
+            *args.override,
+        ]
     return [
         f"model={args.model}",
         "data=multi_center",
@@ -144,6 +172,44 @@ def bench(args, n: int, strategy: str, work: Path) -> Row:
     )
 
 
+def same_metrics(first: Path, second: Path) -> bool:
+    """Whether two runs' versions scored the same on every task (their results.json)."""
+    a, b = (json.loads((folder / "results.json").read_text())["versions"] for folder in (first, second))
+    return [(v["name"], v["per_task"]) for v in a] == [(v["name"], v["per_task"]) for v in b]
+
+
+def bench_sweep(args, n: int, strategy: str, work: Path) -> SweepRow:
+    """K jobs (seeds 0..K-1): their plain-loop floors, K separate Flower runs, one Flower sweep."""
+    stamp = time.strftime("%H%M%S")
+    configs = [
+        compose_experiment([*workload(args, n, strategy, work / "no-medmnist"), f"seed={seed}"])
+        for seed in range(args.sweep)
+    ]
+    floors = [
+        plain_loop(cfg, work / f"sweep-floor-{strategy}-{n}-{seed}")[0].seconds for seed, cfg in enumerate(configs)
+    ]
+    separate_dirs = [work / f"separate-{strategy}-{n}-{stamp}" / str(seed) for seed in range(args.sweep)]
+    started = time.time()
+    for cfg, folder in zip(configs, separate_dirs):
+        run_simulation(cfg, folder, quiet=True)
+    separate = time.time() - started
+    sweep_dir = work / f"sweep-{strategy}-{n}-{stamp}"
+    started = time.time()
+    jobs = [PreparedJob(cfg, prepare_run(cfg, (sweep_dir / str(seed)).resolve())) for seed, cfg in enumerate(configs)]
+    outcomes = run_sweep(jobs, sweep_dir.resolve(), quiet=True)
+    swept = time.time() - started
+    failed = [f"{o.results_dir.name}: {o.status} {o.error}" for o in outcomes if o.status != "completed"]
+    if failed:
+        raise RuntimeError(f"sweep jobs did not complete: {failed}")
+    identical = sum(same_metrics(job.results_dir, folder) for job, folder in zip(jobs, separate_dirs))
+    print(
+        f"  [{strategy} N={n} K={args.sweep}] floors {' '.join(f'{f:.1f}' for f in floors)} s; "
+        f"separate runs {separate:.1f} s; one sweep {swept:.1f} s",
+        flush=True,
+    )
+    return SweepRow(strategy, n, args.sweep, sum(floors), separate, swept, identical, os.getloadavg()[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[3, 10, 30, 100], help="numbers of hospitals")
@@ -174,6 +240,15 @@ def main(argv: list[str] | None = None) -> int:
         help="plain loops per row (before and after the Flower run)",
     )
     parser.add_argument("--override", nargs="*", default=[], help="more Hydra overrides for every run")
+    parser.add_argument("--sweep", type=int, default=0, help="K > 0: the sweep mode, K jobs (seeds 0..K-1)")
+    parser.add_argument(
+        "--quickstart",
+        action="store_true",
+        help="the default experiment (real MedMNIST files) instead of tiny synthetic",
+    )
+    parser.add_argument(
+        "--data-root", type=Path, default=REPO.parent / "shared" / "data" / "medmnist", help="with --quickstart"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--work", type=Path, default=None, help="folder for runs (default: a temp folder)")
     args = parser.parse_args(argv)
@@ -181,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = str(args.client_cpus)  # the ServerApp's torch (merge) too, as Ray does for workers
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-sim-"))
     print(
-        f"bench_sim: model={args.model}, {args.flag} synthetic, {args.max_train} train / {args.max_eval} test images per hospital, "
+        f"bench_sim: {'the quickstart (real MedMNIST, ' + str(args.data_root) + ')' if args.quickstart else f'model={args.model}, {args.flag} synthetic'}, {args.max_train} train / {args.max_eval} test images per hospital, "
         f"{args.epochs} local epoch(s); client_cpus={args.client_cpus}, ray_cpus={args.ray_cpus or 'all'} (torch threads {torch.get_num_threads()} in the loop), "
         f"client_gpus={args.client_gpus}, loop device {pick_device()}; {os.cpu_count()} cores; torch {torch.__version__}; runs in {work}"
     )
@@ -189,6 +264,19 @@ def main(argv: list[str] | None = None) -> int:
         "start-up: launch + Ray + worker imports + shutdown; rest: the run less start-up; floor: plain loop (min of the runs before and after); "
         "ratio = rest/floor; in-run: Flower's message time over the hospitals' own time within the run; memory: peak summed PSS (Flower: all run processes incl. Ray; floor: this process); bytes: train + evaluate messages"
     )
+    if args.sweep:
+        sweep_rows = []
+        for n in args.n:
+            for strategy in args.strategies:
+                sweep_rows.append(bench_sweep(args, n, strategy, work))
+        print()
+        print(SWEEP_HEADER)
+        for row in sweep_rows:
+            print(format_sweep_row(row))
+        print(sweep_summary(sweep_rows))
+        if args.json:
+            args.json.write_text(json.dumps([asdict(r) for r in sweep_rows], indent=2))
+        return 0
     rows = []
     for n in args.n:
         for strategy in args.strategies:

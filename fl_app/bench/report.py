@@ -15,6 +15,7 @@ RATIO_TARGET = 1.10
 RATIO_FROM_N = 10
 STARTUP_TARGET_S = 15.0
 MEMORY_SLOPE_TARGET = 1.0  # one-shot: MB of peak memory per extra hospital, up to N=100
+SWEEP_TARGET = 1.3  # a K-job sweep as one simulation, over the sum of its jobs' plain-loop floors
 
 
 def split_startup(launched_at: float, ended_at: float, results: Mapping[str, Any]) -> tuple[float, float]:
@@ -166,3 +167,48 @@ def summary(rows: Sequence[Row]) -> str:
     biggest = max((r.n for r in rows), default=0)
     parts.append(f"N=100 completed: {'yes' if biggest >= 100 else 'not run'}")
     return "SUMMARY " + "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """K jobs three ways, measured in the same invocation: plain loops, K Flower runs, one Flower sweep."""
+
+    strategy: str
+    n: int
+    jobs: int
+    floors_s: float  # sum of the jobs' plain-loop floors
+    separate_s: float  # K `run_simulation`s, one after another (wall)
+    sweep_s: float  # one `run_sweep` of the K jobs (wall)
+    identical_jobs: int  # sweep jobs whose per-task metrics equal the same job's separate run
+    load: float
+
+    @property
+    def separate_ratio(self) -> float:
+        return self.separate_s / self.floors_s
+
+    @property
+    def sweep_ratio(self) -> float:
+        return self.sweep_s / self.floors_s
+
+
+SWEEP_HEADER = (
+    f"{'strategy':<9} {'N':>3} {'K':>3} {'floors s':>9} {'separate s':>10} {'sweep s':>8} "
+    f"{'separate/floor':>14} {'sweep/floor':>11} {'same metrics':>12} {'load':>5}"
+)
+
+
+def format_sweep_row(r: SweepRow) -> str:
+    return (
+        f"{r.strategy:<9} {r.n:>3} {r.jobs:>3} {r.floors_s:>9.1f} {r.separate_s:>10.1f} {r.sweep_s:>8.1f} "
+        f"{r.separate_ratio:>14.2f} {r.sweep_ratio:>11.2f} {f'{r.identical_jobs}/{r.jobs}':>12} {r.load:>5.2f}"
+    )
+
+
+def sweep_summary(rows: Sequence[SweepRow]) -> str:
+    """The sweep target per row: one simulation for K jobs costs <= SWEEP_TARGET x their floors."""
+    parts = [
+        f"{r.strategy} K={r.jobs}: sweep/floor {r.sweep_ratio:.2f} {_check(r.sweep_ratio <= SWEEP_TARGET)} <={SWEEP_TARGET}, "
+        f"{r.separate_s / r.sweep_s:.1f}x faster than separate runs, metrics identical {r.identical_jobs}/{r.jobs}"
+        for r in rows
+    ]
+    return "SWEEP SUMMARY " + "; ".join(parts)

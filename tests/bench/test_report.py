@@ -101,3 +101,17 @@ def test_the_summary_gives_the_memory_and_evaluation_traffic_slopes_per_hospital
 
     assert "one_shot memory slope +0.5 MB/hospital PASS <=1" in line
     assert "one_shot evaluation download slope +2.00 MB/hospital" in line
+
+
+def test_the_sweep_summary_checks_the_sweep_against_the_sum_of_its_floors():
+    from fl_app.bench.report import SWEEP_TARGET, SweepRow, format_sweep_row, sweep_summary
+
+    fast = SweepRow("one_shot", 3, 8, floors_s=100.0, separate_s=400.0, sweep_s=125.0, identical_jobs=8, load=1.0)
+    slow = SweepRow("fedavg", 3, 8, floors_s=100.0, separate_s=400.0, sweep_s=131.0, identical_jobs=7, load=1.0)
+
+    line = sweep_summary([fast, slow])
+
+    assert fast.sweep_ratio == 1.25 <= SWEEP_TARGET < slow.sweep_ratio
+    assert "one_shot K=8: sweep/floor 1.25 PASS" in line and "fedavg K=8: sweep/floor 1.31 FAIL" in line
+    assert "3.2x faster than separate runs" in line and "metrics identical 7/8" in line
+    assert format_sweep_row(fast).split()[-2] == "8/8"
