@@ -30,11 +30,11 @@ import httpx
 import psutil
 from omegaconf import DictConfig
 
+from fl_app.app_staging import PROJECT_ROOT, stage_flower_app
 from fl_app.config import config_digest, save_experiment
 from fl_app.server.results import RESULTS_FILE, read_results, write_json_atomic
 from fl_app.validation import validate_experiment
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "medforge-local"
 
 
@@ -195,17 +195,23 @@ def wait_until_healthy(
     raise RuntimeError(f"flower-superlink did not become ready within {timeout:.0f} s; see {log_path}.")
 
 
-def flwr_run_command(cfg: DictConfig, config_path: Path, results_dir: Path, validated: str = "") -> list[str]:
+def flwr_run_command(
+    cfg: DictConfig, config_path: Path, results_dir: Path, validated: str = "", app_dir: Path = PROJECT_ROOT
+) -> list[str]:
     """`flwr run` for this experiment: hospitals = simulated SuperNodes, resources per hospital.
 
     validated: the digest of `config_path` once `validate_experiment` passed on it (the ServerApp
     then skips the repeat; see `config.validated_before`)."""
-    return federation_command(cfg, f"config-path='{config_path}' results-dir='{results_dir}' validated='{validated}'")
+    return federation_command(
+        cfg, f"config-path='{config_path}' results-dir='{results_dir}' validated='{validated}'", app_dir
+    )
 
 
-def federation_command(cfg: DictConfig, run_config: str) -> list[str]:
+def federation_command(cfg: DictConfig, run_config: str, app_dir: Path = PROJECT_ROOT) -> list[str]:
     """`flwr run` on the local SuperLink with `cfg`'s federation shape (hospitals and their
-    resources) and the given `--run-config` (one experiment, or a sweep's manifest)."""
+    resources) and the given `--run-config` (one experiment, or a sweep's manifest).
+
+    app_dir: the Flower app Flower packages (`app_staging.stage_flower_app`: the same files, fast)."""
     sim = cfg.simulation
     federation = f"num-supernodes={int(sim.num_hospitals)} client-resources-num-cpus={int(sim.client_cpus)} client-resources-num-gpus={float(sim.client_gpus)}"
     if sim.get("ray_cpus") is not None:  # Ray's own CPU count: fewer workers than the machine's cores
@@ -213,7 +219,7 @@ def federation_command(cfg: DictConfig, run_config: str) -> list[str]:
     return [
         "flwr",
         "run",
-        str(PROJECT_ROOT),
+        str(app_dir),
         CONNECTION,
         "--stream",
         "--federation-config",
@@ -358,7 +364,8 @@ def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> P
     try:
         grace = functools.partial(stop_grace, results_path)
         with signals_interrupt(), local_superlink(log_path, grace=grace) as env, open(log_path, "ab") as log:
-            command = flwr_run_command(cfg, config_path, results_dir, validated=config_digest(config_path))
+            app_dir = stage_flower_app(Path(env["FLWR_HOME"]) / "app")  # removed with the run's FLWR_HOME
+            command = flwr_run_command(cfg, config_path, results_dir, config_digest(config_path), app_dir)
             finished = functools.partial(run_completed, results_path)
             process = stream_flwr_run(command, env, log.write, quiet, finished)
     except Interrupted as interrupted:

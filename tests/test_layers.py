@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "fl_app apps",
         (
+            "fl_app.app_staging",  # the Flower app's files for `flwr run`
             "fl_app.attack",
             "fl_app.bench",
             "fl_app.client_app",

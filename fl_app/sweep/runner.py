@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from omegaconf import DictConfig
 
+from fl_app.app_staging import stage_flower_app
 from fl_app.config import config_digest
 from fl_app.server.results import read_results
 from fl_app.simulation import (
@@ -116,7 +117,8 @@ def run_group(jobs: Sequence[PreparedJob], manifest: Path, log_path: Path, quiet
         ):
             logs = JobLogs(log_path, sweep_jobs)
             try:
-                command = federation_command(jobs[0].cfg, f"{SWEEP_KEY}='{manifest}'")
+                app_dir = stage_flower_app(Path(env["FLWR_HOME"]) / "app")  # removed with the run's FLWR_HOME
+                command = federation_command(jobs[0].cfg, f"{SWEEP_KEY}='{manifest}'", app_dir)
                 stream_flwr_run(command, env, logs.write, quiet, finished)
             finally:
                 logs.close()
