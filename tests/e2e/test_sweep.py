@@ -75,3 +75,39 @@ def test_a_sweep_job_scores_exactly_what_the_same_job_run_alone_scores(sweep, tm
     for mine, theirs in zip(alone["versions"], in_sweep["versions"]):
         assert mine["per_task"] == theirs["per_task"], mine["name"]
     assert alone["communication"]["upload_bytes"] == in_sweep["communication"]["upload_bytes"]
+
+
+def test_an_interrupted_sweep_stops_every_process_and_marks_the_job_under_way(tmp_path):
+    import signal
+
+    from tests.e2e.test_faults import assert_no_run_processes_left, received, wait_for
+
+    sweep_dir = tmp_path / "multirun"
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "run.py"),
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+        *tiny_overrides(tmp_path),
+        "simulation.slow_hospitals={2:600}",  # job 0 is still training when the signal comes
+        "seed=0,1",
+    ]
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
+        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, text=True)
+        try:
+            wait_for(lambda: received(sweep_dir / "0") == [0, 1], 300, "job 0: two adapters received")
+
+            process.send_signal(signal.SIGINT)
+            code = process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    assert code == 130, (tmp_path / "stderr").read_text()[-3000:]
+    assert_no_run_processes_left()
+    first = read_results(sweep_dir / "0")
+    assert first["status"] == "interrupted" and first["interrupted"]["stage"] == "train"
+    assert read_results(sweep_dir / "1") is None  # never started; its folder holds only its config
+    assert (sweep_dir / "1" / "config.yaml").is_file()
