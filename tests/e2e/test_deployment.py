@@ -184,7 +184,10 @@ def test_fedavg_goes_on_when_a_site_dies_and_refuses_an_impostor(federation):
     refused and never evaluated."""
     data = federation.root / "sites"
     dying = federation.start_supernode("hospital-3", node_config(3, "breastmnist", data / "breastmnist.npz"))
-    rogue = federation.start_supernode("rogue", node_config(0, "breastmnist", data / "breastmnist.npz"))
+    # the impostor runs Flower's own process per message (--fresh-clientapp): its refused reply shows that mode still answers
+    rogue = federation.start_supernode(
+        "rogue", node_config(0, "breastmnist", data / "breastmnist.npz"), fresh_clientapp=True
+    )
     results_dir = federation.root / "fedavg-faults"
     try:
         federation.wait_online(5)
