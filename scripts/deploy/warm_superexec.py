@@ -72,7 +72,6 @@ class ForkExecutor:
     process; any other task type runs as Flower's own subprocess."""
 
     def __init__(self) -> None:
-        self.owner = os.getpid()
         self.children: set[int] = set()
         self.subprocess = SubprocessExecutor()
 
@@ -85,8 +84,8 @@ class ForkExecutor:
         """No capacity gate: the SuperNode hands out one message at a time."""
 
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
-        if spec.task_type != TaskType.CLIENT_APP:
-            return self.subprocess.launch(spec)
+        if spec.task_type != TaskType.CLIENT_APP or cuda_initialised():
+            return self.subprocess.launch(spec)  # a child forked after CUDA's start could not use the GPU
         sys.stdout.flush()  # nothing buffered may be written twice, by parent and child
         sys.stderr.flush()
         try:
@@ -110,6 +109,12 @@ class ForkExecutor:
 
     def close(self) -> None:
         """Nothing to release: a running task watches this process and stops when it exits."""
+
+
+def cuda_initialised() -> bool:
+    """Whether this process started CUDA (the warm-up never should: it imports, it computes nothing)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
 
 
 def _run_task(spec: ExecutionSpec) -> int:
@@ -147,6 +152,8 @@ def fork_executor(executor_type: ExecutorType, *_: Any, **__: Any) -> ForkExecut
 def main() -> None:
     seconds = warm_up()
     log(INFO, "warm_superexec: imported %s in %.1f s; ClientApps fork from here", WARM_MODULE, seconds)
+    if cuda_initialised():
+        log(WARNING, "warm_superexec: CUDA started during the warm-up; each ClientApp runs as a fresh process")
     superexec.get_executor = fork_executor  # the one seam: run_superexec builds its executor through it
     flower_superexec()
 

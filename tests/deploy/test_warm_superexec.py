@@ -115,3 +115,15 @@ def test_warm_up_keeps_the_libraries_and_drops_the_apps_own_modules():
     loaded = set(eval(done.stdout.strip().splitlines()[-1]))  # noqa: S307 - our own subprocess's list
     assert {"torch", "peft", "transformers", "numpy"} <= loaded
     assert not {"fl_app", "strategies"} & loaded
+
+
+def test_a_process_that_started_cuda_starts_clientapps_as_subprocesses(monkeypatch):
+    # forking after CUDA's start leaves the child without a usable GPU: fall back to Flower's way
+    launched = []
+    executor = warm_superexec.ForkExecutor()
+    monkeypatch.setattr(executor.subprocess, "launch", lambda spec: launched.append(spec) or LaunchResult.accepted())
+    monkeypatch.setattr(warm_superexec, "cuda_initialised", lambda: True)
+
+    executor.launch(task_spec())
+
+    assert [s.task_type for s in launched] == [TaskType.CLIENT_APP] and not executor.children

@@ -129,6 +129,8 @@ def test_fedavg_two_rounds_completes(federation, one_shot_run):
     assert results is not None and results["status"] == "completed", done.stdout[-3000:]
     assert [v["name"] for v in results["versions"]] == ["fedavg-round-1", "fedavg-round-2"]
     assert results["communication"]["rounds"] == 2 and results["failures"] == []
+    # start_supernode.sh's default: every message answered by a ClientApp forked from the warm SuperExec
+    assert all("ClientApps fork from here" in federation.log(f"supernode-{name}.log") for name in SITES)
 
 
 def test_unregistered_key_is_refused(federation):
