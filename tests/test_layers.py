@@ -189,3 +189,16 @@ def test_hospital_steps_import_no_strategy():
     loaded = loaded_after("import fl_app.hospital_steps")
     assert "nevergrad" not in loaded
     assert not {m for m in loaded if m == "strategies" or m.startswith("strategies.")}
+
+
+def test_a_hospital_without_dp_loads_neither_sklearn_nor_medmnist_nor_opacus():
+    # paid by every hospital process before its first step (docs/scale.md "Worker imports"): MedMNIST's
+    # metrics are computed locally, the medmnist package is imported only to read a real MedMNIST file
+    # (fl_app/data/medmnist_files.py), Opacus only under privacy=dp
+    loaded = loaded_after(
+        "import numpy as np, fl_app.hospital_steps\n"
+        "from fl_app.data import task_info\nfrom fl_app.training import medmnist_metrics\n"
+        "medmnist_metrics(task_info('breastmnist'), np.array([[0], [1]]), np.array([[0.6, 0.4], [0.3, 0.7]]))"
+    )
+    heavy = {"sklearn", "pandas", "medmnist", "medmnist.evaluator", "opacus", "scipy.stats"}
+    assert not heavy & loaded

@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from medmnist.evaluator import getAUC
+from scipy.stats import rankdata
 
 from fl_app.data import task_info
-from fl_app.pooled_auc import auc_from_histograms, dense_histograms, score_histograms, sparse_histograms, split_auc
+from fl_app.pooled_auc import (
+    auc_from_histograms,
+    average_ranks,
+    dense_histograms,
+    score_histograms,
+    sparse_histograms,
+    split_auc,
+)
 
 
 def _random_split(task, n, rng):
@@ -68,3 +76,19 @@ def test_sparse_histograms_round_trip_and_stay_small():
 
     assert np.array_equal(dense_histograms(index, counts, hist.size), hist.ravel())
     assert len(index) <= 16 * 8  # at most one bin per sample and column, of 2 * 1000 * 8
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("seed", range(5))
+def test_average_ranks_are_scipys_rankdata(dtype, seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    values = (rng.random(n) * rng.choice([3, 20, 1000])).round().astype(dtype)  # few to no ties
+
+    assert np.array_equal(average_ranks(values), rankdata(values))
+
+
+def test_average_ranks_are_all_nan_like_rankdata_when_a_value_is_nan():
+    values = np.array([0.3, np.nan, 0.1, 0.3])
+
+    assert np.isnan(average_ranks(values)).all() and np.isnan(rankdata(values)).all()

@@ -12,9 +12,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-
 from fl_app.privacy.settings import NoiseTarget
 
 Mechanism = tuple[float, float, int]  # (noise multiplier σ, sample rate q, steps): one accountant entry
@@ -25,6 +22,8 @@ def epsilon_spent(history: Sequence[Mechanism], delta: float) -> float:
     """ε after every mechanism in `history` at `delta` (0 for an empty history)."""
     if not history:
         return 0.0
+    from opacus.accountants import RDPAccountant  # here, not at import: only DP runs need Opacus (~0.3 s)
+
     accountant = RDPAccountant()
     accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
     with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound is valid, only looser
@@ -34,6 +33,8 @@ def epsilon_spent(history: Sequence[Mechanism], delta: float) -> float:
 
 def noise_for_epsilon(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
     """The smallest σ (to Opacus's tolerance) whose `steps` subsampled-Gaussian steps spend at most ε."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(

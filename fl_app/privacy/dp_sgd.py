@@ -13,8 +13,6 @@ import math
 import warnings
 
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from fl_app.data import SplitArrays, TaskInfo
@@ -58,6 +56,9 @@ def train_adapter_dp(
     The noise is drawn from a generator seeded by `seed`: the same run trains the same adapter.
     The model keeps no Opacus hooks afterwards (the process-wide model is shared by later messages).
     """
+    from opacus import GradSampleModule  # here, not at import: a hospital without DP never loads Opacus
+    from opacus.optimizers import DPOptimizer
+
     params = released_parameters(model, task.name)
     if not params:
         raise ValueError(f"no trainable LoRA or head parameters for task {task.name!r}: nothing to train under DP.")

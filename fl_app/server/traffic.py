@@ -52,8 +52,8 @@ class TrafficLog:
         }
 
     def timeline(self, hospital_of_node: dict[int, int]) -> dict[str, Any]:
-        """When messages left and replies came back (epoch s), and the hospitals' own seconds per phase:
-        what splits a run into start-up, hospital work and per-message overhead."""
+        """When messages left and replies came back (epoch s), and the hospitals' own seconds per phase
+        and per message: what splits a run into start-up, hospital work and per-message overhead."""
         replied = [t for t in self.transfers if t.replied_at is not None]
         first = min(replied, key=lambda t: t.replied_at, default=None)
         phases: dict[str, dict[str, float]] = {}
@@ -73,6 +73,18 @@ class TrafficLog:
             "first_reply_step_seconds": first.step_seconds if first else None,
             "last_reply_at": max((t.replied_at for t in replied), default=None),
             "phases": phases,
+            "messages": [
+                {
+                    "hospital": hospital_of_node.get(t.node_id),
+                    "node_id": t.node_id,
+                    "phase": t.phase,
+                    "round": t.round,
+                    "sent_at": t.sent_at,
+                    "replied_at": t.replied_at,
+                    "step_seconds": t.step_seconds,
+                }
+                for t in self.transfers
+            ],
         }
 
 

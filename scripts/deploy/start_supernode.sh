@@ -15,15 +15,19 @@
 #                          Where several SuperNodes share a machine (a rehearsal), give each 1: busy
 #                          torch threads competing for cores made one training 20x slower here.
 #   --skip-check           start even if this site's data fails the check below
+#   --fresh-clientapp      run each message in a fresh `flwr-clientapp` process (Flower's own
+#                          `--isolation subprocess`), which imports torch/PEFT/transformers every time
 #
 # First it checks the site's data as the ClientApp will read it (scripts/deploy/check_site.py) and
 # does not start when that fails, printing why. Nothing listens for the outside world: the
-# SuperNode dials out to the SuperLink over HTTPS.
+# SuperNode dials out to the SuperLink over HTTPS. Each message runs in a process of its own,
+# forked by scripts/deploy/warm_superexec.py from one that imported the hospital's libraries once
+# (`flower-supernode --isolation process`; docs/scale.md "Deployment rounds").
 set -euo pipefail
 # Flower from the checkout's .venv (scripts/install.sh) when there is one, else from PATH.
 venv_bin="$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin"
 [[ -x "$venv_bin/flower-superlink" ]] && PATH="$venv_bin:$PATH"
-superlink="" ca="" key="" node_config="" port=9094 max_wait=600 threads="" check=1
+superlink="" ca="" key="" node_config="" port=9094 max_wait=600 threads="" check=1 isolation=process
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --superlink) superlink="$2"; shift 2 ;;
@@ -34,7 +38,8 @@ while [[ $# -gt 0 ]]; do
     --max-wait-time) max_wait="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --skip-check) check=0; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --fresh-clientapp) isolation=subprocess; shift ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "start_supernode.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +51,8 @@ for file in "$ca" "$key"; do
 done
 [[ -z "$threads" ]] || export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1
+# How often the SuperExec asks the SuperNode for a task (Flower's default 1 s adds up to 1 s per message).
+export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"
 python="python3"; [[ -x "$venv_bin/python" ]] && python="$venv_bin/python"
 if [[ $check == 1 ]]; then
   "$python" "$(dirname "$0")/check_site.py" --node-config "$node_config" \
@@ -54,12 +61,22 @@ fi
 # flower-supernode in the background so SIGINT/SIGTERM reach it at once, its output kept to explain a refusal.
 output="$(mktemp)"; trap 'rm -f "$output"' EXIT
 flower-supernode --superlink "$superlink" --root-certificates "$ca" --auth-supernode-private-key "$key" \
-  --node-config "$node_config" --isolation subprocess --host 127.0.0.1 --port "$port" --max-wait-time "$max_wait" \
+  --node-config "$node_config" --isolation "$isolation" --host 127.0.0.1 --port "$port" --max-wait-time "$max_wait" \
   > >(tee "$output") 2>&1 &
 supernode=$!
-trap 'kill -TERM "$supernode" 2>/dev/null' TERM INT
+superexec=""
+if [[ $isolation == process ]]; then
+  # It polls the SuperNode's Runtime API on loopback (no TLS, as in subprocess mode) and stops with the SuperNode.
+  "$python" "$(dirname "$0")/warm_superexec.py" --insecure --runtime-api-address "127.0.0.1:$port" \
+    --parent-pid "$supernode" 2>&1 &
+  superexec=$!
+fi
+trap 'kill -TERM "$supernode" $superexec 2>/dev/null' TERM INT
 code=0; wait "$supernode" || code=$?
 while kill -0 "$supernode" 2>/dev/null; do code=0; wait "$supernode" || code=$?; done
+if [[ -n $superexec ]]; then
+  while kill -0 "$superexec" 2>/dev/null; do wait "$superexec" || true; done  # it exits when the SuperNode has
+fi
 if [[ $code != 0 ]] && grep -q "Failed to activate SuperNode" "$output"; then
   echo "start_supernode.sh: the SuperLink refused this SuperNode: its public key ${key}.pub is not registered" \
     "(the coordinator runs: flwr supernode register ${key##*/}.pub <connection>)" >&2

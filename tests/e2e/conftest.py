@@ -11,6 +11,7 @@ import pytest
 FLOWER_PROCESSES = (
     "flower-superlink",
     "flower-superexec",
+    "warm_superexec",  # scripts/deploy/warm_superexec.py and the ClientApps it forks
     "flower-supernode",
     "flwr-simulation",
     "flwr-serverapp",

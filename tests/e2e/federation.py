@@ -105,9 +105,16 @@ class LoopbackFederation:
         return int(re.search(r"SuperNode (\d+) registered", done.stdout).group(1))
 
     def start_supernode(
-        self, hospital: str, node_config: str, ca: bool = True, max_wait: int = 60, check: bool = True
+        self,
+        hospital: str,
+        node_config: str,
+        ca: bool = True,
+        max_wait: int = 60,
+        check: bool = True,
+        fresh_clientapp: bool = False,
     ) -> subprocess.Popen:
-        """A hospital's SuperNode via start_supernode.sh (check=False: --skip-check, start with bad data),
+        """A hospital's SuperNode via start_supernode.sh (check=False: --skip-check, start with bad data;
+        fresh_clientapp: Flower's own process per message instead of warm_superexec.py's forks),
         or, with ca=False, flower-supernode without the CA."""
         port = str(free_port())
         if ca:
@@ -128,6 +135,7 @@ class LoopbackFederation:
                 "--threads",
                 "1",
                 *([] if check else ["--skip-check"]),
+                *(["--fresh-clientapp"] if fresh_clientapp else []),
             ]
         else:
             command = [

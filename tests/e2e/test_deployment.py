@@ -129,6 +129,8 @@ def test_fedavg_two_rounds_completes(federation, one_shot_run):
     assert results is not None and results["status"] == "completed", done.stdout[-3000:]
     assert [v["name"] for v in results["versions"]] == ["fedavg-round-1", "fedavg-round-2"]
     assert results["communication"]["rounds"] == 2 and results["failures"] == []
+    # start_supernode.sh's default: every message answered by a ClientApp forked from the warm SuperExec
+    assert all("ClientApps fork from here" in federation.log(f"supernode-{name}.log") for name in SITES)
 
 
 def test_unregistered_key_is_refused(federation):
@@ -184,7 +186,10 @@ def test_fedavg_goes_on_when_a_site_dies_and_refuses_an_impostor(federation):
     refused and never evaluated."""
     data = federation.root / "sites"
     dying = federation.start_supernode("hospital-3", node_config(3, "breastmnist", data / "breastmnist.npz"))
-    rogue = federation.start_supernode("rogue", node_config(0, "breastmnist", data / "breastmnist.npz"))
+    # the impostor runs Flower's own process per message (--fresh-clientapp): its refused reply shows that mode still answers
+    rogue = federation.start_supernode(
+        "rogue", node_config(0, "breastmnist", data / "breastmnist.npz"), fresh_clientapp=True
+    )
     results_dir = federation.root / "fedavg-faults"
     try:
         federation.wait_online(5)

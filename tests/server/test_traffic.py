@@ -52,3 +52,20 @@ def test_counting_grid_counts_the_records_actually_sent_and_received(monkeypatch
     assert summary["upload_bytes"] == 2 * record_dict_bytes(reply)
     assert summary["per_hospital"]["0"]["per_round"]["2"]["upload_bytes"] == record_dict_bytes(reply)
     assert grid.get_node_ids() == [1, 2]
+
+
+def test_timeline_lists_every_message_with_the_hospitals_own_seconds(monkeypatch):
+    for field in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, field, 1)
+    reply = RecordDict({"metrics": MetricRecord({"num-examples": 5, "step-seconds": 1.5})})
+    grid = CountingGrid(EchoGrid(reply))
+    content = RecordDict({"config": ConfigRecord({"server-round": 3})})
+
+    grid.send_and_receive([Message(content, dst_node_id=n, message_type="train") for n in (1, 2)])
+
+    messages = grid.traffic.timeline({1: 0, 2: 1})["messages"]
+    assert [(m["hospital"], m["node_id"], m["phase"], m["round"], m["step_seconds"]) for m in messages] == [
+        (0, 1, "train", 3, 1.5),
+        (1, 2, "train", 3, 1.5),
+    ]
+    assert all(m["replied_at"] >= m["sent_at"] > 0 for m in messages)
