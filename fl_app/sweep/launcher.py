@@ -11,6 +11,7 @@ runs each job as a simulation of its own, as `scripts/run.py` does for a single 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,20 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
+
+#: Longest job folder name kept as Hydra makes it; most file systems refuse names over 255 bytes.
+MAX_FOLDER_NAME = 200
+
+
+def job_folder_name(subdir: str) -> str:
+    """Hydra's job folder name (`<num>_<overrides>`), shortened with a digest when too long for a
+    file system: a sweep with many overrides would otherwise fail to create its folders (the full
+    overrides stay in the folder's .hydra/overrides.yaml)."""
+    if len(subdir.encode()) <= MAX_FOLDER_NAME:
+        return subdir
+    digest = hashlib.sha256(subdir.encode()).hexdigest()[:10]
+    kept = subdir.encode()[: MAX_FOLDER_NAME - len(digest) - 1].decode(errors="ignore")
+    return f"{kept}~{digest}"
 
 
 def prepare_job(cfg: DictConfig):
@@ -81,6 +96,7 @@ class SweepLauncher(Launcher):
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = index
                 sweep_config.hydra.job.num = index
+                sweep_config.hydra.sweep.subdir = job_folder_name(str(sweep_config.hydra.sweep.subdir))
             job = run_job(
                 hydra_context=self.hydra_context,
                 task_function=prepare_job,
