@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import psutil
@@ -72,6 +73,17 @@ class Interrupted(Exception):
     def __init__(self, signal_name: str) -> None:
         super().__init__(f"interrupted by {signal_name}")
         self.signal_name = signal_name
+
+
+def exit_interrupted(interrupted: Interrupted, what: str, folder: Path, resume: str) -> NoReturn:
+    """Say what an interrupted run (or sweep) left where, and how to resume; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    print(
+        f"Interrupted ({interrupted.signal_name}): every process of the {what} stopped; results so far in {folder} "
+        f"(status: interrupted). Resume: scripts/run.py +resume={resume}",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.exit(EXIT_CODES[interrupted.signal_name])
 
 
 def tagged_processes(tag: str) -> list[psutil.Process]:

@@ -210,6 +210,13 @@ def bench_sweep(args, n: int, strategy: str, work: Path) -> SweepRow:
     return SweepRow(strategy, n, args.sweep, sum(floors), separate, swept, identical, os.getloadavg()[0])
 
 
+def print_table(header: str, lines: list[str], summary_line: str) -> None:
+    print()
+    print(header)
+    print("\n".join(lines))
+    print(summary_line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[3, 10, 30, 100], help="numbers of hospitals")
@@ -269,11 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.n:
             for strategy in args.strategies:
                 sweep_rows.append(bench_sweep(args, n, strategy, work))
-        print()
-        print(SWEEP_HEADER)
-        for row in sweep_rows:
-            print(format_sweep_row(row))
-        print(sweep_summary(sweep_rows))
+        print_table(SWEEP_HEADER, [format_sweep_row(row) for row in sweep_rows], sweep_summary(sweep_rows))
         if args.json:
             args.json.write_text(json.dumps([asdict(r) for r in sweep_rows], indent=2))
         return 0
@@ -284,11 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 HEADER if len(rows) == 1 else "", format_row(rows[-1]), sep="\n" if len(rows) == 1 else "", flush=True
             )
-    print()
-    print(HEADER)
-    for row in rows:
-        print(format_row(row))
-    print(summary(rows))
+    print_table(HEADER, [format_row(row) for row in rows], summary(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) | {"ratio": r.ratio, "total_s": r.total_s} for r in rows], indent=2))
     return 0

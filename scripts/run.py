@@ -31,7 +31,7 @@ from fl_app.config import experiment_only
 from fl_app.remerge.resume import resume_run
 from fl_app.report.summary import run_summary
 from fl_app.server.results import read_results
-from fl_app.simulation import EXIT_CODES, Interrupted, run_simulation
+from fl_app.simulation import Interrupted, exit_interrupted, run_simulation
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -53,13 +53,7 @@ def main(cfg: DictConfig) -> str:
     try:
         folder = run_simulation(experiment_only(cfg), folder, quiet=bool(cfg.quiet))
     except Interrupted as interrupted:
-        print(
-            f"Interrupted ({interrupted.signal_name}): every process of the run stopped; results so far in {folder.resolve()} "
-            f"(status: interrupted). Resume: scripts/run.py +resume={folder.resolve()}",
-            file=sys.stderr,
-            flush=True,
-        )
-        sys.exit(EXIT_CODES[interrupted.signal_name])
+        exit_interrupted(interrupted, "run", folder.resolve(), str(folder.resolve()))
     print("\n".join(run_summary(read_results(folder))), flush=True)
     print(folder, flush=True)
     return str(folder)

@@ -79,7 +79,7 @@ class SweepLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from fl_app.simulation import EXIT_CODES, Interrupted
+        from fl_app.simulation import Interrupted, exit_interrupted
         from fl_app.sweep.runner import run_sweep
 
         assert self.config is not None and self.hydra_context is not None
@@ -115,13 +115,7 @@ class SweepLauncher(Launcher):
                 [returns[i].return_value for i in prepared], sweep_dir, quiet=bool(self.config.get("quiet", False))
             )
         except Interrupted as interrupted:
-            print(
-                f"Interrupted ({interrupted.signal_name}): every process of the sweep stopped; results so far under "
-                f"{sweep_dir} (status: interrupted). Resume a job: scripts/run.py +resume=<its folder>",
-                file=sys.stderr,
-                flush=True,
-            )
-            sys.exit(EXIT_CODES[interrupted.signal_name])
+            exit_interrupted(interrupted, "sweep", sweep_dir, "<the interrupted job's folder>")
         for offset, outcome in zip(prepared, outcomes):
             report_job(returns[offset], outcome)
         return returns
