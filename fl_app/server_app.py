@@ -10,7 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_app.config import experiment_from_run_config, validated_before
 from fl_app.server.experiment import run_experiment_on_grid
-from fl_app.sweep.jobs import SWEEP_KEY, read_manifest
+from fl_app.sweep.jobs import SWEEP_KEY, read_manifest, stop_marker
 
 app = ServerApp()
 
@@ -26,7 +26,7 @@ def main(grid: Grid, context: Context) -> None:
     if sweep := str(context.run_config.get(SWEEP_KEY, "")):  # `scripts/run.py -m`: many experiments, one federation
         from fl_app.sweep.server import run_jobs_on_grid
 
-        run_jobs_on_grid(grid, read_manifest(sweep))
+        run_jobs_on_grid(grid, read_manifest(sweep), stop_requested=stop_marker(sweep).exists)
         return
     cfg = experiment_from_run_config(context.run_config)
     if not validated_before(context.run_config):  # `flwr run .` by hand: check it here

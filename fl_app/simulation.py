@@ -242,15 +242,17 @@ def federation_command(cfg: DictConfig, run_config: str, app_dir: Path = PROJECT
 
 
 @contextmanager
-def signals_interrupt() -> Iterator[None]:
+def signals_interrupt(on_signal: Callable[[], None] = lambda: None) -> Iterator[None]:
     """SIGINT and SIGTERM raise `Interrupted` in the main thread while the run is under way (once:
-    a second Ctrl-C does not cut short the teardown the first one started)."""
+    a second Ctrl-C does not cut short the teardown the first one started). `on_signal` runs first,
+    at the moment of the signal (e.g. to record what the run was doing then)."""
     received: list[str] = []
 
     def handler(signum: int, _frame) -> None:
         if received:
             return
         received.append(signal.Signals(signum).name)
+        on_signal()
         raise Interrupted(received[0])
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -261,20 +263,26 @@ def signals_interrupt() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def mark_interrupted(results_dir: Path, signal_name: str) -> dict | None:
-    """After every process of the run has stopped: results.json says `interrupted`, when, and what was done."""
+def mark_interrupted(results_dir: Path, signal_name: str, at_signal: dict | None) -> dict | None:
+    """After every process of the run has stopped: results.json says `interrupted`, when, and what was done.
+
+    at_signal: results.json as it was when the signal came (None: there was none yet). A run that
+    had completed or failed by then keeps its status. Any other is `interrupted` at the stage it
+    was in then, even if its ServerApp went on while the processes stopped (hospitals whose
+    processes stop first look like failures to it, and it may merge and evaluate without them)."""
     results = read_results(results_dir)
     if results is None:
         return None
-    if results.get("status") in ("running", "failed", "interrupted"):
-        received = sorted({r["hospital"] for r in results.get("received", [])})
-        results["status"] = "interrupted"
-        results["error"] = (
-            f"interrupted by {signal_name} during {results.get('stage', 'start-up')}; "
-            f"adapters received from hospitals {received} are under received/"
-        )
-        results["interrupted"] = {"signal": signal_name, "stage": results.get("stage"), "at": time.time()}
-        write_json_atomic(results_dir / RESULTS_FILE, results)
+    if at_signal is not None and at_signal.get("status") in ("completed", "failed"):
+        return results
+    stage = (at_signal or results).get("stage", "start-up")
+    received = sorted({r["hospital"] for r in results.get("received", [])})
+    results["status"] = "interrupted"
+    results["error"] = (
+        f"interrupted by {signal_name} during {stage}; adapters received from hospitals {received} are under received/"
+    )
+    results["interrupted"] = {"signal": signal_name, "stage": stage, "at": time.time()}
+    write_json_atomic(results_dir / RESULTS_FILE, results)
     return results
 
 
@@ -373,15 +381,24 @@ def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> P
     log_path = results_dir / "flower.log"
     results_path = results_dir / RESULTS_FILE
     process = None
+    at_signal: dict[str, dict | None] = {}
     try:
         grace = functools.partial(stop_grace, results_path)
-        with signals_interrupt(), local_superlink(log_path, grace=grace) as env, open(log_path, "ab") as log:
+
+        def record() -> None:  # what the run was doing when the signal came
+            at_signal["results"] = read_results(results_dir)
+
+        with (
+            signals_interrupt(record),
+            local_superlink(log_path, grace=grace) as env,
+            open(log_path, "ab") as log,
+        ):
             app_dir = stage_flower_app(Path(env["FLWR_HOME"]) / "app")  # removed with the run's FLWR_HOME
             command = flwr_run_command(cfg, config_path, results_dir, config_digest(config_path), app_dir)
             finished = functools.partial(run_completed, results_path)
             process = stream_flwr_run(command, env, log.write, quiet, finished)
     except Interrupted as interrupted:
-        mark_interrupted(results_dir, interrupted.signal_name)
+        mark_interrupted(results_dir, interrupted.signal_name, at_signal.get("results"))
         raise
     results = read_results(results_dir)
     if results is None:

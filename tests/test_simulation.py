@@ -134,3 +134,43 @@ def test_a_completed_run_gets_a_short_grace_and_any_other_the_full_one(tmp_path,
             pass
 
     assert graces == [10.0, simulation.COMPLETED_GRACE_S]
+
+
+def test_a_run_under_way_at_the_signal_is_interrupted_at_the_stage_it_was_in_then(tmp_path):
+    from fl_app.server.results import read_results, write_json_atomic
+    from fl_app.simulation import mark_interrupted
+
+    at_signal = {"status": "running", "stage": "train", "received": []}
+    # while its processes stopped, the ServerApp took the dying hospitals for failures and finished
+    write_json_atomic(
+        tmp_path / "results.json", {"status": "completed", "stage": "done", "received": [{"hospital": 0}]}
+    )
+
+    mark_interrupted(tmp_path, "SIGINT", at_signal)
+
+    results = read_results(tmp_path)
+    assert results["status"] == "interrupted" and results["interrupted"]["stage"] == "train"
+    assert "hospitals [0]" in results["error"]
+
+
+def test_a_run_that_had_finished_before_the_signal_keeps_its_status(tmp_path):
+    from fl_app.server.results import read_results, write_json_atomic
+    from fl_app.simulation import mark_interrupted
+
+    for status in ("completed", "failed"):
+        write_json_atomic(tmp_path / "results.json", {"status": status, "stage": "done"})
+
+        mark_interrupted(tmp_path, "SIGTERM", {"status": status, "stage": "done"})
+
+        assert read_results(tmp_path)["status"] == status
+
+
+def test_a_run_that_started_after_the_signal_is_interrupted_too(tmp_path):
+    from fl_app.server.results import read_results, write_json_atomic
+    from fl_app.simulation import mark_interrupted
+
+    write_json_atomic(tmp_path / "results.json", {"status": "running", "stage": "waiting for hospitals"})
+
+    mark_interrupted(tmp_path, "SIGINT", None)
+
+    assert read_results(tmp_path)["interrupted"]["stage"] == "waiting for hospitals"

@@ -74,6 +74,11 @@ def read_manifest(path: str | Path) -> list[SweepJob]:
         ) from error
 
 
+def stop_marker(manifest: Path) -> Path:
+    """The file whose presence tells the ServerApp to start no further job (written on SIGINT/SIGTERM)."""
+    return Path(manifest).with_suffix(".stop")
+
+
 def job_marker(index: int, total: int, job: SweepJob) -> str:
     """The log line that opens job `index` (1-based) of `total`; `marked_job` finds it in the stream."""
     return f"[sweep] job {index}/{total} begins: {job.results_dir}"

@@ -28,7 +28,7 @@ from fl_app.simulation import (
     signals_interrupt,
     stream_flwr_run,
 )
-from fl_app.sweep.jobs import SWEEP_KEY, SweepJob, group_by_shape, marked_job, write_manifest
+from fl_app.sweep.jobs import SWEEP_KEY, SweepJob, group_by_shape, marked_job, stop_marker, write_manifest
 
 FINISHED = ("completed", "failed")  # a job's results.json status once the ServerApp is done with it
 
@@ -110,9 +110,15 @@ def run_group(jobs: Sequence[PreparedJob], manifest: Path, log_path: Path, quiet
     sweep_jobs = [SweepJob(job.config_path, job.results_dir, config_digest(job.config_path)) for job in jobs]
     write_manifest(manifest, sweep_jobs)
     finished = functools.partial(all_finished, sweep_jobs)
+    at_signal: dict[Path, dict | None] = {}
+
+    def record() -> None:  # at the signal: no further job may start, and what each job was doing then
+        stop_marker(manifest).touch()
+        at_signal.update({job.results_dir: read_results(job.results_dir) for job in sweep_jobs})
+
     try:
         with (
-            signals_interrupt(),
+            signals_interrupt(record),
             local_superlink(log_path, grace=lambda: COMPLETED_GRACE_S if finished() else 10.0) as env,
         ):
             logs = JobLogs(log_path, sweep_jobs)
@@ -124,7 +130,7 @@ def run_group(jobs: Sequence[PreparedJob], manifest: Path, log_path: Path, quiet
                 logs.close()
     except Interrupted as interrupted:
         for job in sweep_jobs:
-            mark_interrupted(job.results_dir, interrupted.signal_name)
+            mark_interrupted(job.results_dir, interrupted.signal_name, at_signal.get(job.results_dir))
         raise
     except Exception as error:  # the SuperLink did not start, or a process survived: the next group still runs
         return [JobOutcome(job.results_dir, "failed", f"the sweep's simulation failed: {error}") for job in sweep_jobs]

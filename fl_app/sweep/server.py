@@ -7,7 +7,8 @@ as a single run does. A job that fails is recorded as failed and the next one st
 
 from __future__ import annotations
 
-from logging import ERROR, INFO
+from collections.abc import Callable
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 from flwr.common import log
@@ -18,10 +19,14 @@ from fl_app.server.experiment import STOPPED_BY_USER, run_experiment_on_grid
 from fl_app.sweep.jobs import SweepJob, job_marker
 
 
-def run_jobs_on_grid(grid: Any, jobs: list[SweepJob]) -> list[str]:
-    """Run every job; returns each job's outcome (`completed`, or the error that failed it)."""
+def run_jobs_on_grid(grid: Any, jobs: list[SweepJob], stop_requested: Callable[[], bool] = lambda: False) -> list[str]:
+    """Run every job until `stop_requested()` (the sweep was interrupted); returns each started
+    job's outcome (`completed`, or the error that failed it)."""
     outcomes = []
     for index, job in enumerate(jobs, start=1):
+        if stop_requested():
+            log(WARNING, "[sweep] interrupted: jobs %d-%d are not started", index, len(jobs))
+            break
         log(INFO, "%s", job_marker(index, len(jobs), job))
         try:
             cfg = OmegaConf.load(job.config_path)

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from fl_app.sweep.jobs import SweepJob, group_by_shape, job_marker, marked_job, read_manifest, write_manifest
+from fl_app.sweep.jobs import (
+    SweepJob,
+    group_by_shape,
+    job_marker,
+    marked_job,
+    read_manifest,
+    stop_marker,
+    write_manifest,
+)
 
 
 def test_jobs_are_grouped_by_federation_shape_in_sweep_order(tiny_experiment):
@@ -45,3 +53,14 @@ def test_a_marker_names_its_job_as_flower_streams_it(tmp_path):
 
     assert marked_job(streamed) == 2
     assert marked_job("INFO :      MedForge: strategy=fedavg, 3 hospitals") is None
+
+
+def test_an_interrupted_sweep_starts_no_further_job(tmp_path):
+    from fl_app.sweep.server import run_jobs_on_grid
+
+    jobs = [SweepJob(tmp_path / "0" / "config.yaml", tmp_path / "0", "")]
+    marker = stop_marker(tmp_path / "sweep-0.json")
+    marker.touch()
+
+    assert run_jobs_on_grid(grid=None, jobs=jobs, stop_requested=marker.exists) == []
+    assert marker.name == "sweep-0.stop"
