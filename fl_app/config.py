@@ -76,8 +76,12 @@ def config_digest(path: str | Path) -> str:
 def validated_before(run_config: Mapping[str, Any]) -> bool:
     """Whether `scripts/run.py` already validated this very file (`validated` = its digest), so the
     ServerApp need not import the backbone, PEFT and the training code again to check it."""
-    config_path, digest = str(run_config.get("config-path", "")), str(run_config.get("validated", ""))
-    if not config_path or not digest:
+    return is_validated(str(run_config.get("config-path", "")), str(run_config.get("validated", "")))
+
+
+def is_validated(config_path: str | Path, digest: str) -> bool:
+    """Whether `digest` is the SHA-256 of `config_path` as it is now (a file edited since fails)."""
+    if not str(config_path) or not digest:
         return False
     try:
         return config_digest(config_path) == digest

@@ -326,10 +326,10 @@ def run_completed(results_path: Path) -> bool:
         return False
 
 
-def stop_grace(results_path: Path) -> float:
-    """SIGTERM-to-SIGKILL seconds for a run's SuperLink and Ray: a completed run has written
-    everything, so it skips their graceful shutdown (~5 s); any other run gets the full 10 s."""
-    return COMPLETED_GRACE_S if run_completed(results_path) else 10.0
+def stop_grace(finished: Callable[[], bool]) -> float:
+    """SIGTERM-to-SIGKILL seconds for a run's SuperLink and Ray: a run whose results are all written
+    (`finished()`) skips their graceful shutdown (~5 s); any other run gets the full 10 s."""
+    return COMPLETED_GRACE_S if finished() else 10.0
 
 
 def prepare_run(cfg: DictConfig, results_dir: Path) -> Path:
@@ -383,7 +383,8 @@ def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> P
     process = None
     at_signal: dict[str, dict | None] = {}
     try:
-        grace = functools.partial(stop_grace, results_path)
+        finished = functools.partial(run_completed, results_path)
+        grace = functools.partial(stop_grace, finished)
 
         def record() -> None:  # what the run was doing when the signal came
             at_signal["results"] = read_results(results_dir)
@@ -395,7 +396,6 @@ def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> P
         ):
             app_dir = stage_flower_app(Path(env["FLWR_HOME"]) / "app")  # removed with the run's FLWR_HOME
             command = flwr_run_command(cfg, config_path, results_dir, config_digest(config_path), app_dir)
-            finished = functools.partial(run_completed, results_path)
             process = stream_flwr_run(command, env, log.write, quiet, finished)
     except Interrupted as interrupted:
         mark_interrupted(results_dir, interrupted.signal_name, at_signal.get("results"))

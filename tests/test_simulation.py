@@ -130,7 +130,9 @@ def test_a_completed_run_gets_a_short_grace_and_any_other_the_full_one(tmp_path,
 
     for status in ("failed", "completed"):
         write_json_atomic(results, {"status": status})
-        with simulation.local_superlink(tmp_path / "superlink.log", grace=lambda: simulation.stop_grace(results)):
+        with simulation.local_superlink(
+            tmp_path / "superlink.log", grace=lambda: simulation.stop_grace(lambda: simulation.run_completed(results))
+        ):
             pass
 
     assert graces == [10.0, simulation.COMPLETED_GRACE_S]

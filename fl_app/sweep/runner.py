@@ -20,12 +20,12 @@ from fl_app.app_staging import stage_flower_app
 from fl_app.config import config_digest
 from fl_app.server.results import read_results
 from fl_app.simulation import (
-    COMPLETED_GRACE_S,
     Interrupted,
     federation_command,
     local_superlink,
     mark_interrupted,
     signals_interrupt,
+    stop_grace,
     stream_flwr_run,
 )
 from fl_app.sweep.jobs import SWEEP_KEY, SweepJob, group_by_shape, marked_job, stop_marker, write_manifest
@@ -119,7 +119,7 @@ def run_group(jobs: Sequence[PreparedJob], manifest: Path, log_path: Path, quiet
     try:
         with (
             signals_interrupt(record),
-            local_superlink(log_path, grace=lambda: COMPLETED_GRACE_S if finished() else 10.0) as env,
+            local_superlink(log_path, grace=functools.partial(stop_grace, finished)) as env,
         ):
             logs = JobLogs(log_path, sweep_jobs)
             try:

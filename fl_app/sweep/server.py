@@ -14,7 +14,7 @@ from typing import Any
 from flwr.common import log
 from omegaconf import OmegaConf
 
-from fl_app.config import config_digest
+from fl_app.config import is_validated
 from fl_app.server.experiment import STOPPED_BY_USER, run_experiment_on_grid
 from fl_app.sweep.jobs import SweepJob, job_marker
 
@@ -30,7 +30,7 @@ def run_jobs_on_grid(grid: Any, jobs: list[SweepJob], stop_requested: Callable[[
         log(INFO, "%s", job_marker(index, len(jobs), job))
         try:
             cfg = OmegaConf.load(job.config_path)
-            if config_digest(job.config_path) != job.validated:  # edited since `scripts/run.py` checked it
+            if not is_validated(job.config_path, job.validated):  # edited since `scripts/run.py` checked it
                 from fl_app.validation import validate_experiment
 
                 validate_experiment(cfg)
