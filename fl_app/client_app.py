@@ -91,3 +91,23 @@ def evaluate(msg: Message, context: Context) -> Message:
         return Message(content, reply_to=msg)
     except Exception as error:
         return _fail(msg, context, error)
+
+
+@app.evaluate("search")
+def search(msg: Message, context: Context) -> Message:
+    """MedForge's federated search: score candidate merges on this hospital's validation split;
+    only one loss per candidate goes back (noised and accounted in the ledger with dp_noise)."""
+    try:
+        steps = _steps()
+        started = time.perf_counter()
+        experiment = steps.experiment_of(msg.content)
+        hospital = steps.hospital_for(experiment, context.node_config)
+        peers = steps.search_peers(msg.content, context.state, f"medforge-search/{experiment.get('job', '')}")
+        ledger_key = _ledger_key(experiment)
+        ledger = _ledger(context, ledger_key)
+        content = hospital.search_losses(msg.content, peers, ledger)
+        context.state[ledger_key] = ConfigRecord({"history": ledger.to_json()})
+        content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
+        return Message(content, reply_to=msg)
+    except Exception as error:
+        return _fail(msg, context, error)
