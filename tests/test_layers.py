@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "fl_app",  # the package itself (an empty __init__)
             "fl_app.adapter_keys",
             "fl_app.calibration",
+            "fl_app.candidate_scoring",  # MedForge's federated search at a hospital: wire format and scoring math
             "fl_app.config",
             "fl_app.data",
             "fl_app.failures",
@@ -55,6 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "fl_app.attack",
             "fl_app.bench",
             "fl_app.client_app",
+            "fl_app.diagnosis",  # MedForge's diagnosis on stored runs (in process, like remerge)
             "fl_app.forge",
             "fl_app.privacy.audit_run",  # the leakage audit on stored runs (reads them like remerge)
             "fl_app.remerge",

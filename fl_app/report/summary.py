@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fl_app.report.table import cumulative_bytes
+from fl_app.report.table import cumulative_bytes, method_traffic
 
 MAX_TASK_COLUMNS = 4  # more tasks than this: means only (the report has every task)
 DATA_SOURCES = {
@@ -60,7 +60,7 @@ def run_summary(results: Mapping[str, Any]) -> list[str]:
     tasks = list(results.get("tasks") or sorted({t for v in versions for t in v.get("per_task") or {}}))
     shown = tasks if len(tasks) <= MAX_TASK_COLUMNS else []
     header = ["version", "mean ACC", "mean AUC", *(f"{t} ACC/AUC" for t in shown), "bytes up", "bytes down"]
-    communication = results.get("communication") or {}
+    communication = method_traffic(results)
     rows = [version_row(v, shown, communication) for v in versions]
     merge = f", merge {results['merge']}" if results.get("merge") else ""
     lines = [
@@ -72,12 +72,22 @@ def run_summary(results: Mapping[str, Any]) -> list[str]:
     lines += truncation_lines(versions)
     if results.get("failures"):
         lines.append(f"{len(results['failures'])} failure(s) recorded: see `failures` in results.json.")
+    search = " and the federated search's" if results.get("search_traffic") else ""
     lines.append(
-        f"wall time {float(results.get('wall_seconds') or 0.0):.1f} s; bytes are the training messages (evaluation excluded)."
+        f"wall time {float(results.get('wall_seconds') or 0.0):.1f} s; bytes are the training messages{search} (evaluation excluded)."
     )
+    lines += profile_lines(results.get("profile"))
     source = results.get("data_source")
     lines.append(f"data: {DATA_SOURCES.get(source, 'unknown')} (data_source={source})")
     return lines
+
+
+def profile_lines(profile: Mapping[str, float] | None) -> list[str]:
+    """Where the run's time went, phase by phase (server-side wall seconds; `*_at_hospitals`: summed hospital work)."""
+    if not profile:
+        return []
+    parts = [f"{phase.replace('_', ' ')} {float(seconds):.1f} s" for phase, seconds in profile.items() if seconds]
+    return [f"time by phase: {'; '.join(parts)}"]
 
 
 def truncation_lines(versions: Sequence[Mapping[str, Any]]) -> list[str]:

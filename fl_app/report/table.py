@@ -114,6 +114,21 @@ def columns_for(tasks: Sequence[str], private: bool = False) -> list[Column]:
     )
 
 
+def method_traffic(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The bytes a run's method needed: its training messages, plus a federated search's messages
+    (MedForge, `search_traffic`) counted as one more round of traffic."""
+    communication = dict(results.get("communication") or {})
+    search = results.get("search_traffic")
+    if not search:
+        return communication
+    return communication | {
+        "upload_bytes": int(communication.get("upload_bytes", 0)) + int(search["upload_bytes"]),
+        "download_bytes": int(communication.get("download_bytes", 0)) + int(search["download_bytes"]),
+        "rounds": int(communication.get("rounds", 0)) + int(search["rounds"]),
+        "per_hospital": {},  # totals only: a search has no FedAvg round to cut at
+    }
+
+
 def cumulative_bytes(communication: Mapping[str, Any], through_round: int | None = None) -> tuple[int, int]:
     """Training-phase (upload, download) bytes of all hospitals in rounds 1..`through_round` (None: all)."""
     per_hospital = communication.get("per_hospital") or {}
@@ -216,7 +231,7 @@ def entries_of_run(
 ) -> list[Entry]:
     """The compared models of one run (see the module docstring)."""
     versions = list(results.get("versions") or [])
-    communication = results.get("communication") or {}
+    communication = method_traffic(results)
     wall = results.get("wall_seconds")
     strategy, seed = str(results.get("strategy")), results.get("seed")
 
