@@ -111,3 +111,31 @@ def test_default_medforge_run_merges_every_honest_hospital(tmp_path, real_root):
     assert [f for f in results["failures"] if f["phase"] == "screen"] == []
     assert sorted(results["strategy_details"]["order"]) == [0, 1, 2]
     assert {a["action"] for a in results["strategy_details"]["screening"]} <= {"no_majority"}
+
+
+def test_federated_medforge_searches_on_the_real_validation_splits(tmp_path, real_root):
+    """`strategy=medforge_federated` (the best variant) on the real files: a real Ray simulation in
+    which every hospital scores the search's candidates and returns only losses."""
+    cfg = compose_experiment(
+        [
+            "experiment=real_multitask",
+            "strategy=medforge_federated",
+            f"data.root={real_root}",
+            *TINY_REAL,
+            "strategy.search.budget=6",
+            "strategy.federated.candidates_per_round=3",
+        ]
+    )
+    results = read_results(run_simulation(cfg, tmp_path / "federated", quiet=True))
+    assert results["status"] == "completed", results.get("error")
+    names = [v["name"] for v in results["versions"]]
+    assert names == ["hospital-0", "hospital-1", "hospital-2", "fusion-one-shot", "task_arithmetic"]
+    fusion = next(v for v in results["versions"] if v["name"] == "fusion-one-shot")
+    search = fusion["search"]
+    assert search["source"] == "federated" and search["evaluations"] == 6
+    assert search["objective"] <= search["start_objective"]
+    record = results["strategy_details"]["federated_search"]
+    assert record["rounds"] == 2 and record["share"] == "adapters"
+    assert results["search_traffic"]["rounds"] == 2 and results["search_traffic"]["upload_bytes"] > 0
+    assert results["strategy_details"]["calibration"] == {}  # no calibration set was distilled
+    assert results["profile"]["federated_search_rounds"] > 0
