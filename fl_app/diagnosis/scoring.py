@@ -41,6 +41,8 @@ class InProcessScorer:
         n = int(experiment.simulation.num_hospitals)
         self.stored = list(hospitals)
         self.sites: list[Hospital] = [simulated_hospital(payload, h.id, n) for h in hospitals]
+        for site in self.sites:  # PEFT wraps the backbone on first use (distillation switches LoRA off through it)
+            site.model.use_adapter(site.lora)
         self.loss_clip = loss_clip
         self.evaluations = 0
 

@@ -249,6 +249,8 @@ def entries_of_run(
             seen = set()
             for v in group:
                 label = str(v.get("label") or v.get("method") or results.get("merge") or v["name"])
+                if (v.get("search") or {}).get("source") == "federated":  # MedForge searched at the hospitals
+                    label = label.replace("(one-shot)", "(one-shot, federated search)")
                 if strategy == "medforge" and not label.startswith(
                     "medforge"
                 ):  # a data-free baseline in a MedForge run
