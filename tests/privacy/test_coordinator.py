@@ -179,10 +179,12 @@ def test_the_budget_check_has_no_slack():
 def test_batchnorm_in_any_backbone_is_frozen_under_dp(tiny_experiment):
     experiment = payload(tiny_experiment, "model.init_seed=29")  # its own cached model: patched below
     hospital = simulated_hospital(experiment, 1, 3)
+    hospital.model.use_adapter(hospital.lora)
     backbone = hospital.model.peft.base_model.model.backbone
     projection = backbone.embeddings.patch_embeddings.projection
-    norm = torch.nn.BatchNorm2d(projection.out_channels)
-    backbone.embeddings.patch_embeddings.projection = torch.nn.Sequential(projection, norm)
+    norm = torch.nn.BatchNorm2d(projection.out_channels).requires_grad_(False)  # frozen, as build_backbone leaves it
+    backbone.add_module("extra_norm", norm)  # a backbone with batch norm, as hub CNNs have
+    projection.register_forward_hook(lambda module, args, output: norm(output))
     modes = []
     norm.register_forward_pre_hook(lambda module, args: modes.append(module.training))
     before = norm.running_mean.clone()
