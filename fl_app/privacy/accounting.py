@@ -17,7 +17,9 @@ from fl_app.privacy.settings import NoiseTarget
 Mechanism = tuple[float, float, int]  # (noise multiplier σ, sample rate q, steps): one accountant entry
 EPSILON_TOLERANCE = 0.01  # calibration's search tolerance: a calibrated σ spends between target - this and target
 FLOAT_TOLERANCE = 1e-9  # relative: the only slack a budget check allows (float rounding of the same sum)
-COUNT_NOISE = 20.0  # σ of the Gaussian on a hospital's released training-set size (sensitivity 1: add/remove one record)
+COUNT_NOISE = (
+    20.0  # σ of the Gaussian on a hospital's released training-set size (sensitivity 1: add/remove one record)
+)
 COUNT_MECHANISM: Mechanism = (COUNT_NOISE, 1.0, 1)  # the noised count as an accountant entry: the Gaussian mechanism
 
 
@@ -50,7 +52,9 @@ def noise_for_epsilon(
     while spent(high) > epsilon:
         low, high = high, 2 * high
         if high > 1e6:
-            raise ValueError(f"no noise multiplier reaches ε={epsilon} at δ={delta:.2g} (q={sample_rate}, {steps} steps).")
+            raise ValueError(
+                f"no noise multiplier reaches ε={epsilon} at δ={delta:.2g} (q={sample_rate}, {steps} steps)."
+            )
     spent_high = spent(high)
     while epsilon - spent_high > EPSILON_TOLERANCE:
         middle = (low + high) / 2

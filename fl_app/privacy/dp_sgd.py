@@ -113,7 +113,9 @@ def train_adapter_dp(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)  # LoRA dropout draws
             model.train()
-            freeze_batch_norm(model, params)  # any backbone's batch norm: frozen, never fed a private batch's statistics
+            freeze_batch_norm(
+                model, params
+            )  # any backbone's batch norm: frozen, never fed a private batch's statistics
             for batch in poisson_batches(len(split), plan.sample_rate, plan.steps, generator):
                 optimizer.zero_grad(set_to_none=True)
                 if len(batch) == 0:

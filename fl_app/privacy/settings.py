@@ -148,7 +148,9 @@ def validate_privacy(privacy_section: Mapping[str, Any] | None, strategy: str, t
             "counts, which the DP accountant does not cover; set train.class_weighting=none (privacy=dp does)."
         )
     if not isinstance((privacy_section or {}).get("simulation", {}).get("seeded_noise", False), bool):
-        raise ValueError("privacy.simulation.seeded_noise must be true or false (false: noise only the hospital knows).")
+        raise ValueError(
+            "privacy.simulation.seeded_noise must be true or false (false: noise only the hospital knows)."
+        )
     if settings.distill.enabled:
         settings.distill.target.check("privacy.distill")
         if not (math.isfinite(settings.distill.max_norm) and settings.distill.max_norm > 0):

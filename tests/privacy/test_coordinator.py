@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from fl_app import hospital_steps as steps
 from fl_app.config import hospital_payload
 from fl_app.data.demo_sites import write_demo_npz
-from fl_app import hospital_steps as steps
 from fl_app.hospital_steps import hospital_for, simulated_hospital
 from fl_app.privacy.dp_sgd import released_parameters
 from fl_app.privacy.ledger import Ledger
@@ -25,7 +25,9 @@ def payload(tiny_experiment, *overrides: str) -> dict:
 def released_after_training(experiment: dict, node_config=None) -> torch.Tensor:
     hospital = simulated_hospital(experiment, 1, 3, node_config)
     hospital.train(None, 1, None, Ledger())
-    return torch.cat([p.detach().flatten().clone() for p in released_parameters(hospital.model.peft, hospital.task).values()])
+    return torch.cat(
+        [p.detach().flatten().clone() for p in released_parameters(hospital.model.peft, hospital.task).values()]
+    )
 
 
 # defect 1: the noise and the batches came from a seed the server knows ---------------------------------
@@ -88,7 +90,10 @@ def test_a_site_accounts_at_its_own_delta_and_a_stricter_request_is_honoured(tin
 
     node = site_node(tmp_path / "other", **{"privacy-delta": 1e-3})
     hospital = hospital_for(strict, node)
-    assert dict(hospital.train(None, 1, None, steps.open_ledger(hospital, strict, node, {}))["metrics"])["dp-delta"] == 1e-5
+    assert (
+        dict(hospital.train(None, 1, None, steps.open_ledger(hospital, strict, node, {}))["metrics"])["dp-delta"]
+        == 1e-5
+    )
 
 
 def test_a_simulated_hospital_refuses_a_delta_that_lets_a_record_out_in_the_clear(tiny_experiment):
@@ -136,7 +141,9 @@ def test_simulated_sweeps_keep_per_job_budgets(tiny_experiment):
     ledger = steps.open_ledger(hospital, experiment, {"partition-id": 1, "num-partitions": 3}, state)
     ledger.history.append((1.0, 0.5, 10))
     steps.keep_ledger(ledger, experiment, state)
-    other = steps.open_ledger(hospital, {**experiment, "job": "1_seed=1"}, {"partition-id": 1, "num-partitions": 3}, state)
+    other = steps.open_ledger(
+        hospital, {**experiment, "job": "1_seed=1"}, {"partition-id": 1, "num-partitions": 3}, state
+    )
     again = steps.open_ledger(hospital, experiment, {"partition-id": 1, "num-partitions": 3}, state)
 
     assert other.history == [] and again.history == [(1.0, 0.5, 10)]
