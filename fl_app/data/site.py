@@ -69,7 +69,7 @@ def site_config(node_config: Mapping[str, Any]) -> SiteConfig | None:
         raise ValueError(f"node_config privacy-delta={delta!r} must be a number in (0, 1) (this site's δ), e.g. --node-config '... privacy-delta=1e-5'")
     ledger = node_config.get("privacy-ledger")
     if ledger is not None and (not isinstance(ledger, str) or not ledger.strip()):
-        raise ValueError(f"node_config privacy-ledger={ledger!r} must be a folder path (where this site keeps its DP ledgers)")
+        raise ValueError(f"node_config privacy-ledger={ledger!r} must be a folder path (where this site keeps its DP ledgers), e.g. --node-config '... privacy-ledger=/var/lib/medforge/ledger'")
     hospital_id = node_config["hospital-id"]
     if isinstance(hospital_id, bool) or not isinstance(hospital_id, int) or hospital_id < 0:
         raise ValueError(f"node_config hospital-id={hospital_id!r} must be an integer >= 0, e.g. {EXAMPLE}")

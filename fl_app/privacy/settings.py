@@ -147,9 +147,11 @@ def validate_privacy(privacy_section: Mapping[str, Any] | None, strategy: str, t
             f"train.class_weighting={train.get('class_weighting')!r} weights the loss by the training split's label "
             "counts, which the DP accountant does not cover; set train.class_weighting=none (privacy=dp does)."
         )
-    if not isinstance((privacy_section or {}).get("simulation", {}).get("seeded_noise", False), bool):
+    simulated = dict((privacy_section or {}).get("simulation") or {})
+    if not isinstance(simulated.get("seeded_noise", False), bool):
         raise ValueError(
-            "privacy.simulation.seeded_noise must be true or false (false: noise only the hospital knows)."
+            f"privacy.simulation.seeded_noise={simulated.get('seeded_noise')!r} must be true or false "
+            "(false: noise only the hospital knows; true: repeatable simulations, refused at a real site)."
         )
     if settings.distill.enabled:
         settings.distill.target.check("privacy.distill")
