@@ -88,3 +88,25 @@ def evaluate(msg: Message, context: Context) -> Message:
         return Message(content, reply_to=msg)
     except Exception as error:
         return _fail(msg, context, error)
+
+
+@app.evaluate("search")
+def search(msg: Message, context: Context) -> Message:
+    """MedForge's federated search: score candidate merges on this hospital's validation split;
+    only one loss per candidate goes back (noised and accounted in the ledger with dp_noise)."""
+    try:
+        steps = _steps()
+        started = time.perf_counter()
+        experiment = steps.experiment_of(msg.content)
+        hospital = steps.hospital_for(experiment, context.node_config)
+        peers = steps.search_peers(msg.content, context.state, f"medforge-search/{experiment.get('job', '')}")
+        ledger = steps.open_ledger(hospital, experiment, context.node_config, context.state)
+        try:
+            content = hospital.search_losses(msg.content, peers, ledger)
+        finally:  # kept before the reply leaves
+            steps.keep_ledger(ledger, experiment, context.state)
+        if not _private(experiment):
+            content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
+        return Message(content, reply_to=msg)
+    except Exception as error:
+        return _fail(msg, context, error)

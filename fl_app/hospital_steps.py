@@ -23,14 +23,34 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fl_app.adapter_keys import head_state, lora_state
 from fl_app.calibration import CalibrationSet, DistillSettings, calibration_records, distill_calibration_set
 from fl_app.calibration.distill import PrivateMeans
-from fl_app.data import HospitalData, experiment_tasks, load_site, site_config
+from fl_app.candidate_scoring import (
+    CANDIDATE_PREFIX,
+    HEADS,
+    LOSSES,
+    PEER_PREFIX,
+    REQUEST,
+    SearchRequest,
+    clipped_losses,
+    fused_candidate,
+    released_loss,
+    validation_subset,
+)
+from fl_app.data import HospitalData, SplitArrays, experiment_tasks, load_site, site_config
 from fl_app.data.worker_cache import DEFAULT_DATA_CACHE, cached_hospital_data
 from fl_app.model.adapter import arrayrecord_to_state, fit_rank, state_to_arrayrecord
 from fl_app.model.backbone import backbone_image_size, pooled_features
 from fl_app.model.lora import HospitalModel, hospital_model
 from fl_app.model.mixture import mixture_probabilities
 from fl_app.pooled_auc import score_histograms, sparse_histograms
-from fl_app.privacy.accounting import COUNT_MECHANISM, COUNT_NOISE, check_budget, epsilon_spent, plan, training_plan
+from fl_app.privacy.accounting import (
+    COUNT_MECHANISM,
+    COUNT_NOISE,
+    Plan,
+    check_budget,
+    epsilon_spent,
+    plan,
+    training_plan,
+)
 from fl_app.privacy.dp_sgd import site_secret_seed, train_adapter_dp
 from fl_app.privacy.ledger import (
     DEFAULT_SITE_LEDGER,
@@ -337,6 +357,77 @@ class Hospital:
             return distilled
         return dataclasses.replace(distilled, epsilon=epsilon_spent([release.mechanism], delta))
 
+    def search_losses(
+        self, content: RecordDict, peers: Mapping[int, dict[str, Any]], ledger: Ledger | None = None
+    ) -> RecordDict:
+        """MedForge's federated search: one loss per candidate on this hospital's validation split.
+
+        Candidates come fused (`candidate:<i>` arrays) or as coefficients over `peers` (every
+        hospital's adapter, received once: {id: {state, r, alpha}}). Only the losses leave the site;
+        with `dp_noise` each is a Gaussian release added to `ledger` (fl_app.candidate_scoring).
+        """
+        request = SearchRequest.from_json(str(content[CONFIG][REQUEST]))
+        privacy = privacy_settings(self.experiment.get("privacy"))
+        ledger = ledger if ledger is not None else Ledger()
+        if privacy.enabled and request.dp_noise <= 0:
+            raise ValueError(
+                "under privacy=dp the search's losses must be noised; set strategy.federated.dp_noise > 0."
+            )
+        subset = validation_subset(len(self.data.val), request.max_val, request.seed + self.id)
+        if len(subset) == 0:
+            raise ValueError(f"hospital {self.id} has no validation images to score search candidates on.")
+        val = SplitArrays(self.data.val.images[subset], self.data.val.labels[subset])
+        heads = arrayrecord_to_state(content[HEADS])
+        if request.kind == "mixture":
+            components = [
+                self._split_probabilities(
+                    val, {**lora_state(peers[h]["state"]), **heads}, peers[h]["r"], peers[h]["alpha"]
+                )
+                for h in request.hospitals
+            ]
+            probabilities = [mixture_probabilities(components, c) for c in request.coefficients]
+        else:
+            probabilities = [
+                self._split_probabilities(val, *self._candidate(content, request, i, peers, heads))
+                for i in range(len(request.coefficients))
+            ]
+        if privacy.enabled:  # checked and recorded (on the site's disk) before any loss is computed to leave
+            self._refuse_simulation_settings(privacy)
+            release = Plan(request.dp_noise, 1.0, len(probabilities), self.delta(privacy, ledger))
+            what = f"hospital {self.id}'s search scores"
+            ledger.spend(release.mechanism, lambda history: self._check(history, ledger, release, privacy.target, what))
+        elif request.dp_noise > 0:
+            ledger.history.append((request.dp_noise, 1.0, len(probabilities)))
+        losses = [
+            released_loss(clipped_losses(p, val.labels, request.loss_clip), request.loss_clip, request.dp_noise)
+            for p in probabilities
+        ]
+        metrics = {"num-examples": len(val), LOSSES: losses}
+        return RecordDict({METRICS: MetricRecord(metrics), HOSPITAL: self.record()})
+
+    def _candidate(
+        self, content: RecordDict, request: SearchRequest, index: int, peers, heads
+    ) -> tuple[dict[str, torch.Tensor], int, float]:
+        """Candidate `index` as (state, rank, alpha): as sent, or fused here from the peers' adapters."""
+        if request.share == "merged":
+            shape = request.ranks[index]
+            state = arrayrecord_to_state(content[f"{CANDIDATE_PREFIX}{index}"])
+            return {**state, **heads}, int(shape["r"]), float(shape["alpha"])
+        adapters = [peers[h] for h in request.hospitals]
+        fused, rank = fused_candidate(
+            [a["state"] for a in adapters], [a["alpha"] / a["r"] for a in adapters], request.coefficients[index]
+        )
+        return {**fused, **heads}, rank, float(rank)
+
+    def _split_probabilities(self, split: SplitArrays, state: dict[str, torch.Tensor], rank, alpha) -> torch.Tensor:
+        adapter = self.model.use_adapter(self.experiment["lora"], rank=int(rank), alpha=float(alpha))
+        self.model.load_adapter_state(adapter, state, self.task)
+        self.model.peft.to(self.device)
+        batch = int(self.experiment["eval"]["batch_size"])
+        return torch.from_numpy(
+            predict_scores(self.model.peft, self.data.task, split, self.image_size, batch, self.device)
+        )
+
     def frozen_embedding(self, unit: torch.Tensor) -> torch.Tensor:
         """Pooled features of the pretrained backbone (call inside `peft.disable_adapter()` for the
         frozen one): images (N, C, H, W) in [0, 1] -> (N, D). Distillation matches these; the audit measures in them."""
@@ -496,3 +587,20 @@ def hospital_id_of(node_config: Mapping[str, Any]) -> Any:
 
 def experiment_of(content: RecordDict) -> dict[str, Any]:
     return read_experiment(content[CONFIG])
+
+
+def search_peers(content: RecordDict, state: RecordDict, key: str) -> dict[int, dict[str, Any]]:
+    """The adapters a `share=adapters` search runs on: kept in the node's `state` (under `key`) from the
+    message that carried them, so later messages carry only coefficients."""
+    request = SearchRequest.from_json(str(content[CONFIG][REQUEST]))
+    if request.peers is not None:
+        state[key] = ConfigRecord({"peers": json.dumps(request.peers)})
+        for hospital in request.peers:
+            state[f"{key}/{hospital}"] = content[f"{PEER_PREFIX}{hospital}"]
+    if key not in state:
+        return {}
+    shapes = json.loads(str(state[key]["peers"]))
+    return {
+        int(h): {"state": arrayrecord_to_state(state[f"{key}/{h}"]), "r": int(m["r"]), "alpha": float(m["alpha"])}
+        for h, m in shapes.items()
+    }

@@ -10,6 +10,7 @@ from typing import Any
 from flwr.common import log
 from omegaconf import DictConfig, OmegaConf
 
+from fl_app.candidate_scoring import MESSAGE_TYPE as SEARCH_MESSAGE_TYPE
 from fl_app.config import hospital_payload, save_experiment
 from fl_app.data import experiment_tasks, synthetic_stand_ins
 from fl_app.failures import REJECTED, Failure
@@ -153,7 +154,9 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
         results.set(stage="train")
         recorder = RunRecorder(results, cfg, counting)
         counting.on_train_reply = recorder.save_arrival
+        strategy_started = time.perf_counter()
         outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, recorder)
+        profile = {"strategy": time.perf_counter() - strategy_started, **outcome.details.get("profile", {})}
         results.set(communication=counting.traffic.summary(hospitals_by_node(results), "train"))
         _save_versions(results, cfg, outcome.versions)
         nodes = counting.get_node_ids()  # who is online now, refused nodes left out
@@ -169,7 +172,9 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
         messages = evaluation_messages(
             outcome.versions, experiment_json, nodes, hospital_of_node=results.hospital_of_node, cross=cross
         )
+        evaluation_started = time.perf_counter()
         replies = counting.send_and_receive(messages, timeout=evaluate_timeout(cfg.strategy))
+        profile["evaluation"] = time.perf_counter() - evaluation_started
         scores, failures, answered = decode_scores(replies, results.hospital_of_node)
         scores = planned_scores(scores, outcome.versions, cross)
         results.learn_nodes(answered)
@@ -183,9 +188,12 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
             )
         _record_metrics(results, scores)
         hospital_of_node = hospitals_by_node(results)
+        search_traffic = counting.traffic.summary(hospital_of_node, SEARCH_MESSAGE_TYPE)
         results.set(
             communication=counting.traffic.summary(hospital_of_node, "train"),
             evaluation_traffic=counting.traffic.summary(hospital_of_node, "evaluate"),
+            search_traffic=search_traffic if search_traffic["rounds"] else None,
+            profile=profile,
             strategy_details=outcome.details,
             timeline={"serverapp_started_at": results.started, **counting.traffic.timeline(hospital_of_node)},
             stage="done",

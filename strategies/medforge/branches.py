@@ -7,6 +7,7 @@ The coefficients are searched on the calibration sets of the hospitals merged so
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,10 @@ from torch import Tensor
 from fl_app.adapter_keys import lora_state
 from fl_app.model.mixture import mixture_loss, mixture_scores
 from fl_app.protocol import HospitalReply
+from strategies.medforge.federated import FederatedSearch
 from strategies.medforge.fusion import FusionForm, FusionLevel, coefficients_per_module, fuse, n_coefficients
 from strategies.medforge.scoring import CalibrationScorer
-from strategies.medforge.search import SearchResult, SearchSettings, search_coefficients
+from strategies.medforge.search import BatchLoss, SearchResult, SearchSettings, search_coefficients
 from strategies.merging import LoraFactors, average_tensors, split_heads, split_lora_modules
 from strategies.outcome import ModelVersion
 
@@ -36,12 +38,20 @@ def task_heads(hospitals: Sequence[HospitalReply]) -> dict[str, Tensor]:
     }
 
 
-def search_record(result: SearchResult) -> dict[str, Any]:
+def search_record(result: SearchResult, settings: SearchSettings, seconds: float | None = None) -> dict[str, Any]:
+    """The search as results.json keeps it, every point it evaluated included (the diagnosis reads them)."""
     return {
+        "source": settings.source,
+        "geometry": settings.geometry,
+        "start": result.start,
+        "l1": settings.l1,
+        "l1_from": settings.l1_from,
         "objective": result.objective,
         "loss": result.loss,
         "start_objective": result.start_objective,
         "evaluations": result.evaluations,
+        "seconds": seconds,
+        "trace": [{"coefficients": list(w), "loss": loss} for w, loss in result.trace],
     }
 
 
@@ -49,7 +59,7 @@ def search_record(result: SearchResult) -> dict[str, Any]:
 class FusionBranch:
     """MedForge-Fusion: main ← w0 · main + w1 · new, (w0, w1) searched on calibration sets."""
 
-    scorer: CalibrationScorer
+    scorer: CalibrationScorer | None
     search: SearchSettings
     level: FusionLevel = "whole"
     form: FusionForm = "delta"
@@ -83,9 +93,15 @@ class FusionBranch:
         hospital_ids: Sequence[int],
         heads: Mapping[str, Tensor],
         like: Mapping[str, Tensor],
+        start: Sequence[float] | None = None,
+        batch_loss: BatchLoss | None = None,
+        batch: int = 1,
     ) -> tuple[dict[str, Tensor], int, list[float], SearchResult]:
         n = n_coefficients(len(adapters), len(adapters[0]), self.level)
-        result = search_coefficients(self._loss(adapters, heads, hospital_ids, like), n, self.search)
+        if batch_loss is None:
+            result = search_coefficients(self._loss(adapters, heads, hospital_ids, like), n, self.search, start)
+        else:
+            result = search_coefficients(None, n, self.search, start, batch_loss=batch_loss, batch=batch)
         modules = list(adapters[0])
         state, rank = fuse(
             adapters,
@@ -108,16 +124,29 @@ class FusionBranch:
             state, rank, coefficients, result = self.fuse_searched(
                 [self.main, new], [h.hospital_id for h in self.merged], heads, like=hospital.state
             )
-            details |= {"coefficients": coefficients, "search": search_record(result)}
+            details |= {"coefficients": coefficients, "search": search_record(result, self.search)}
         self.main = split_lora_modules(state, 1.0)
         return progressive_version(f"fusion-v{step}", {**state, **heads}, rank, rank, hospital, self.merged, details)
 
-    def merge_all(self, hospitals: Sequence[HospitalReply]) -> ModelVersion:
-        """One-shot MedForge-Fusion: one coefficient per hospital (per module at level=layer)."""
+    def merge_all(
+        self,
+        hospitals: Sequence[HospitalReply],
+        start: Sequence[float] | None = None,
+        federated: FederatedSearch | None = None,
+    ) -> ModelVersion:
+        """One-shot MedForge-Fusion: one coefficient per hospital (per module at level=layer), searched
+        on the calibration sets or, with `federated`, on the hospitals' validation splits."""
+        started = time.perf_counter()
         adapters = [split_lora_modules(lora_state(h.state), h.lora_scale) for h in hospitals]
         heads = task_heads(hospitals)
         state, rank, coefficients, result = self.fuse_searched(
-            adapters, [h.hospital_id for h in hospitals], heads, like=hospitals[0].state
+            adapters,
+            [h.hospital_id for h in hospitals],
+            heads,
+            like=hospitals[0].state,
+            start=start,
+            batch_loss=None if federated is None else federated.batch_loss("fusion", hospitals),
+            batch=1 if federated is None else federated.settings.candidates_per_round,
         )
         details = {
             "method": "medforge_fusion",
@@ -126,7 +155,7 @@ class FusionBranch:
             "form": self.form,
             "hospitals": [h.hospital_id for h in hospitals],
             "coefficients": coefficients,
-            "search": search_record(result),
+            "search": search_record(result, self.search, time.perf_counter() - started),
         }
         return ModelVersion("fusion-one-shot", "merged", {**state, **heads}, rank, rank, details)
 
@@ -135,7 +164,7 @@ class FusionBranch:
 class MixtureBranch:
     """MedForge-Mixture: p ∝ Σ c_j softmax(f_j); on arrival old c ← a · c, new c = b, (a, b) searched."""
 
-    scorer: CalibrationScorer
+    scorer: CalibrationScorer | None
     search: SearchSettings
     coefficients: dict[int, float] = field(default_factory=dict)
     merged: list[HospitalReply] = field(default_factory=list)
@@ -179,39 +208,56 @@ class MixtureBranch:
             self.coefficients = {h.hospital_id: a * c for h, c in zip(self.merged[:-1], old)} | {
                 hospital.hospital_id: b
             }
-            search = search_record(result) | {"a": a, "b": b}
+            search = search_record(result, self.search) | {"a": a, "b": b}
         details = {"method": "medforge_mixture", "search": search, "coefficients": [self.coefficients[h] for h in on]}
         return progressive_version(
             f"mixture-v{step}",
             heads,
-            int(self.scorer.lora["r"]),
-            float(self.scorer.lora["alpha"]),
+            hospital.lora_r,
+            hospital.lora_alpha,
             hospital,
             self.merged,
             details,
             mixture=dict(self.coefficients),
         )
 
-    def merge_all(self, hospitals: Sequence[HospitalReply]) -> ModelVersion:
-        """One-shot MedForge-Mixture: one coefficient per hospital, searched on all calibration sets."""
+    def merge_all(
+        self,
+        hospitals: Sequence[HospitalReply],
+        start: Sequence[float] | None = None,
+        federated: FederatedSearch | None = None,
+    ) -> ModelVersion:
+        """One-shot MedForge-Mixture: one coefficient per hospital, searched on all calibration sets
+        or, with `federated`, on the hospitals' validation splits."""
+        started = time.perf_counter()
         heads = task_heads(hospitals)
         on = [h.hospital_id for h in hospitals]
-        probabilities = self._component_probabilities(hospitals, heads, on)
-        result = search_coefficients(self._loss(probabilities, on, list), len(hospitals), self.search)
+        if federated is None:
+            probabilities = self._component_probabilities(hospitals, heads, on)
+            result = search_coefficients(self._loss(probabilities, on, list), len(hospitals), self.search, start)
+        else:
+            result = search_coefficients(
+                None,
+                len(hospitals),
+                self.search,
+                start,
+                batch_loss=federated.batch_loss("mixture", hospitals),
+                batch=federated.settings.candidates_per_round,
+            )
         mixture = dict(zip(on, result.coefficients))
         details = {
             "method": "medforge_mixture",
             "label": "medforge_mixture (one-shot)",
             "hospitals": on,
             "coefficients": result.coefficients,
-            "search": search_record(result),
+            "search": search_record(result, self.search, time.perf_counter() - started),
         }
         return ModelVersion(
             "mixture-one-shot",
             "merged",
             dict(heads),
-            int(self.scorer.lora["r"]),
-            float(self.scorer.lora["alpha"]),
+            hospitals[0].lora_r,
+            hospitals[0].lora_alpha,
             details,
             mixture=_component_names(mixture),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Iterator, Sequence
 from logging import INFO, WARNING
 from typing import Any
@@ -23,8 +24,9 @@ from fl_app.calibration import CalibrationSet, decode_calibration
 from fl_app.failures import Failure
 from fl_app.protocol import CONFIG, HOSPITAL, HospitalReply, instructions
 from strategies.medforge.branches import FusionBranch, MixtureBranch, task_heads
+from strategies.medforge.federated import FederatedSearch
 from strategies.medforge.scoring import CalibrationScorer
-from strategies.medforge.settings import search_settings
+from strategies.medforge.settings import federated_settings, search_settings
 from strategies.merging import hospital_weights, merge_adapters
 from strategies.outcome import ModelVersion, StrategyOutcome, merged_version
 from strategies.replies import RoundSink, collect_replies, require_enough, train_messages, train_timeout
@@ -32,10 +34,23 @@ from strategies.screening import expected_layout, screen
 
 
 def medforge_messages(grid: Any, experiment_json: str, strategy: DictConfig) -> list[Message]:
-    """One train message per node online asking for an adapter and a calibration set."""
-    calibration = json.dumps(OmegaConf.to_container(strategy.calibration, resolve=True))
-    content = RecordDict({CONFIG: instructions(experiment_json, **{"server-round": 1, "calibration": calibration})})
-    return train_messages(grid, strategy, 1, content)
+    """One train message per node online asking for an adapter, and a calibration set when the search uses them."""
+    extra: dict[str, Any] = {"server-round": 1}
+    if uses_calibration_sets(strategy):
+        extra["calibration"] = json.dumps(OmegaConf.to_container(strategy.calibration, resolve=True))
+    return train_messages(grid, strategy, 1, RecordDict({CONFIG: instructions(experiment_json, **extra)}))
+
+
+def uses_calibration_sets(strategy: DictConfig) -> bool:
+    """Calibration sets are distilled only for a search on them (`search.source: calibration`)."""
+    return str(strategy.search.get("source", "calibration")) == "calibration"
+
+
+def data_free_weights(hospitals: Sequence[HospitalReply], strategy: DictConfig) -> list[float]:
+    """The weights of the run's data-free baselines (`strategy.weighting`): a search's `data_free` start."""
+    return hospital_weights(
+        [h.hospital_id for h in hospitals], [h.n_train for h in hospitals], str(strategy.get("weighting", "uniform"))
+    )
 
 
 def arrival_order(hospital_ids: Sequence[int], strategy: DictConfig, seed: int) -> list[int]:
@@ -84,8 +99,11 @@ def calibration_summary(calibration: CalibrationSet) -> dict[str, Any]:
 def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink) -> StrategyOutcome:
     """Train once, merge progressively and at once; versions: hospitals, v1..vN per method, one-shot, baselines."""
     strategy, seed = cfg.strategy, int(cfg.seed)
-    scorer = CalibrationScorer(json.loads(experiment_json))
+    started = time.perf_counter()
+    calibrated = uses_calibration_sets(strategy)
+    scorer = CalibrationScorer(json.loads(experiment_json)) if calibrated else None
     search = search_settings(strategy, seed)
+    profile: dict[str, float] = {"server_setup": time.perf_counter() - started}
     branches = {
         "fusion": FusionBranch(scorer, search, str(strategy.level), str(strategy.form)),
         "mixture": MixtureBranch(scorer, search),
@@ -98,11 +116,13 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
     screening: list[dict[str, Any]] = []
     layout = expected_layout(cfg)
     messages = medforge_messages(grid, experiment_json, strategy)
+    training_started = time.perf_counter()
+    progressive_seconds = 0.0
     for reply in ordered_replies(grid, messages, strategy, seed):
         bound = {**sink.bound_nodes(), **{h.node_id: h.hospital_id for h in delivered}}
         hospitals, failed = collect_replies([reply], 1, bound)
-        calibration_set = decode_calibration(reply.content) if hospitals else None
-        if hospitals and calibration_set is None:
+        calibration_set = decode_calibration(reply.content) if hospitals and calibrated else None
+        if hospitals and calibrated and calibration_set is None:
             failed = [
                 Failure(
                     hospitals[0].hospital_id,
@@ -126,13 +146,20 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
             h for h in accepted if h.hospital_id == hospital.hospital_id
         )  # as screened (clipped, foreign heads dropped)
         screening += [a.as_dict() for a in actions if a.hospital_id == hospital.hospital_id]
-        scorer.add(hospital.hospital_id, calibration_set)
         delivered.append(hospital)
-        calibration[str(hospital.hospital_id)] = calibration_summary(calibration_set)
+        if calibrated:
+            scorer.add(hospital.hospital_id, calibration_set)
+            calibration[str(hospital.hospital_id)] = calibration_summary(calibration_set)
         if strategy.progressive:
+            merging = time.perf_counter()
             for name, branch in branches.items():
                 progressive[name].append(branch.arrive(hospital, len(delivered)))
+            progressive_seconds += time.perf_counter() - merging
             log(INFO, "Main branch v%d: hospital %d (%s) merged", len(delivered), hospital.hospital_id, hospital.task)
+    profile["training"] = time.perf_counter() - training_started - progressive_seconds
+    profile["progressive_search_and_merge"] = progressive_seconds
+    profile["distillation_at_hospitals"] = sum(float(c["seconds"]) for c in calibration.values())
+    profile["hospitals_train_and_distil"] = sum(float(h.metrics.get("step-seconds", 0.0)) for h in delivered)
     sink.record_round(1, sorted(delivered, key=lambda h: h.hospital_id), failures)
     require_enough(delivered, failures, int(strategy.min_hospitals), 1)
     by_id = sorted(delivered, key=lambda h: h.hospital_id)
@@ -150,9 +177,20 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
     ]
     for name in branches:
         versions += progressive[name]
+    federated = None
     if strategy.one_shot:
-        versions += [branch.merge_all(by_id) for branch in branches.values()]
-    versions += baseline_versions(by_id, list(strategy.baselines or []))
+        one_shot_started = time.perf_counter()
+        start = data_free_weights(by_id, strategy) if search.start == "data_free" else None
+        if not calibrated:
+            federated = FederatedSearch(grid, by_id, experiment_json, federated_settings(strategy), heads, seed)
+        versions += [branch.merge_all(by_id, start, federated) for branch in branches.values()]
+        profile["one_shot_search_and_merge"] = time.perf_counter() - one_shot_started
+        if federated is not None:
+            profile["federated_search_rounds"] = federated.seconds
+            failures += federated.failures
+    baselines_started = time.perf_counter()
+    versions += baseline_versions(by_id, list(strategy.baselines or []), str(strategy.get("weighting", "uniform")))
+    profile["baseline_merges"] = time.perf_counter() - baselines_started
     if any(c["privacy_risk"] for c in calibration.values()):
         log(
             WARNING,
@@ -162,16 +200,21 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
         "rounds": 1,
         "order": [h.hospital_id for h in delivered],
         "order_mode": str(strategy.order),
+        "search_source": search.source,
         "calibration": calibration,
+        "federated_search": None if federated is None else federated.record(),
         "screening": screening,
+        "profile": profile,
     }
     return StrategyOutcome(versions=versions, merge="medforge", details=details)
 
 
-def baseline_versions(hospitals: Sequence[HospitalReply], methods: Sequence[str]) -> list[ModelVersion]:
-    """Data-free merges of the same adapters (uniform weights), for comparison in the same run."""
+def baseline_versions(
+    hospitals: Sequence[HospitalReply], methods: Sequence[str], weighting: str = "uniform"
+) -> list[ModelVersion]:
+    """Data-free merges of the same adapters (`strategy.weighting`), for comparison in the same run."""
     ids = [h.hospital_id for h in hospitals]
-    weights = hospital_weights(ids, [h.n_train for h in hospitals], "uniform")
+    weights = hospital_weights(ids, [h.n_train for h in hospitals], weighting)
     return [
         merged_version(
             method,

@@ -9,12 +9,18 @@ from omegaconf import DictConfig, OmegaConf
 from fl_app.calibration import DistillSettings
 from fl_app.calibration.distill import INITS
 from fl_app.data import TaskInfo
+from strategies.medforge.federated import FederatedSettings
 from strategies.medforge.fusion import FORMS, LEVELS
-from strategies.medforge.search import SearchSettings
+from strategies.medforge.search import SEQUENTIAL_ONLY, SearchSettings
 from strategies.merging import MERGE_METHODS
 
 ORDERS = ("arrival", "configured", "random")
 METHODS = ("fusion", "mixture")
+
+
+def federated_settings(strategy: DictConfig) -> FederatedSettings:
+    """`strategy.federated`: the federated search's settings (share must be chosen)."""
+    return FederatedSettings(**OmegaConf.to_container(strategy.federated, resolve=True))
 
 
 def search_settings(strategy: DictConfig, seed: int) -> SearchSettings:
@@ -64,8 +70,35 @@ def validate_medforge(strategy: DictConfig, tasks: Sequence[TaskInfo], seed: int
             f"strategy.calibration needs ipc >= 1, iterations >= 0, lr > 0, batch_real >= 1; got {calibration}."
         )
     try:
-        search_settings(strategy, seed)
+        search = search_settings(strategy, seed)
     except TypeError as error:
         raise ValueError(
             f"strategy.search: {error}; the keys are {list(SearchSettings.__dataclass_fields__)}."
         ) from error
+    if search.geometry != "box" and strategy.level != "whole":
+        raise ValueError(
+            f"strategy.search.geometry={search.geometry} constrains one coefficient per adapter; it needs strategy.level=whole (got {strategy.level})."
+        )
+    if search.source == "federated":
+        if strategy.progressive:
+            raise ValueError(
+                "strategy.search.source=federated scores the one-shot merge at the hospitals after every adapter "
+                "arrived; progressive versions need calibration sets. Set strategy.progressive=false (or source=calibration)."
+            )
+        try:
+            federated = federated_settings(strategy)
+        except TypeError as error:
+            raise ValueError(
+                f"strategy.federated: {error}; the keys are {list(FederatedSettings.__dataclass_fields__)}."
+            ) from error
+        if federated.candidates_per_round > 1 and search.optimizer in SEQUENTIAL_ONLY:
+            raise ValueError(
+                f"strategy.search.optimizer={search.optimizer} cannot score {federated.candidates_per_round} candidates "
+                "per round (nevergrad 1.0's metamodel breaks on NumPy 2); set strategy.search.optimizer=CMA "
+                "or strategy.federated.candidates_per_round=1."
+            )
+        if "mixture" in methods and strategy.federated.share != "adapters":
+            raise ValueError(
+                "strategy.methods has mixture, whose components are the hospitals' own adapters: a federated "
+                "search of it needs strategy.federated.share=adapters (or methods=[fusion])."
+            )

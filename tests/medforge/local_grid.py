@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from fl_app.hospital_steps import experiment_of, simulated_hospital
+from flwr.app import RecordDict
+
+from fl_app.candidate_scoring import MESSAGE_TYPE as SEARCH
+from fl_app.hospital_steps import experiment_of, search_peers, simulated_hospital
+from fl_app.privacy.ledger import Ledger
 from fl_app.protocol import ARRAYS, calibration_request
 
 
@@ -17,6 +21,10 @@ class LocalGrid:
         self.reply_order = reply_order or list(range(num_hospitals))
         self.failing = set(failing)
         self._queued: dict[str, object] = {}
+        self.state = {i: RecordDict() for i in range(num_hospitals)}  # each node's Context.state
+        self.ledgers = {i: Ledger() for i in range(num_hospitals)}
+        self.received: list[tuple[int, object]] = []  # (hospital id, message) of every message delivered
+        self.replied: list[tuple[int, object]] = []  # (hospital id, reply content) of every reply
 
     def get_node_ids(self) -> list[int]:
         return [100 + i for i in range(self.num_hospitals)]
@@ -45,9 +53,14 @@ class LocalGrid:
             return SimpleNamespace(error=error, metadata=metadata, has_error=lambda: True, has_content=lambda: False)
         experiment = experiment_of(message.content)
         hospital = simulated_hospital(experiment, hospital_id, self.num_hospitals)
-        if message.metadata.message_type == "train":
+        self.received.append((hospital_id, message))
+        if message.metadata.message_type == SEARCH:
+            peers = search_peers(message.content, self.state[hospital_id], "medforge-search/")
+            content = hospital.search_losses(message.content, peers, self.ledgers[hospital_id])
+        elif message.metadata.message_type == "train":
             start = message.content[ARRAYS] if ARRAYS in message.content else None
             content = hospital.train(start, 1, calibration_request(message.content))
         else:
             content = hospital.evaluate(message.content)
+        self.replied.append((hospital_id, content))
         return SimpleNamespace(content=content, metadata=metadata, has_error=lambda: False, has_content=lambda: True)
