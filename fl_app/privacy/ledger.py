@@ -132,10 +132,21 @@ def _atomic_write(path: Path, text: str) -> None:
         os.close(directory)
 
 
+_FINGERPRINTS: dict[tuple, str] = {}  # (path, sizes, mtimes) -> sha256: a message does not rehash unchanged data
+
+
 def file_fingerprint(path: Path) -> str:
     """sha256 of a data file, or of a folder's files (relative names and contents, in sorted order)."""
-    digest = hashlib.sha256()
+    path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    key = (str(path.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = _hash_files(path, files)
+    return _FINGERPRINTS[key]
+
+
+def _hash_files(path: Path, files: list[Path]) -> str:
+    digest = hashlib.sha256()
     for file in files:
         if file != path:
             digest.update(str(file.relative_to(path)).encode() + b"\0")

@@ -200,3 +200,14 @@ def test_batchnorm_in_any_backbone_is_frozen_under_dp(tiny_experiment):
 
     assert modes and not any(modes)  # every forward pass of DP training ran it in eval mode
     assert torch.equal(norm.running_mean, before)
+
+
+def test_the_data_fingerprint_follows_the_content_not_the_name(tmp_path):
+    from fl_app.privacy.ledger import file_fingerprint
+
+    first = write_demo_npz(tmp_path / "a.npz", "breastmnist", n_train=20, n_eval=5)
+    copy = tmp_path / "b.npz"
+    copy.write_bytes(first.read_bytes())
+    other = write_demo_npz(tmp_path / "c.npz", "breastmnist", n_train=20, n_eval=5, seed=1)
+
+    assert file_fingerprint(first) == file_fingerprint(copy) != file_fingerprint(other)
