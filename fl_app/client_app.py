@@ -12,7 +12,7 @@ import os
 import time
 from types import ModuleType
 
-from flwr.app import ConfigRecord, Context, Error, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 app = ClientApp()
@@ -29,22 +29,8 @@ def _protocol() -> ModuleType:
     return importlib.import_module("fl_app.protocol")
 
 
-def _privacy() -> ModuleType:
-    return importlib.import_module("fl_app.privacy.ledger")
-
-
-def _ledger_key(experiment: dict) -> str:
-    """Where this node's DP ledger lives in Flower's per-node context state: one per experiment,
-    so the jobs of a sweep (one Flower run) do not share a privacy budget."""
-    job = str(experiment.get("job", ""))
-    return f"{_privacy().LEDGER_KEY}/{job}" if job else _privacy().LEDGER_KEY
-
-
-def _ledger(context: Context, key: str):
-    """This node's DP ledger for the experiment (empty at its first round), from the context state."""
-    if key not in context.state:
-        return _privacy().Ledger()
-    return _privacy().Ledger.from_json(str(context.state[key]["history"]))
+def _private(experiment: dict) -> bool:
+    return bool((experiment.get("privacy") or {}).get("enabled", False))
 
 
 def _fail(msg: Message, context: Context, error: Exception) -> Message:
@@ -68,12 +54,15 @@ def train(msg: Message, context: Context) -> Message:
         time.sleep(float(experiment.get("slow_hospitals", {}).get(str(hospital.id), 0)))  # a straggler
         server_round = int(msg.content["config"].get("server-round", 1))
         start = msg.content[steps.ARRAYS] if steps.ARRAYS in msg.content else None
-        ledger_key = _ledger_key(experiment)
-        ledger = _ledger(context, ledger_key)
-        content = hospital.train(start, server_round, _protocol().calibration_request(msg.content), ledger)
-        context.state[ledger_key] = ConfigRecord({"history": ledger.to_json()})  # kept for the next round
-        # The hospital's own work (data, training, validation): what a run's framework overhead is measured against.
-        content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
+        # The DP ledger: on the site's disk keyed by its data (a simulation: per job, in the context state).
+        ledger = steps.open_ledger(hospital, experiment, context.node_config, context.state)
+        try:
+            content = hospital.train(start, server_round, _protocol().calibration_request(msg.content), ledger)
+        finally:  # every release recorded is kept, before any reply leaves (a refusal too: it may have spent)
+            steps.keep_ledger(ledger, experiment, context.state)
+        if not _private(experiment):  # under DP the hospital's timing is not released (it depends on its data)
+            # The hospital's own work (data, training, validation): what a run's framework overhead is measured against.
+            content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
         return Message(content, reply_to=msg)
     except Exception as error:  # reported to the server, which leaves this hospital out
         return _fail(msg, context, error)
@@ -85,9 +74,17 @@ def evaluate(msg: Message, context: Context) -> Message:
     try:
         steps = _steps()
         started = time.perf_counter()  # after the first message's imports: those are the worker's start-up
-        hospital = steps.hospital_for(steps.experiment_of(msg.content), context.node_config)
-        content = hospital.evaluate(msg.content)
-        content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
+        experiment = steps.experiment_of(msg.content)
+        hospital = steps.hospital_for(experiment, context.node_config)
+        if _private(experiment):  # the hospital record names the released (noised) training-set size
+            ledger = steps.open_ledger(hospital, experiment, context.node_config, context.state)
+            try:
+                content = hospital.evaluate(msg.content, ledger)
+            finally:
+                steps.keep_ledger(ledger, experiment, context.state)
+        else:
+            content = hospital.evaluate(msg.content)
+            content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
         return Message(content, reply_to=msg)
     except Exception as error:
         return _fail(msg, context, error)
@@ -103,11 +100,13 @@ def search(msg: Message, context: Context) -> Message:
         experiment = steps.experiment_of(msg.content)
         hospital = steps.hospital_for(experiment, context.node_config)
         peers = steps.search_peers(msg.content, context.state, f"medforge-search/{experiment.get('job', '')}")
-        ledger_key = _ledger_key(experiment)
-        ledger = _ledger(context, ledger_key)
-        content = hospital.search_losses(msg.content, peers, ledger)
-        context.state[ledger_key] = ConfigRecord({"history": ledger.to_json()})
-        content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
+        ledger = steps.open_ledger(hospital, experiment, context.node_config, context.state)
+        try:
+            content = hospital.search_losses(msg.content, peers, ledger)
+        finally:  # kept before the reply leaves
+            steps.keep_ledger(ledger, experiment, context.state)
+        if not _private(experiment):
+            content[steps.METRICS]["step-seconds"] = time.perf_counter() - started
         return Message(content, reply_to=msg)
     except Exception as error:
         return _fail(msg, context, error)

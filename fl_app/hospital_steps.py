@@ -9,9 +9,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import secrets
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,12 +42,29 @@ from fl_app.model.backbone import backbone_image_size, pooled_features
 from fl_app.model.lora import HospitalModel, hospital_model
 from fl_app.model.mixture import mixture_probabilities
 from fl_app.pooled_auc import score_histograms, sparse_histograms
-from fl_app.privacy.accounting import Plan, check_budget, epsilon_spent, plan, training_plan
-from fl_app.privacy.dp_sgd import train_adapter_dp
-from fl_app.privacy.ledger import Ledger
+from fl_app.privacy.accounting import (
+    COUNT_MECHANISM,
+    COUNT_NOISE,
+    Plan,
+    check_budget,
+    epsilon_spent,
+    plan,
+    training_plan,
+)
+from fl_app.privacy.dp_sgd import site_secret_seed, train_adapter_dp
+from fl_app.privacy.ledger import (
+    DEFAULT_SITE_LEDGER,
+    LEDGER_KEY,
+    Ledger,
+    bytes_fingerprint,
+    file_fingerprint,
+    open_disk_ledger,
+)
 from fl_app.privacy.settings import (
+    LEDGER_PER_JOB,
     NoiseTarget,
     PrivacySettings,
+    default_delta,
     privacy_settings,
     refuse_below_site_budget,
     refuse_plain_calibration,
@@ -103,8 +122,13 @@ class Hospital:
         self.id = data.hospital_id
         self.data = data
         self.lora = hospital_lora(experiment, data.hospital_id, node_config)
-        site_epsilon = (node_config or {}).get("privacy-epsilon")  # the site's own DP budget (fl_app.data.site)
+        node_config = node_config or {}
+        self.deployed = "data-path" in node_config  # a site holding real data (fl_app.data.site)
+        site_epsilon = node_config.get("privacy-epsilon")  # the site's own DP budget (fl_app.data.site)
         self.site_budget = NoiseTarget(epsilon=float(site_epsilon)) if site_epsilon is not None else None
+        site_delta = node_config.get("privacy-delta")  # the site's own δ (default: 1 / (10 · released n))
+        self.site_delta = float(site_delta) if site_delta is not None else None
+        self.released_n_train: int | None = None  # under DP: the noised count this hospital released
         self.model: HospitalModel = hospital_model(experiment["model"], task_outputs(experiment))
         self.device = pick_device()
         self.model.backbone.to(self.device)
@@ -115,11 +139,12 @@ class Hospital:
         return self.data.task.name
 
     def record(self) -> ConfigRecord:
+        """Who answered; under DP the training-set size is the released (noised) count."""
         lora = self.lora
         return hospital_record(
             self.id,
             self.task,
-            len(self.data.train),
+            self.released_n_train if self.released_n_train is not None else len(self.data.train),
             len(self.data.val),
             len(self.data.test),
             self.data.data_source,
@@ -138,12 +163,15 @@ class Hospital:
 
         With `calibration` settings (sent only by merge methods that need one) the reply also
         carries a distilled calibration set. Under `privacy`, training is DP-SGD and every release
-        is added to `ledger` (the hospital's, kept across rounds); its ε is in the reply's metrics.
+        is recorded in `ledger` (the hospital's: on the site's disk, or per job in simulation) before
+        it runs; its ε is in the reply's metrics. Under DP the reply carries no training loss and the
+        noised training-set size (docs/privacy.md "What leaves a site").
         """
         lora, train = self.lora, self.experiment["train"]
         privacy = privacy_settings(self.experiment.get("privacy"))
         ledger = ledger if ledger is not None else Ledger()
         refuse_below_site_budget(privacy, self.site_budget.epsilon if self.site_budget else None)
+        self._refuse_simulation_settings(privacy)
         if calibration:
             refuse_plain_calibration(privacy)  # before any work: a non-private set is never made
         name = self.model.use_adapter(lora)
@@ -158,6 +186,7 @@ class Hospital:
         dp_metrics: dict[str, float] = {}
         if privacy.enabled:
             result, dp_metrics = self._train_private(settings, seed, privacy, ledger, server_round)
+            self.released_n_train = self.released_count(privacy, ledger)
         else:
             result = train_adapter(
                 self.model.peft,
@@ -172,13 +201,15 @@ class Hospital:
         val = self._metrics(self.data.val)
         # Same keys from every hospital (Flower's FedAvg requires it): NaN when AUC is undefined.
         metrics = {
-            "num-examples": len(self.data.train),
+            "num-examples": self.released_n_train if privacy.enabled else len(self.data.train),
             "train-loss": result.loss,
             "val-acc": val["acc"],
             "val-auc": val["auc"],
             "best-epoch": result.best_epoch,
             **dp_metrics,
         }
+        if privacy.enabled:  # the loss on the training patients is not accounted: it stays at the site
+            del metrics["train-loss"]
         state = self.model.adapter_state(name, [self.task])
         reply = RecordDict(
             {ARRAYS: state_to_arrayrecord(state), METRICS: MetricRecord(metrics), HOSPITAL: self.record()}
@@ -186,7 +217,7 @@ class Hospital:
         if calibration:
             calibration_set = self.calibration_set(DistillSettings(**calibration), privacy, ledger)
             if privacy.enabled:
-                delta = privacy.delta_for(len(self.data.train))
+                delta = self.delta(privacy, ledger)
                 metrics["dp-epsilon-distill"] = calibration_set.epsilon
                 metrics["dp-epsilon"] = ledger.epsilon(delta)  # training and distillation composed
                 reply[METRICS] = MetricRecord(metrics)
@@ -197,20 +228,16 @@ class Hospital:
     def _train_private(
         self, settings, seed: int, privacy: PrivacySettings, ledger: Ledger, server_round: int
     ) -> tuple[Any, dict[str, float]]:
-        """DP-SGD with noise calibrated to the run's budget (all planned rounds), refused beyond it."""
-        n = len(self.data.train)
-        delta = privacy.delta_for(n)
+        """DP-SGD with noise calibrated to the run's budget (all planned rounds and the noised count),
+        checked against the server's per-run target and the site's lifetime budget, recorded, then run."""
+        n = self.released_count(privacy, ledger)
+        delta = self.delta(privacy, ledger)
         rounds = int(self.experiment.get("privacy_rounds", 1))
-        release = training_plan(privacy.target, delta, n, settings.batch_size, settings.epochs, rounds)
-        epsilon = check_budget(ledger.history, release, privacy.target, f"hospital {self.id}'s round {server_round}")
-        if self.site_budget is not None:  # the server's target may be looser than the site allows
-            check_budget(
-                ledger.history,
-                release,
-                self.site_budget,
-                f"hospital {self.id}'s round {server_round}",
-                "the node config's privacy-epsilon",
-            )
+        release = training_plan(
+            privacy.target, delta, n, settings.batch_size, settings.epochs, rounds, overhead=[COUNT_MECHANISM]
+        )
+        what = f"hospital {self.id}'s round {server_round}"
+        ledger.spend(release.mechanism, lambda history: self._check(history, ledger, release, privacy.target, what))
         result = train_adapter_dp(
             self.model.peft,
             self.data.task,
@@ -219,20 +246,74 @@ class Hospital:
             release,
             privacy.max_grad_norm,
             self.image_size,
-            seed,
+            seed if privacy.simulation.seeded_noise else None,
             self.device,
         )
-        ledger.history.append(release.mechanism)
+        trained = [m for m in ledger.history[ledger.run_start :] if m[:2] == release.mechanism[:2]]
         return result, {
-            "dp-epsilon": epsilon,
-            "dp-epsilon-train": epsilon,
+            "dp-epsilon": ledger.epsilon(delta),  # everything this data's ledger holds
+            "dp-epsilon-train": epsilon_spent(trained, delta),
             "dp-delta": delta,
             "dp-noise-multiplier": release.noise_multiplier,
             "dp-sample-rate": release.sample_rate,
             "dp-max-grad-norm": privacy.max_grad_norm,
-            "dp-steps": sum(steps for _, _, steps in ledger.history),
+            "dp-steps": sum(steps for _, _, steps in trained),
             "dp-releases": len(ledger.history),
         }
+
+    def _check(self, history, ledger: Ledger, release, target: NoiseTarget, what: str) -> float:
+        """The server's target bounds this run's releases; the site's own ε bounds everything on its ledger."""
+        epsilon = check_budget(history[ledger.run_start :], release, target, what)
+        if self.site_budget is not None:
+            check_budget(history, release, self.site_budget, what, "the node config's privacy-epsilon")
+        return epsilon
+
+    def _refuse_simulation_settings(self, privacy: PrivacySettings) -> None:
+        if privacy.enabled and privacy.simulation.seeded_noise and self.deployed:
+            raise ValueError(
+                "the server asked for privacy.simulation.seeded_noise=true: DP noise drawn from the experiment seed, "
+                "which the server knows (it could subtract the noise). This site holds real data (node config "
+                "data-path) and refuses; run with privacy.simulation.seeded_noise=false."
+            )
+
+    def released_count(self, privacy: PrivacySettings, ledger: Ledger) -> int:
+        """The training-set size as this hospital releases it under DP: n + N(0, COUNT_NOISE²) (sensitivity
+        1), rounded, at least 1; drawn once per ledger (recorded as a Gaussian mechanism), then reused."""
+        if ledger.count is None:
+            ledger.spend(COUNT_MECHANISM)
+            n = len(self.data.train)
+            if privacy.simulation.seeded_noise:
+                draw = float(torch.randn((), generator=torch.Generator().manual_seed(self._seed(-2))))
+            else:
+                draw = secrets.SystemRandom().gauss(0.0, 1.0)
+            ledger.count = max(1, round(n + COUNT_NOISE * draw))
+            ledger.save()
+        self.released_n_train = int(ledger.count)
+        return int(ledger.count)
+
+    def delta(self, privacy: PrivacySettings, ledger: Ledger) -> float:
+        """δ this hospital accounts at: its own (node config `privacy-delta`, else 1 / (10 · released n)); a
+        server request may only be stricter. Never 1/n or more (that lets a record out in the clear)."""
+        n = self.released_count(privacy, ledger)
+        own = self.site_delta if self.site_delta is not None else default_delta(n)
+        requested = privacy.delta
+        if requested is not None and self.deployed and requested > own:
+            raise ValueError(
+                f"the server asked for privacy.delta={requested:g}, looser than this site's δ={own:.3g} "
+                "(node config privacy-delta, default 1 / (10 · n)); the hospital refuses. Send a smaller "
+                "privacy.delta or none."
+            )
+        delta = float(requested) if requested is not None else own
+        if not 0 < delta < 1.0 / len(self.data.train):
+            raise ValueError(
+                f"δ={delta:g} is not below 1 / n for this hospital's training split: a δ that large allows "
+                "releasing a patient's record in the clear. The hospital refuses; set privacy.delta=null "
+                "(1 / (10 · n)) or smaller."
+            )
+        return delta
+
+    def _seed(self, server_round: int) -> int:
+        return hospital_seed(int(self.experiment["seed"]), self.id, server_round)
 
     def calibration_set(
         self, settings: DistillSettings, privacy: PrivacySettings | None = None, ledger: Ledger | None = None
@@ -244,21 +325,24 @@ class Hospital:
         """
         peft = self.model.peft
         private = None
+        seed = self._seed(-1)
         if privacy is not None and privacy.enabled:
             refuse_plain_calibration(privacy)
+            self._refuse_simulation_settings(privacy)
+            ledger = ledger if ledger is not None else Ledger()
             dp = privacy.distill
-            delta = privacy.delta_for(len(self.data.train))
+            delta = self.delta(privacy, ledger)
             release = plan(dp.target, delta, dp.sample_rate, settings.iterations)
-            check_budget([], release, dp.target, f"hospital {self.id}'s calibration set")
-            if self.site_budget is not None:
-                check_budget(
-                    ledger.history,
-                    release,
-                    self.site_budget,
-                    f"hospital {self.id}'s calibration set",
-                    "the node config's privacy-epsilon",
-                )
+            what = f"hospital {self.id}'s calibration set"
+
+            def check(history) -> None:
+                check_budget([], release, dp.target, what)
+                if self.site_budget is not None:
+                    check_budget(history, release, self.site_budget, what, "the node config's privacy-epsilon")
+
+            ledger.spend(release.mechanism, check)  # recorded before the data is read
             private = PrivateMeans(dp.sample_rate, dp.max_norm, release.noise_multiplier)
+            seed = seed if privacy.simulation.seeded_noise else site_secret_seed()
 
         with peft.disable_adapter():
             distilled = distill_calibration_set(
@@ -266,12 +350,11 @@ class Hospital:
                 self.data.task,
                 self.data.train,
                 settings,
-                hospital_seed(int(self.experiment["seed"]), self.id, -1),
+                seed,
                 private,
             )
         if private is None:
             return distilled
-        ledger.history.append(release.mechanism)
         return dataclasses.replace(distilled, epsilon=epsilon_spent([release.mechanism], delta))
 
     def search_losses(
@@ -308,10 +391,11 @@ class Hospital:
                 self._split_probabilities(val, *self._candidate(content, request, i, peers, heads))
                 for i in range(len(request.coefficients))
             ]
-        if privacy.enabled:
-            release = Plan(request.dp_noise, 1.0, len(probabilities), privacy.delta_for(len(self.data.train)))
-            check_budget(ledger.history, release, privacy.target, f"hospital {self.id}'s search scores")
-            ledger.history.append(release.mechanism)
+        if privacy.enabled:  # checked and recorded (on the site's disk) before any loss is computed to leave
+            self._refuse_simulation_settings(privacy)
+            release = Plan(request.dp_noise, 1.0, len(probabilities), self.delta(privacy, ledger))
+            what = f"hospital {self.id}'s search scores"
+            ledger.spend(release.mechanism, lambda history: self._check(history, ledger, release, privacy.target, what))
         elif request.dp_noise > 0:
             ledger.history.append((request.dp_noise, 1.0, len(probabilities)))
         losses = [
@@ -350,7 +434,7 @@ class Hospital:
         backbone = self.model.peft.base_model.model.backbone
         return pooled_features(backbone, model_pixels(unit.to(self.device), self.image_size)).cpu()
 
-    def evaluate(self, content: RecordDict) -> RecordDict:
+    def evaluate(self, content: RecordDict, ledger: Ledger | None = None) -> RecordDict:
         """Test ACC/AUC of every version in the message on this hospital's test split.
 
         Versions without a head for this hospital's task are skipped (a progressive version
@@ -358,6 +442,9 @@ class Hospital:
         run with the mixture's heads: one forward pass per component (timed, and reused when a
         component and its head are unchanged between versions).
         """
+        privacy = privacy_settings(self.experiment.get("privacy"))
+        if privacy.enabled:  # the record names the released count, never the exact n
+            self.released_count(privacy, ledger if ledger is not None else Ledger())
         versions = json.loads(str(content[CONFIG]["versions"]))
         states = {name: arrayrecord_to_state(content[VERSION_PREFIX + name]) for name in versions}
         metrics: dict[str, float] = {"num-examples": len(self.data.test)}
@@ -447,6 +534,50 @@ def hospital_for(experiment: Mapping[str, Any], node_config: Mapping[str, Any]) 
         )
     image_size = backbone_image_size(hospital_model(experiment["model"], task_outputs(experiment)).backbone)
     return Hospital(experiment, load_site(experiment["data"], site, image_size, int(experiment["seed"])), node_config)
+
+
+def ledger_key(experiment: Mapping[str, Any]) -> str:
+    """Where a simulated node keeps a job's ledger in its context state: one per sweep job."""
+    job = str(experiment.get("job", ""))
+    return f"{LEDGER_KEY}/{job}" if job else LEDGER_KEY
+
+
+def open_ledger(
+    hospital: Hospital, experiment: Mapping[str, Any], node_config: Mapping[str, Any], state: MutableMapping
+) -> Ledger:
+    """This hospital's DP ledger.
+
+    A deployed site: on its own disk (node config `privacy-ledger`, default ~/.medforge/privacy-ledger),
+    keyed by its data (path and content fingerprint), whatever job or run the server names. A simulated
+    hospital: one ledger per sweep job in the node's context `state` (privacy.simulation.ledger=job), or
+    on disk in the folder privacy.simulation.ledger names, keyed by its training split.
+    """
+    privacy = privacy_settings(experiment.get("privacy"))
+    site = site_config(node_config)
+    if site is not None:
+        folder = Path(str(node_config.get("privacy-ledger") or DEFAULT_SITE_LEDGER))
+        ledger = open_disk_ledger(folder, str(site.data_path.resolve()), file_fingerprint(site.data_path))
+    elif privacy.simulation.ledger != LEDGER_PER_JOB:
+        train = hospital.data.train
+        fingerprint = bytes_fingerprint(train.images.tobytes(), train.labels.tobytes())
+        where = f"simulated:{hospital.task}/hospital-{hospital.id}"
+        ledger = open_disk_ledger(Path(privacy.simulation.ledger), where, fingerprint)
+    else:
+        key = ledger_key(experiment)
+        return Ledger.from_json(str(state[key]["history"])) if key in state else Ledger()
+    start = f"{LEDGER_KEY}-run-start/{experiment.get('job', '')}"
+    if start not in state:  # this run's first message: what came before is earlier runs'
+        state[start] = ConfigRecord({"entries": len(ledger.history)})
+    ledger.run_start = int(state[start]["entries"])
+    return ledger
+
+
+def keep_ledger(ledger: Ledger, experiment: Mapping[str, Any], state: MutableMapping) -> None:
+    """Keep the ledger for the next message (before the reply leaves): on disk, or in the context state."""
+    if ledger.path is not None:
+        ledger.persist()
+    else:
+        state[ledger_key(experiment)] = ConfigRecord({"history": ledger.to_json()})
 
 
 def hospital_id_of(node_config: Mapping[str, Any]) -> Any:

@@ -16,16 +16,17 @@ CALIBRATION_INFO = "calibration-info"
 def calibration_records(calibration: CalibrationSet) -> dict[str, ArrayRecord | ConfigRecord]:
     """The records a train reply carries when the merge method asked for a calibration set."""
     arrays = ArrayRecord(OrderedDict(images=Array(calibration.images), labels=Array(calibration.labels)))
-    info = ConfigRecord(
-        {
-            "task": calibration.task,
-            "init": calibration.init,
-            "loss-before": calibration.loss_before,
-            "loss-after": calibration.loss_after,
-            "seconds": calibration.seconds,
-            "dp-epsilon": calibration.epsilon,
-        }
-    )
+    fields = {
+        "task": calibration.task,
+        "init": calibration.init,
+        "loss-before": calibration.loss_before,
+        "loss-after": calibration.loss_after,
+        "seconds": calibration.seconds,
+        "dp-epsilon": calibration.epsilon,
+    }
+    if math.isfinite(calibration.epsilon):  # a DP set: its timing depends on the data, and is not accounted
+        del fields["seconds"]
+    info = ConfigRecord(fields)
     return {CALIBRATION: arrays, CALIBRATION_INFO: info}
 
 
@@ -43,6 +44,6 @@ def decode_calibration(content: RecordDict) -> CalibrationSet | None:
         init=str(info["init"]),
         loss_before=float(info["loss-before"]),
         loss_after=float(info["loss-after"]),
-        seconds=float(info["seconds"]),
+        seconds=float(info.get("seconds", math.nan)),
         epsilon=float(info.get("dp-epsilon", math.nan)),
     )

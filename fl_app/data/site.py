@@ -30,6 +30,7 @@ from fl_app.data.tasks import TWO_D_FLAGS
 SITE_KEYS: tuple[str, ...] = ("hospital-id", "task", "data-path")
 CAPACITY_KEYS = ("lora-r", "lora-alpha")  # optional: this hospital's LoRA rank and alpha (hospital_steps.hospital_lora)
 POLICY_KEYS = ("privacy-epsilon",)  # optional: the site's own DP budget, enforced whatever the server asks
+PRIVACY_KEYS = ("privacy-delta", "privacy-ledger")  # optional: the site's δ, the folder of its DP ledgers (docs/privacy.md)
 SIMULATION_KEYS: tuple[str, ...] = ("partition-id", "num-partitions")
 EXAMPLE = """--node-config 'hospital-id=0 task="breastmnist" data-path="/data/breastmnist.npz"'"""
 
@@ -50,7 +51,7 @@ def site_config(node_config: Mapping[str, Any]) -> SiteConfig | None:
         return None
     if given & set(SIMULATION_KEYS):
         raise ValueError(f"node_config mixes simulation keys {SIMULATION_KEYS} with site keys {SITE_KEYS}; a site uses only {EXAMPLE}")
-    optional = set(CAPACITY_KEYS) | set(POLICY_KEYS)
+    optional = set(CAPACITY_KEYS) | set(POLICY_KEYS) | set(PRIVACY_KEYS)
     missing, unknown = [k for k in SITE_KEYS if k not in given], sorted(given - set(SITE_KEYS) - optional)
     if missing or unknown:
         raise ValueError(f"node_config {dict(node_config)}: missing keys {missing}, unknown keys {unknown}; start the SuperNode with {EXAMPLE}")
@@ -63,6 +64,12 @@ def site_config(node_config: Mapping[str, Any]) -> SiteConfig | None:
                 (f"this hospital's LoRA {key[5:]}", "lora-r=4") if key in CAPACITY_KEYS else ("this site's DP budget ε", "privacy-epsilon=8")
             )
             raise ValueError(f"node_config {key}={value!r} must be a positive number ({what}), e.g. --node-config '... {example}'")
+    delta = node_config.get("privacy-delta")
+    if delta is not None and (isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1):
+        raise ValueError(f"node_config privacy-delta={delta!r} must be a number in (0, 1) (this site's δ), e.g. --node-config '... privacy-delta=1e-5'")
+    ledger = node_config.get("privacy-ledger")
+    if ledger is not None and (not isinstance(ledger, str) or not ledger.strip()):
+        raise ValueError(f"node_config privacy-ledger={ledger!r} must be a folder path (where this site keeps its DP ledgers), e.g. --node-config '... privacy-ledger=/var/lib/medforge/ledger'")
     hospital_id = node_config["hospital-id"]
     if isinstance(hospital_id, bool) or not isinstance(hospital_id, int) or hospital_id < 0:
         raise ValueError(f"node_config hospital-id={hospital_id!r} must be an integer >= 0, e.g. {EXAMPLE}")

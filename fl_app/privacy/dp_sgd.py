@@ -3,13 +3,19 @@ Poisson sampling.
 
 Only the parameters the hospital trains and sends (LoRA, and its own task's head) get per-sample
 gradients: Opacus's hooks on PEFT's LoRA `Linear`/`Conv2d` layers and on the head. The frozen backbone
-needs nothing from Opacus; its BatchNorm stays in eval mode (running statistics are frozen weights), so
-no sample's gradient depends on another's, which DP-SGD requires.
+needs nothing from Opacus; every batch-norm layer of any backbone is held in eval mode for the whole
+of DP training (running statistics are frozen weights), so no sample's gradient depends on another's,
+which DP-SGD requires, and no statistic of the private batch is written into the shared model.
+
+Noise and Poisson batches come from a generator keyed by 63 bits of OS randomness (`secrets`) that
+never leave the process, and Opacus's `secure_mode` noise (a sum of four Gaussians, against
+floating-point attacks): the server cannot replay a step. Only a simulation may ask for a seed.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 
 import torch
@@ -18,6 +24,28 @@ from torch import nn
 from fl_app.data import SplitArrays, TaskInfo
 from fl_app.privacy.accounting import Plan
 from fl_app.training import TrainResult, TrainSettings, make_optimizer, make_scheduler, task_loss, to_pixels
+
+
+def site_secret_seed() -> int:
+    """A seed from OS randomness, known only to this process (never logged, never sent)."""
+    return secrets.randbits(63)
+
+
+def freeze_batch_norm(model: nn.Module, released: dict[str, nn.Parameter] | None = None) -> list[nn.Module]:
+    """Put every batch-norm layer in eval mode (frozen running statistics, per-sample outputs); returns them.
+
+    Refuses (ValueError) a batch-norm layer whose parameters are among the released ones: DP-SGD
+    would need its batch statistics, which mix patients."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    trained = {id(p) for p in (released or {}).values()}
+    for norm in norms:
+        if any(id(p) in trained for p in norm.parameters()):
+            raise ValueError(
+                f"a batch-norm layer ({type(norm).__name__}) is among the parameters this hospital trains and "
+                "releases; DP-SGD cannot train it (its statistics mix patients). Target other modules with LoRA."
+            )
+        norm.eval()
+    return norms
 
 
 def released_parameters(model: nn.Module, task: str) -> dict[str, nn.Parameter]:
@@ -48,13 +76,16 @@ def train_adapter_dp(
     plan: Plan,
     max_grad_norm: float,
     image_size: int,
-    seed: int,
+    seed: int | None,
     device: torch.device,
 ) -> TrainResult:
     """Fine-tune LoRA + this task's head with DP-SGD for `plan.steps` Poisson-sampled steps.
 
-    The noise is drawn from a generator seeded by `seed`: the same run trains the same adapter.
+    seed: None (deployed sites, and simulations by default): noise, batches, flips and dropout from
+    OS randomness only this process knows. An int (the simulation opt-in privacy.simulation.seeded_noise):
+    the same run trains the same adapter, and whoever knows the seed knows the noise.
     The model keeps no Opacus hooks afterwards (the process-wide model is shared by later messages).
+    The returned loss is for the hospital's own log: under DP it is not released.
     """
     from opacus import GradSampleModule  # here, not at import: a hospital without DP never loads Opacus
     from opacus.optimizers import DPOptimizer
@@ -62,6 +93,7 @@ def train_adapter_dp(
     params = released_parameters(model, task.name)
     if not params:
         raise ValueError(f"no trainable LoRA or head parameters for task {task.name!r}: nothing to train under DP.")
+    seed = site_secret_seed() if seed is None else int(seed)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.Generator(device=device).manual_seed(seed + 1)
     labels = torch.from_numpy(split.labels)
@@ -73,6 +105,7 @@ def train_adapter_dp(
         expected_batch_size=max(1, round(plan.sample_rate * len(split))),
         loss_reduction="mean",
         generator=noise,
+        secure_mode=True,  # Opacus's floating-point-attack-resistant noise (sum of Gaussians)
     )
     scheduler = make_scheduler(optimizer.original_optimizer, settings, plan.steps)
     total, seen = 0.0, 0
@@ -80,6 +113,9 @@ def train_adapter_dp(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)  # LoRA dropout draws
             model.train()
+            freeze_batch_norm(
+                model, params
+            )  # any backbone's batch norm: frozen, never fed a private batch's statistics
             for batch in poisson_batches(len(split), plan.sample_rate, plan.steps, generator):
                 optimizer.zero_grad(set_to_none=True)
                 if len(batch) == 0:

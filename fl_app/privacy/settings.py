@@ -47,6 +47,23 @@ class DistillPrivacy:
     sample_rate: float = 0.1
 
 
+LEDGER_PER_JOB = "job"  # privacy.simulation.ledger: a fresh budget per sweep job (simulation only)
+
+
+@dataclass(frozen=True)
+class SimulatedSite:
+    """Settings only a *simulated* hospital honours (a deployed site refuses or ignores them).
+
+    seeded_noise: draw DP noise and Poisson batches from the experiment seed, so a simulation repeats
+    exactly; the server then knows every draw, so it is refused wherever a site holds real data.
+    ledger: `job` keeps one privacy budget per sweep job (in the node's context state); a folder keeps
+    each simulated hospital's ledger there, keyed by its data, as a deployed site does.
+    """
+
+    seeded_noise: bool = False
+    ledger: str = LEDGER_PER_JOB
+
+
 @dataclass(frozen=True)
 class PrivacySettings:
     enabled: bool = False
@@ -55,9 +72,15 @@ class PrivacySettings:
     max_grad_norm: float = 1.0  # per-sample clipping bound C
     secagg: bool = False
     distill: DistillPrivacy = DistillPrivacy()
+    simulation: SimulatedSite = SimulatedSite()
 
     def delta_for(self, n_train: int) -> float:
-        return float(self.delta) if self.delta is not None else 1.0 / (10.0 * max(int(n_train), 1))
+        """The requested δ, or 1 / (10 · n) for the *released* (noised) count n."""
+        return float(self.delta) if self.delta is not None else default_delta(n_train)
+
+
+def default_delta(n_train: int) -> float:
+    return 1.0 / (10.0 * max(int(n_train), 1))
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -69,6 +92,7 @@ def privacy_settings(section: Mapping[str, Any] | None) -> PrivacySettings:
     if not section or not section.get("enabled", False):
         return PrivacySettings(secagg=bool((section or {}).get("secagg", False)))
     distill = dict(section.get("distill") or {})
+    simulated = dict(section.get("simulation") or {})
     return PrivacySettings(
         enabled=True,
         target=NoiseTarget(_float_or_none(section.get("epsilon")), _float_or_none(section.get("noise_multiplier"))),
@@ -80,6 +104,10 @@ def privacy_settings(section: Mapping[str, Any] | None) -> PrivacySettings:
             target=NoiseTarget(_float_or_none(distill.get("epsilon")), _float_or_none(distill.get("noise_multiplier"))),
             max_norm=float(distill.get("max_norm", 1.0)),
             sample_rate=float(distill.get("sample_rate", 0.1)),
+        ),
+        simulation=SimulatedSite(
+            seeded_noise=bool(simulated.get("seeded_noise", False)),
+            ledger=str(simulated.get("ledger") or LEDGER_PER_JOB),
         ),
     )
 
@@ -118,6 +146,12 @@ def validate_privacy(privacy_section: Mapping[str, Any] | None, strategy: str, t
         raise ValueError(
             f"train.class_weighting={train.get('class_weighting')!r} weights the loss by the training split's label "
             "counts, which the DP accountant does not cover; set train.class_weighting=none (privacy=dp does)."
+        )
+    simulated = dict((privacy_section or {}).get("simulation") or {})
+    if not isinstance(simulated.get("seeded_noise", False), bool):
+        raise ValueError(
+            f"privacy.simulation.seeded_noise={simulated.get('seeded_noise')!r} must be true or false "
+            "(false: noise only the hospital knows; true: repeatable simulations, refused at a real site)."
         )
     if settings.distill.enabled:
         settings.distill.target.check("privacy.distill")

@@ -58,6 +58,8 @@ def test_simulation_node_config_is_not_a_site():
         ({"hospital-id": 0, "task": "chest", "data-path": "/x", "lora-r": 0}, "lora-r=0 must be a positive number"),
         ({"hospital-id": 0, "task": "chest", "data-path": "/x", "privacy-epsilon": 0}, "this site's DP budget"),
         ({"hospital-id": 0, "task": "chest", "data-path": "/x", "privacy-epsilon": float("inf")}, "privacy-epsilon=inf"),
+        ({"hospital-id": 0, "task": "chest", "data-path": "/x", "privacy-delta": 1.0}, "privacy-delta=1.0 must be"),
+        ({"hospital-id": 0, "task": "chest", "data-path": "/x", "privacy-ledger": ""}, "privacy-ledger='' must be a folder"),
     ],
 )
 def test_bad_node_config_says_what_to_pass(node_config, message):

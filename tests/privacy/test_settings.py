@@ -19,6 +19,10 @@ DP = ["privacy=dp"]
         (["privacy.epsilon=inf"], r"no privacy at all: privacy=none"),
         (["privacy.max_grad_norm=0"], "privacy.max_grad_norm=0.0 must be"),
         (["privacy.delta=1.5"], r"privacy.delta=1.5 must be in \(0, 1\)"),
+        (
+            ["privacy.simulation.seeded_noise=sometimes"],
+            "privacy.simulation.seeded_noise='sometimes' must be true or false",
+        ),
         (["train.early_stopping=true"], "train.early_stopping=true picks the epoch on the hospital's validation"),
         (["train.class_weighting=balanced"], "train.class_weighting='balanced' weights the loss"),
         (["strategy=centralised"], "strategy=centralised pools every hospital's images"),
