@@ -24,7 +24,7 @@ from fl_app.remerge.stored import StoredRun
 from fl_app.server.evaluation import evaluation_fields
 from fl_app.server.results import RESULTS_FILE, version_entry, write_json_atomic
 from fl_app.server.versions import save_mixture, save_version, version_provenance
-from strategies.merging import hospital_weights, merge_adapters
+from strategies.merging import hospital_weights, merge_hospital_adapters
 from strategies.outcome import ModelVersion, merged_version
 from strategies.screening import max_share
 
@@ -64,11 +64,9 @@ def merge_version(run: StoredRun, request: MergeRequest) -> ModelVersion:
         request.label,
         [round(w, 3) for w in weights],
     )
-    merged = merge_adapters(
-        [h.state for h in hospitals],
-        [h.scale for h in hospitals],
+    merged = merge_hospital_adapters(
+        hospitals,
         weights,
-        [h.task for h in hospitals],
         scale=request.scale,
         rank=request.rank,
         method=request.method,

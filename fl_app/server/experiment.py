@@ -19,7 +19,7 @@ from fl_app.server.evaluation_plan import cross_evaluation
 from fl_app.server.results import RunResults, version_entry
 from fl_app.server.traffic import CountingGrid
 from fl_app.server.versions import save_mixture, save_version, version_provenance
-from strategies import get_strategy
+from strategies import strategy_spec
 from strategies.outcome import ModelVersion
 from strategies.replies import evaluate_timeout
 
@@ -107,15 +107,14 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
 
     job: the sweep job's name when this experiment shares the Flower run with others (`fl_app.sweep`)."""
     results_dir.mkdir(parents=True, exist_ok=True)
+    spec = strategy_spec(cfg.strategy)
     if not (results_dir / "config.yaml").exists():
         save_experiment(cfg, results_dir / "config.yaml")
     results = RunResults(
         results_dir,
         {
             "strategy": str(cfg.strategy.name),
-            "merge": str(cfg.strategy.merge)
-            if cfg.strategy.name == "one_shot"
-            else ("medforge" if cfg.strategy.name == "medforge" else None),
+            "merge": spec.merge(cfg.strategy),
             "seed": int(cfg.seed),
             "scenario": str(cfg.data.scenario),
             "data_source": None,
@@ -153,7 +152,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
         results.set(stage="train")
         recorder = RunRecorder(results, cfg, counting)
         counting.on_train_reply = recorder.save_arrival
-        outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, recorder)
+        outcome = spec.run(counting, cfg, experiment_json, recorder)
         results.set(communication=counting.traffic.summary(hospitals_by_node(results), "train"))
         _save_versions(results, cfg, outcome.versions)
         nodes = counting.get_node_ids()  # who is online now, refused nodes left out

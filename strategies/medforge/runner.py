@@ -165,7 +165,7 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
         "calibration": calibration,
         "screening": screening,
     }
-    return StrategyOutcome(versions=versions, merge="medforge", details=details)
+    return StrategyOutcome(versions=versions, details=details)
 
 
 def baseline_versions(hospitals: Sequence[HospitalReply], methods: Sequence[str]) -> list[ModelVersion]:
