@@ -67,6 +67,7 @@ from fl_app.bench.report import (  # noqa: E402
     sweep_summary,
 )
 from fl_app.config import compose_experiment, save_experiment  # noqa: E402
+from fl_app.server.status import COMPLETED  # noqa: E402
 from fl_app.simulation import prepare_run, run_simulation  # noqa: E402
 from fl_app.sweep.runner import PreparedJob, run_sweep  # noqa: E402
 from fl_app.training import pick_device  # noqa: E402
@@ -201,7 +202,7 @@ def bench_sweep(args, n: int, strategy: str, work: Path) -> SweepRow:
     jobs = [PreparedJob(cfg, prepare_run(cfg, (sweep_dir / str(seed)).resolve())) for seed, cfg in enumerate(configs)]
     outcomes = run_sweep(jobs, sweep_dir.resolve(), quiet=True)
     swept = time.time() - started
-    failed = [f"{o.results_dir.name}: {o.status} {o.error}" for o in outcomes if o.status != "completed"]
+    failed = [f"{o.results_dir.name}: {o.status} {o.error}" for o in outcomes if o.status != COMPLETED]
     if failed:
         raise RuntimeError(f"sweep jobs did not complete: {failed}")
     identical = sum(same_metrics(job.results_dir, folder) for job, folder in zip(jobs, separate_dirs))

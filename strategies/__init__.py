@@ -53,9 +53,11 @@ def strategy_spec(strategy: str | Mapping[str, Any]) -> StrategySpec:
 
 
 def spec_of_results(results: Mapping[str, Any]) -> StrategySpec | None:
-    """The spec of the run a results.json describes, or None when this code does not know it."""
-    strategy = (results.get("config") or {}).get("strategy") or results.get("strategy")
+    """The spec of the run a results.json describes (its `strategy`, with the `spec` its config gives),
+    or None when this code does not know that strategy."""
+    name = results.get("strategy")
+    configured = (results.get("config") or {}).get("strategy") or {}
     try:
-        return strategy_spec(strategy)
+        return strategy_spec(configured if configured.get("name") == name else str(name))
     except (ValueError, ImportError, AttributeError):
         return None

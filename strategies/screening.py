@@ -79,7 +79,7 @@ def screen(
         for r in result.rejections
     ]
     for failure in failures:
-        log(WARNING, "Adapter rejected before merging: %s", failure.reason)
+        log(WARNING, "Adapter rejected before merging: %s", failure.error)
     for action in result.actions:
         log(WARNING, "Screening: hospital %s %s: %s", action.hospital_id, action.action, action.detail)
     return accepted, failures, result.actions

@@ -164,7 +164,7 @@ def run_attacks(run: StoredRun, cases: Sequence[AttackCase], num_hospitals: int,
         def screened(accepted, failures, _actions, outcome=outcome, bad_ids=bad_ids) -> None:
             outcome.accepted = [h.hospital_id for h in accepted]
             for failure in failures:
-                outcome.rejected.setdefault(failure.hospital_id, failure.problem or failure.reason)
+                outcome.rejected.setdefault(failure.hospital_id, failure.problem or failure.error)
             outcome.honest_rejected = sorted(h for h in outcome.rejected if h not in bad_ids)
 
         try:

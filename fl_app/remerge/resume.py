@@ -27,7 +27,8 @@ from fl_app.protocol import HospitalReply
 from fl_app.remerge.evaluate import evaluate_at_hospitals
 from fl_app.remerge.stored import ADAPTER_FILE, received_adapters
 from fl_app.server.evaluation import evaluation_fields
-from fl_app.server.results import RESULTS_FILE, read_results, version_entry, write_json_atomic
+from fl_app.server.results import RESULTS_FILE, read_results, version_entry, write_results
+from fl_app.server.status import COMPLETED
 from fl_app.server.versions import save_version, version_provenance
 from strategies import STRATEGIES, StrategySpec, strategy_spec
 from strategies.outcome import ModelVersion
@@ -93,7 +94,7 @@ def resume_run(folder: Path) -> Path:
     if results is None or not (folder / "config.yaml").is_file():
         raise FileNotFoundError(f"{folder} is not a results folder (no {RESULTS_FILE} or config.yaml).")
     status = results.get("status")
-    if status == "completed":
+    if status == COMPLETED:
         raise ValueError(f"{folder} completed; there is nothing to resume (scripts/remerge.py merges it other ways).")
     cfg = OmegaConf.load(folder / "config.yaml")
     spec = strategy_spec(cfg.strategy)
@@ -121,7 +122,7 @@ def resume_run(folder: Path) -> Path:
         entries.append({**version_entry(version), **evaluation_fields(scores, version.name)})
     results.update(
         versions=entries,
-        status="completed",
+        status=COMPLETED,
         resumed={
             "from_status": status,
             "from_error": results.pop("error", None),
@@ -131,5 +132,5 @@ def resume_run(folder: Path) -> Path:
             "not_resumed": not_resumed,
         },
     )
-    write_json_atomic(folder / RESULTS_FILE, results)
+    write_results(folder, results)
     return folder

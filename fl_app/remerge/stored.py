@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from fl_app.adapter_keys import adapter_state
+from fl_app.failures import REJECTED
 from fl_app.server.results import RESULTS_FILE
+from fl_app.server.status import COMPLETED, STOPPED_SHORT
 from strategies import STRATEGIES, spec_of_results, strategy_spec
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -99,9 +101,9 @@ def stored_adapters(folder: Path, results: dict[str, Any], server_round: int = 1
     """The hospital adapters a run keeps: a completed run's versions of kind `hospital`; an
     interrupted or failed one-round run's adapters as they arrived (`received`, round 1)."""
     strategy, spec = results.get("strategy"), spec_of_results(results)
-    if results.get("status") == "completed":
+    if results.get("status") == COMPLETED:
         stored = [v for v in results.get("versions", []) if v.get("kind") == "hospital"]
-    elif results.get("status") in ("interrupted", "failed") and spec is not None and spec.one_round:
+    elif results.get("status") in STOPPED_SHORT and spec is not None and spec.one_round:
         stored = received_adapters(results, server_round)
     else:
         one_round = sorted(name for name in STRATEGIES if strategy_spec(name).one_round)
@@ -120,7 +122,7 @@ def stored_adapters(folder: Path, results: dict[str, Any], server_round: int = 1
 
 def received_adapters(results: dict[str, Any], server_round: int | None = None) -> list[dict[str, Any]]:
     """results.json `received` entries (of one round), one per hospital, nodes the server refused left out."""
-    refused = {f["node_id"] for f in results.get("failures", []) if f.get("reason") == "rejected"}
+    refused = {f["node_id"] for f in results.get("failures", []) if f.get("reason") == REJECTED}
     entries = {}
     for entry in results.get("received", []):
         if entry.get("node_id") in refused or (server_round is not None and int(entry["round"]) != server_round):
