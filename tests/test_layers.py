@@ -1,4 +1,4 @@
-"""Imports flow one way (DESIGN.md "Layers"): a module imports its own layer and the layers below.
+"""Imports flow one way (docs/architecture.md "Layers"): a module imports its own layer and the layers below.
 
 The layer map, lowest first. A module belongs to the layer of the longest prefix that names it;
 a new module that no prefix names fails `test_every_module_has_a_layer` until it is placed here.
