@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fl_app.data.worker_cache import DEFAULT_DATA_CACHE
+from strategies import strategy_spec
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -109,8 +110,7 @@ def hospital_payload(cfg: DictConfig, job: str = "") -> str:
     payload["lora_alphas"] = list(container["simulation"].get("lora_alpha") or [])
     # differential privacy at the hospital; a target ε covers every round the hospital will be asked for
     payload["privacy"] = dict(container.get("privacy") or {"enabled": False})
-    strategy = container["strategy"]
-    payload["privacy_rounds"] = int(strategy.get("rounds", 1)) if strategy.get("name") == "fedavg" else 1
+    payload["privacy_rounds"] = strategy_spec(container["strategy"]).training_rounds(container["strategy"])
     return json.dumps(payload, sort_keys=True)
 
 

@@ -1,8 +1,11 @@
-"""A failure record: which hospital failed, in which phase, and why (results.json `failures`)."""
+"""A failure record: which hospital failed, in which phase, and why (results.json `failures`).
+
+Its fields are named as results.json names them (`reason`: the kind of failure, `error`: the text),
+so a record reads back from disk with `Failure.from_record` unchanged."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 # Why a hospital was left out (results.json `reason`), from the error its reply carries.
@@ -36,26 +39,32 @@ class Failure:
 
     hospital_id: int | None
     phase: str  # train | screen | evaluate
-    reason: str
+    error: str  # what happened, in words
     node_id: int | None = None
     round: int | None = None  # the server round (0 for the evaluation)
     tensor: str | None = None  # screen: the offending tensor's key
     problem: str | None = None  # screen: what is wrong with it
-    cause: str = ERROR  # timeout | unavailable | crashed | rejected | error (results.json `reason`)
+    reason: str = ERROR  # timeout | unavailable | crashed | rejected | error
 
     def as_dict(self) -> dict[str, Any]:
-        """As results.json records it (the cause under `reason`, the text under `error`; screen details only when set)."""
+        """As results.json records it (screen details only when set)."""
         record = {
             "node_id": self.node_id,
             "hospital_id": self.hospital_id,
             "round": self.round,
             "phase": self.phase,
-            "reason": self.cause,
-            "error": self.reason,
+            "reason": self.reason,
+            "error": self.error,
         }
         if self.tensor is not None or self.problem is not None:
             record |= {"tensor": self.tensor, "problem": self.problem}
         return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Failure:
+        """A failure as results.json lists it (any results.json this project wrote)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known})
 
     def named(self, hospital_of_node: dict[int, int]) -> Failure:
         """This failure with its hospital filled in from what the server knows of its node."""
@@ -64,4 +73,4 @@ class Failure:
         return replace(self, hospital_id=hospital_of_node[self.node_id])
 
     def describe(self) -> str:
-        return f"hospital {self.hospital_id} (node {self.node_id}): {self.reason}"
+        return f"hospital {self.hospital_id} (node {self.node_id}): {self.error}"

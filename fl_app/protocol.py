@@ -183,10 +183,10 @@ def reply_failure(message: Message, server_round: int, phase: str) -> Failure:
     return Failure(
         hospital_id=int(match.group(1)) if match else None,
         phase=phase,
-        reason=reason.strip().splitlines()[-1][:500] if reason.strip() else reason,
+        error=reason.strip().splitlines()[-1][:500] if reason.strip() else reason,
         node_id=message.metadata.src_node_id,
         round=server_round,
-        cause=failure_cause(int(message.error.code), reason) if message.has_error() else ERROR,
+        reason=failure_cause(int(message.error.code), reason) if message.has_error() else ERROR,
     )
 
 

@@ -33,7 +33,8 @@ from omegaconf import DictConfig
 
 from fl_app.app_staging import PROJECT_ROOT, stage_flower_app
 from fl_app.config import config_digest, save_experiment
-from fl_app.server.results import RESULTS_FILE, read_results, write_json_atomic
+from fl_app.server.results import RESULTS_FILE, read_results, write_results
+from fl_app.server.status import COMPLETED, FINISHED, INTERRUPTED
 from fl_app.validation import validate_experiment
 
 CONNECTION = "medforge-local"
@@ -273,16 +274,16 @@ def mark_interrupted(results_dir: Path, signal_name: str, at_signal: dict | None
     results = read_results(results_dir)
     if results is None:
         return None
-    if at_signal is not None and at_signal.get("status") in ("completed", "failed"):
+    if at_signal is not None and at_signal.get("status") in FINISHED:
         return results
     stage = (at_signal or results).get("stage", "start-up")
     received = sorted({r["hospital"] for r in results.get("received", [])})
-    results["status"] = "interrupted"
+    results["status"] = INTERRUPTED
     results["error"] = (
         f"interrupted by {signal_name} during {stage}; adapters received from hospitals {received} are under received/"
     )
     results["interrupted"] = {"signal": signal_name, "stage": stage, "at": time.time()}
-    write_json_atomic(results_dir / RESULTS_FILE, results)
+    write_results(results_dir, results)
     return results
 
 
@@ -321,7 +322,7 @@ class CompletionWatcher(threading.Thread):
 def run_completed(results_path: Path) -> bool:
     """Whether results.json exists and says `completed` (a half-written file is never seen: it is replaced atomically)."""
     try:
-        return read_results(results_path.parent).get("status") == "completed"
+        return read_results(results_path.parent).get("status") == COMPLETED
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -405,7 +406,7 @@ def run_simulation(cfg: DictConfig, results_dir: Path, quiet: bool = False) -> P
         raise RuntimeError(
             f"The Flower run ended without writing {RESULTS_FILE} (flwr exit code {process.returncode}); see {log_path}."
         )
-    if results["status"] != "completed":
+    if results["status"] != COMPLETED:
         raise RuntimeError(
             f"The experiment {results['status']}: {results.get('error', 'no error recorded')}; results so far in {results_dir}."
         )

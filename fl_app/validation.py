@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 from omegaconf import DictConfig
 
-from fl_app.data import experiment_tasks, validate_data_config
+from fl_app.data import validate_data_config
 from fl_app.model.backbone import build_backbone
 from fl_app.model.lora import resolve_lora_targets
-from fl_app.privacy.settings import privacy_settings, refuse_plain_calibration, validate_privacy
+from fl_app.privacy.settings import privacy_settings, validate_privacy
 from fl_app.training import CLASS_WEIGHTINGS, OPTIMIZERS, SCHEDULES
-from strategies import STRATEGIES
-from strategies.medforge.settings import validate_medforge
-from strategies.merging import MERGE_METHODS, WEIGHTINGS, get_merge_method
-from strategies.screening import max_share, screen_settings
+from strategies import strategy_spec
 
 
 def _require(condition: bool, message: str) -> None:
@@ -51,11 +47,8 @@ def validate_experiment(cfg: DictConfig) -> None:
         f"simulation.client_gpus={sim.client_gpus} but no CUDA GPU is visible here; "
         "use simulation.client_gpus=0 on CPU-only machines, or set RAY_ADDRESS to a Ray cluster whose nodes have GPUs.",
     )
-    _require(
-        strategy.name in STRATEGIES,
-        f"strategy={strategy.name!r} is not valid; choose one of {sorted(STRATEGIES)}.",
-    )
-    if strategy.name == "fedavg":  # one_shot, medforge and centralised train once: they have no `rounds`
+    spec = strategy_spec(strategy)  # an unknown strategy fails here, listing the choices
+    if spec.rounds:
         _require(int(strategy.rounds) >= 1, f"strategy.rounds={strategy.rounds} must be >= 1.")
     _require(
         1 <= int(strategy.min_hospitals) <= int(sim.num_hospitals),
@@ -81,35 +74,6 @@ def validate_experiment(cfg: DictConfig) -> None:
         all(float(s) >= 0 for s in (sim.get("slow_hospitals") or {}).values()),
         f"simulation.slow_hospitals={sim.get('slow_hospitals')} must map hospital ids to seconds >= 0, e.g. {{1: 60}}.",
     )
-    if strategy.name == "one_shot":
-        _require(
-            strategy.merge in MERGE_METHODS,
-            f"strategy.merge={strategy.merge!r} is not valid; choose one of {sorted(MERGE_METHODS)}.",
-        )
-        get_merge_method(str(strategy.merge)).resolve(strategy.merge_params)  # unknown parameters fail here
-        _require(
-            strategy.weighting in WEIGHTINGS,
-            f"strategy.weighting={strategy.weighting!r} is not valid; choose one of {WEIGHTINGS}.",
-        )
-        _require(
-            strategy.weighting != "explicit" or bool(strategy.weights),
-            "strategy.weighting=explicit needs strategy.weights={hospital_id: weight, ...}.",
-        )
-        if strategy.weighting == "explicit":
-            _validate_explicit_weights(strategy.weights, int(sim.num_hospitals))
-        share = max_share(strategy)
-        _require(
-            share is None or 0 < share <= 1,
-            f"strategy.robust.max_share={share} must be null (no cap) or in (0, 1].",
-        )
-        _require(
-            strategy.merge_rank is None or int(strategy.merge_rank) >= 1,
-            f"strategy.merge_rank={strategy.merge_rank} must be null (lossless) or a positive integer.",
-        )
-    if strategy.name in ("one_shot", "medforge"):
-        screen_settings(strategy)  # bad bounds fail here, naming the setting
-    if strategy.name == "medforge":
-        validate_medforge(strategy, list(experiment_tasks(cfg.data).values()), int(cfg.seed))
     _require(int(lora.r) >= 1, f"lora.r={lora.r} is not valid; the LoRA rank must be a positive integer.")
     _require(float(lora.alpha) > 0, f"lora.alpha={lora.alpha} must be > 0.")
     _require(0 <= float(lora.dropout) < 1, f"lora.dropout={lora.dropout} must be in [0, 1).")
@@ -130,9 +94,13 @@ def validate_experiment(cfg: DictConfig) -> None:
     _require(
         isinstance(lora.get("freeze_a", False), bool), f"lora.freeze_a={lora.get('freeze_a')} must be true or false."
     )
-    validate_privacy(cfg.get("privacy"), str(strategy.name), train)
-    if strategy.name == "medforge":
-        refuse_plain_calibration(privacy_settings(cfg.get("privacy")))  # the hospitals would refuse too
+    _require(
+        spec.hospitals_train or not privacy_settings(cfg.get("privacy")).enabled,
+        f"strategy={strategy.name} pools every hospital's images at the server (no hospital trains): differential "
+        "privacy at the hospital does not apply. Run it with privacy=none.",
+    )
+    validate_privacy(cfg.get("privacy"), train)
+    spec.check(cfg)  # the strategy's own settings (strategies/<name>: validate)
 
 
 def _validate_hospital_ranks(cfg: DictConfig) -> None:
@@ -145,37 +113,6 @@ def _validate_hospital_ranks(cfg: DictConfig) -> None:
     _require(
         not alphas or (len(alphas) == len(ranks) and all(float(a) > 0 for a in alphas)),
         f"simulation.lora_alpha={alphas} needs one positive alpha per entry of simulation.lora_r={ranks}, or null.",
-    )
-    if len(set(ranks)) > 1 and cfg.strategy.name == "one_shot":
-        _require(
-            get_merge_method(str(cfg.strategy.merge)).fn.__name__ != "fedit",
-            f"strategy.merge={cfg.strategy.merge} averages A and B separately and needs one rank; simulation.lora_r={ranks} "
-            "mixes ranks: use task_arithmetic, ties, knots, ... (exact for mixed ranks).",
-        )
-    if len(set(ranks)) > 1 and cfg.strategy.name == "fedavg" and alphas:
-        scales = {float(a) / r for a, r in zip(alphas, ranks)}
-        _require(
-            len(scales) == 1,
-            f"FedAvg over mixed ranks zero-pads the factors (HetLoRA), which needs one scale alpha / r; "
-            f"simulation.lora_alpha={alphas} with lora_r={ranks} gives {sorted(scales)}: leave lora_alpha null.",
-        )
-
-
-def _validate_explicit_weights(weights, num_hospitals: int) -> None:
-    """Ids are hospitals of this run, weights finite, and at least one positive (heads use only positive weights)."""
-    for key, weight in weights.items():
-        _require(
-            str(key).isdigit() and int(key) < num_hospitals,
-            f"strategy.weights names hospital {key!r}; hospital ids are 0..{num_hospitals - 1}.",
-        )
-        _require(
-            isinstance(weight, int | float) and math.isfinite(float(weight)),
-            f"strategy.weights[{key}]={weight!r} must be a finite number.",
-        )
-    _require(
-        any(float(w) > 0 for w in weights.values()),
-        f"strategy.weights={dict(weights)} has no positive weight: a negative weight subtracts a hospital's ΔW "
-        "and heads are averaged over the positive weights only, so at least one hospital needs a weight > 0.",
     )
 
 

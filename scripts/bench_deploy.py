@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from fl_app.data.demo_sites import write_demo_npz  # noqa: E402
 from fl_app.server.results import read_results  # noqa: E402
+from fl_app.server.status import COMPLETED  # noqa: E402
 from tests.conftest import TINY_SITE  # noqa: E402
 from tests.e2e.federation import LoopbackFederation  # noqa: E402
 
@@ -129,7 +130,7 @@ def run_mode(name: str, root: Path, hospitals: int, rounds: int) -> list[dict]:
         done = fed.flwr_run(f"data='site' results-dir='{results_dir}' overrides='{' '.join(overrides)}'", timeout=1800)
         wall = time.time() - started
         results = read_results(results_dir)
-        if results is None or results.get("status") != "completed":
+        if results is None or results.get("status") != COMPLETED:
             raise RuntimeError(f"{name}: the run did not complete; logs in {root}\n{done.stdout[-3000:]}")
     finally:
         fed.close()

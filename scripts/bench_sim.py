@@ -67,9 +67,13 @@ from fl_app.bench.report import (  # noqa: E402
     sweep_summary,
 )
 from fl_app.config import compose_experiment, save_experiment  # noqa: E402
+from fl_app.server.status import COMPLETED  # noqa: E402
 from fl_app.simulation import prepare_run, run_simulation  # noqa: E402
 from fl_app.sweep.runner import PreparedJob, run_sweep  # noqa: E402
 from fl_app.training import pick_device  # noqa: E402
+from strategies import STRATEGIES, strategy_spec  # noqa: E402
+
+FLOOR_STRATEGIES = [name for name in STRATEGIES if strategy_spec(name).has_floor]  # what the plain loop can run
 
 
 def workload(args, n: int, strategy: str, data_root: Path) -> list[str]:
@@ -82,7 +86,7 @@ def workload(args, n: int, strategy: str, data_root: Path) -> list[str]:
             f"data.max_eval={args.max_eval}",
             f"train.local_epochs={args.epochs}",
             f"strategy={strategy}",
-            *([f"strategy.rounds={args.rounds}"] if strategy == "fedavg" else []),
+            *([f"strategy.rounds={args.rounds}"] if strategy_spec(strategy).rounds else []),
             f"simulation.num_hospitals={n}",
             f"simulation.client_cpus={args.client_cpus}",
             f"simulation.ray_cpus={args.ray_cpus if args.ray_cpus else 'null'}",
@@ -99,7 +103,7 @@ def workload(args, n: int, strategy: str, data_root: Path) -> list[str]:
         f"data.root={data_root}",
         f"train.local_epochs={args.epochs}",
         f"strategy={strategy}",
-        *([f"strategy.rounds={args.rounds}"] if strategy == "fedavg" else []),
+        *([f"strategy.rounds={args.rounds}"] if strategy_spec(strategy).rounds else []),
         f"simulation.num_hospitals={n}",
         f"simulation.client_cpus={args.client_cpus}",
         f"simulation.client_gpus={args.client_gpus}",
@@ -198,7 +202,7 @@ def bench_sweep(args, n: int, strategy: str, work: Path) -> SweepRow:
     jobs = [PreparedJob(cfg, prepare_run(cfg, (sweep_dir / str(seed)).resolve())) for seed, cfg in enumerate(configs)]
     outcomes = run_sweep(jobs, sweep_dir.resolve(), quiet=True)
     swept = time.time() - started
-    failed = [f"{o.results_dir.name}: {o.status} {o.error}" for o in outcomes if o.status != "completed"]
+    failed = [f"{o.results_dir.name}: {o.status} {o.error}" for o in outcomes if o.status != COMPLETED]
     if failed:
         raise RuntimeError(f"sweep jobs did not complete: {failed}")
     identical = sum(same_metrics(job.results_dir, folder) for job, folder in zip(jobs, separate_dirs))
@@ -220,7 +224,7 @@ def print_table(header: str, lines: list[str], summary_line: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[3, 10, 30, 100], help="numbers of hospitals")
-    parser.add_argument("--strategies", nargs="+", default=["one_shot", "fedavg"], choices=["one_shot", "fedavg"])
+    parser.add_argument("--strategies", nargs="+", default=["one_shot", "fedavg"], choices=FLOOR_STRATEGIES)
     parser.add_argument("--rounds", type=int, default=3, help="FedAvg rounds")
     parser.add_argument("--model", default="tiny_vit", help="conf/model preset (vit_base_random: ViT-B/16 sized)")
     parser.add_argument("--flag", default="bloodmnist", help="the one task every hospital holds (synthetic stand-in)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install MedForge into a virtual environment (default .venv; set VENV=... to choose).
 # CPU torch 2.13.0 from local disk, the project with its test extras, and medmnist without its
-# torchvision requirement (medmnist only imports torchvision for downloads; see ENVIRONMENT.md).
+# torchvision requirement (medmnist only imports torchvision for downloads; see docs/architecture.md, "Installing").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"

@@ -35,6 +35,7 @@ from fl_app.training import (
     validation_score,
 )
 from strategies.outcome import ModelVersion, StrategyOutcome
+from strategies.spec import StrategySpec
 
 VERSION_NAME = "centralised"
 
@@ -112,4 +113,8 @@ def run_centralised(grid: Any, cfg: DictConfig, experiment_json: str, results: A
     state, details = train_centralised(experiment, hospitals)
     results.write()
     version = ModelVersion(VERSION_NAME, "reference", state, int(cfg.lora.r), float(cfg.lora.alpha), details)
-    return StrategyOutcome(versions=[version], merge=None, details={"best_epoch": details["best_epoch"]})
+    return StrategyOutcome(versions=[version], details={"best_epoch": details["best_epoch"]})
+
+
+# No hospital trains (no privacy release); its adapter cannot be rebuilt from hospital adapters.
+SPEC = StrategySpec(name=VERSION_NAME, runner=run_centralised, hospitals_train=False, one_round=False)

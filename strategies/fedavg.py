@@ -12,7 +12,7 @@ sparsity-weighted aggregation. It needs one scale alpha / r at every hospital.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from strategies.replies import (
     require_enough,
     train_timeout,
 )
+from strategies.spec import StrategySpec
 
 
 def keywise_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -104,10 +105,49 @@ def run_fedavg(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink
         timeout=train_timeout(cfg.strategy),
         train_config=instructions(experiment_json),
     )
-    # a global adapter of rank r keeps the hospitals' scale alpha / r (one scale: see the module docstring)
-    scale = float(cfg.lora.alpha) / int(cfg.lora.r)
     versions = [
-        ModelVersion(f"fedavg-round-{i}", "fedavg", state, rank, scale * rank, {"round": i})
+        fedavg_version(cfg, i, state, rank)
         for i, (state, rank) in enumerate(zip(strategy.round_states, strategy.round_ranks), start=1)
     ]
-    return StrategyOutcome(versions=versions, merge=None, details={"rounds": rounds})
+    return StrategyOutcome(versions=versions, details={"rounds": rounds})
+
+
+def fedavg_version(
+    cfg: DictConfig, server_round: int, state: dict[str, torch.Tensor], rank: int, **details: Any
+) -> ModelVersion:
+    """The global adapter after `server_round`, as every FedAvg version is built (a run, resume, the floor).
+
+    A global adapter of rank r keeps the hospitals' scale alpha / r (one scale: see the module docstring),
+    so mixed ranks padded to the largest keep theirs."""
+    scale = float(cfg.lora.alpha) / int(cfg.lora.r)
+    return ModelVersion(
+        f"fedavg-round-{server_round}", "fedavg", state, rank, scale * rank, {"round": server_round, **details}
+    )
+
+
+def round_versions(cfg: DictConfig, server_round: int, hospitals: Sequence[HospitalReply]) -> list[ModelVersion]:
+    """The global adapter a round of these hospitals' adapters makes (resume, the benchmark floor)."""
+    state, rank = average_hospitals(list(hospitals))  # as the round itself averages (mixed ranks padded)
+    return [fedavg_version(cfg, server_round, state, rank)]
+
+
+def validate_fedavg(cfg: DictConfig) -> None:
+    """Mixed ranks are zero-padded (HetLoRA), which needs one scale alpha / r at every hospital."""
+    ranks, alphas = list(cfg.simulation.get("lora_r") or []), list(cfg.simulation.get("lora_alpha") or [])
+    if len(set(ranks)) > 1 and alphas:
+        scales = {float(a) / r for a, r in zip(alphas, ranks)}
+        if len(scales) != 1:
+            raise ValueError(
+                f"FedAvg over mixed ranks zero-pads the factors (HetLoRA), which needs one scale alpha / r; "
+                f"simulation.lora_alpha={alphas} with lora_r={ranks} gives {sorted(scales)}: leave lora_alpha null."
+            )
+
+
+SPEC = StrategySpec(
+    name="fedavg",
+    runner=run_fedavg,
+    rounds=True,
+    one_round=False,
+    validate=validate_fedavg,
+    round_versions=round_versions,
+)

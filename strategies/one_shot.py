@@ -6,28 +6,26 @@ instead of averaging; nodes, sampling and the round loop are Flower's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from logging import INFO
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.common import log
 from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig
 
-from fl_app.adapter_keys import non_lora_state
 from fl_app.model.adapter import state_to_arrayrecord
 from fl_app.protocol import HospitalReply, instructions
-from strategies.merging import ScreenAction
-from strategies.outcome import ModelVersion, StrategyOutcome, merged_version
+from strategies.merging import MERGE_METHODS, WEIGHTINGS, ScreenAction, get_merge_method
+from strategies.outcome import ModelVersion, StrategyOutcome
 from strategies.replies import (
     EvaluateAfterTraining,
     RoundSink,
     collect_replies,
-    require_enough,
     train_timeout,
 )
-from strategies.screening import expected_layout, merge_hospitals, screen, weigh
+from strategies.screening import ScreenedMerge, expected_layout, max_share, screen_settings, screen_weigh_merge
+from strategies.spec import StrategySpec
 
 
 class OneShotMerge(EvaluateAfterTraining, FedAvg):
@@ -44,33 +42,32 @@ class OneShotMerge(EvaluateAfterTraining, FedAvg):
         self.cfg = cfg
         self.sink = sink
         self.hospitals: list[HospitalReply] = []  # the hospitals merged (screened)
-        self.merge_result = None
-        self.weights: list[float] = []
+        self.merged: ScreenedMerge | None = None
         self.screen_actions: list[ScreenAction] = []
+
+    @property
+    def weights(self) -> list[float]:
+        return self.merged.weights if self.merged else []
+
+    @property
+    def merge_result(self):
+        return self.merged.result if self.merged else None
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         strategy = self.cfg.strategy
         delivered, failures = collect_replies(replies, server_round, self.sink.bound_nodes())
-        hospitals, rejections, self.screen_actions = screen(
-            delivered, expected_layout(self.cfg), strategy, server_round
+
+        def screened(accepted: list[HospitalReply], rejections: list, actions: list[ScreenAction]) -> None:
+            self.hospitals, self.screen_actions = accepted, actions
+            self.sink.record_round(server_round, delivered, failures + rejections)
+
+        self.merged = screen_weigh_merge(
+            delivered, strategy, expected_layout(self.cfg), server_round, int(strategy.min_hospitals), screened
         )
-        failures += rejections
-        self.hospitals = hospitals
-        self.sink.record_round(server_round, delivered, failures)
-        require_enough(hospitals, failures, int(strategy.min_hospitals), server_round)
-        self.weights = weigh(hospitals, strategy)
-        log(
-            INFO,
-            "Merging %d adapters with %s (weights %s)",
-            len(hospitals),
-            strategy.merge,
-            [round(w, 3) for w in self.weights],
-        )
-        self.merge_result = merge_hospitals(hospitals, self.weights, strategy)
-        metrics = MetricRecord({"hospitals": len(hospitals), "merged-rank": self.merge_result.rank})
-        return state_to_arrayrecord(self.merge_result.state), metrics
+        metrics = MetricRecord({"hospitals": len(self.hospitals), "merged-rank": self.merged.result.rank})
+        return state_to_arrayrecord(self.merged.result.state), metrics
 
 
 def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink) -> StrategyOutcome:
@@ -84,29 +81,61 @@ def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
         timeout=train_timeout(cfg.strategy),
         train_config=instructions(experiment_json),
     )
-    versions = one_shot_versions(strategy.hospitals, strategy.weights, strategy.merge_result, cfg)
     screening = [action.as_dict() for action in strategy.screen_actions]
-    return StrategyOutcome(
-        versions=versions, merge=str(cfg.strategy.merge), details={"rounds": 1, "screening": screening}
-    )
+    return StrategyOutcome(versions=strategy.merged.versions(), details={"rounds": 1, "screening": screening})
 
 
-def one_shot_versions(
-    hospitals: list[HospitalReply], weights: list[float], merged, cfg: DictConfig
-) -> list[ModelVersion]:
-    """Each hospital's own adapter (heads of other tasks from the merge) and the merged adapter."""
-    merged_heads = non_lora_state(merged.state)
-    versions = [
-        ModelVersion(
-            name=f"hospital-{h.hospital_id}",
-            kind="hospital",
-            # Its own LoRA and head; other tasks keep their (merged) heads so every task can be scored.
-            state={**merged_heads, **h.state},
-            r=h.lora_r,
-            alpha=h.lora_alpha,
-            details={"hospital": h.hospital_id, "task": h.task},
+def round_versions(cfg: DictConfig, server_round: int, hospitals: Sequence[HospitalReply]) -> list[ModelVersion]:
+    """The versions the run makes of its round's adapters (resume, the benchmark floor)."""
+    strategy = cfg.strategy
+    merged = screen_weigh_merge(hospitals, strategy, expected_layout(cfg), server_round, int(strategy.min_hospitals))
+    return merged.versions()
+
+
+def validate_one_shot(cfg: DictConfig) -> None:
+    """Raise ValueError on the first invalid merge setting (`strategy.merge`, weighting, weights, cap, rank, screen)."""
+    strategy, num_hospitals = cfg.strategy, int(cfg.simulation.num_hospitals)
+    if strategy.merge not in MERGE_METHODS:
+        raise ValueError(f"strategy.merge={strategy.merge!r} is not valid; choose one of {sorted(MERGE_METHODS)}.")
+    get_merge_method(str(strategy.merge)).resolve(strategy.merge_params)  # unknown parameters fail here
+    if strategy.weighting not in WEIGHTINGS:
+        raise ValueError(f"strategy.weighting={strategy.weighting!r} is not valid; choose one of {WEIGHTINGS}.")
+    if strategy.weighting == "explicit":
+        if not strategy.weights:
+            raise ValueError("strategy.weighting=explicit needs strategy.weights={hospital_id: weight, ...}.")
+        _validate_explicit_weights(strategy.weights, num_hospitals)
+    share = max_share(strategy)
+    if not (share is None or 0 < share <= 1):
+        raise ValueError(f"strategy.robust.max_share={share} must be null (no cap) or in (0, 1].")
+    if not (strategy.merge_rank is None or int(strategy.merge_rank) >= 1):
+        raise ValueError(f"strategy.merge_rank={strategy.merge_rank} must be null (lossless) or a positive integer.")
+    screen_settings(strategy)  # bad bounds fail here, naming the setting
+    ranks = list(cfg.simulation.get("lora_r") or [])
+    if len(set(ranks)) > 1 and get_merge_method(str(strategy.merge)).fn.__name__ == "fedit":
+        raise ValueError(
+            f"strategy.merge={strategy.merge} averages A and B separately and needs one rank; simulation.lora_r={ranks} "
+            "mixes ranks: use task_arithmetic, ties, knots, ... (exact for mixed ranks)."
         )
-        for h in hospitals
-    ]
-    versions.append(merged_version("merged", merged, [h.hospital_id for h in hospitals], weights))
-    return versions
+
+
+def _validate_explicit_weights(weights: Mapping[Any, Any], num_hospitals: int) -> None:
+    """Ids are hospitals of this run, weights finite, and at least one positive (heads use only positive weights)."""
+    for key, weight in weights.items():
+        if not (str(key).isdigit() and int(key) < num_hospitals):
+            raise ValueError(f"strategy.weights names hospital {key!r}; hospital ids are 0..{num_hospitals - 1}.")
+        if not (isinstance(weight, int | float) and math.isfinite(float(weight))):
+            raise ValueError(f"strategy.weights[{key}]={weight!r} must be a finite number.")
+    if not any(float(w) > 0 for w in weights.values()):
+        raise ValueError(
+            f"strategy.weights={dict(weights)} has no positive weight: a negative weight subtracts a hospital's ΔW "
+            "and heads are averaged over the positive weights only, so at least one hospital needs a weight > 0."
+        )
+
+
+SPEC = StrategySpec(
+    name="one_shot",
+    runner=run_one_shot,
+    merge=lambda strategy: str(strategy["merge"]),
+    validate=validate_one_shot,
+    round_versions=round_versions,
+)

@@ -33,8 +33,9 @@ class ModelVersion:
 
 @dataclass
 class StrategyOutcome:
+    """The versions a strategy made (evaluated and saved by the run) and its `strategy_details`."""
+
     versions: list[ModelVersion]
-    merge: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 

@@ -130,7 +130,7 @@ def _bound_hospitals(
                 kept.append(hospital)
             else:
                 failures.append(
-                    Failure(hospital_id, "train", error, node_id=hospital.node_id, round=server_round, cause=REJECTED)
+                    Failure(hospital_id, "train", error, node_id=hospital.node_id, round=server_round, reason=REJECTED)
                 )
     return kept, failures
 

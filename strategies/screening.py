@@ -1,20 +1,23 @@
-"""Screen and weigh hospital adapters as the run's `strategy` config says: one path for every strategy.
+"""Screen, weigh and merge hospital adapters as the run's `strategy` config says: one path for every caller.
 
-One-shot merging, MedForge, the benchmark floor and `scripts/attack.py` call these, so what the
-poisoning table measures is exactly what a run does. The math is in `strategies.merging`
-(`validation.screen_adapters`, `weights.hospital_weights`, `adapters.merge_adapters`).
+`screen_weigh_merge` is the one pipeline (screen -> enough left? -> weigh -> merge -> versions) that
+one-shot merging, resume, the benchmark floor and `scripts/attack.py` run, so what the poisoning
+table measures is exactly what a run does; MedForge screens with `screen`. The math is in
+`strategies.merging` (`validation.screen_adapters`, `weights.hospital_weights`, `adapters.merge_adapters`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from logging import WARNING
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from logging import INFO, WARNING
 from typing import Any
 
 from flwr.common import log
 from omegaconf import DictConfig, OmegaConf
 
+from fl_app.adapter_keys import non_lora_state
 from fl_app.adapter_layout import AdapterLayout
 from fl_app.failures import Failure
 from fl_app.protocol import HospitalReply
@@ -24,9 +27,11 @@ from strategies.merging import (
     ScreenSettings,
     Submission,
     hospital_weights,
-    merge_adapters,
+    merge_hospital_adapters,
     screen_adapters,
 )
+from strategies.outcome import ModelVersion, merged_version
+from strategies.replies import require_enough
 
 
 def expected_layout(cfg: DictConfig | Mapping[str, Any]) -> AdapterLayout:
@@ -74,7 +79,7 @@ def screen(
         for r in result.rejections
     ]
     for failure in failures:
-        log(WARNING, "Adapter rejected before merging: %s", failure.reason)
+        log(WARNING, "Adapter rejected before merging: %s", failure.error)
     for action in result.actions:
         log(WARNING, "Screening: hospital %s %s: %s", action.hospital_id, action.action, action.detail)
     return accepted, failures, result.actions
@@ -106,13 +111,71 @@ def merge_hospitals(
 ) -> MergeResult:
     """The configured merge of the hospitals' adapters (`strategy` is the experiment's strategy group)."""
     rank = strategy.get("merge_rank")
-    return merge_adapters(
-        [h.state for h in hospitals],
-        scales=[h.lora_scale for h in hospitals],
-        weights=weights,
-        tasks=[h.task for h in hospitals],
+    return merge_hospital_adapters(
+        hospitals,
+        weights,
         method=str(strategy["merge"]),
         scale=float(strategy.get("scale", 1.0)),
         rank=None if rank is None else int(rank),
         params=dict(strategy.get("merge_params") or {}),
     )
+
+
+@dataclass
+class ScreenedMerge:
+    """What `screen_weigh_merge` made of one round's adapters."""
+
+    hospitals: list[HospitalReply]  # merged, their states as screened
+    failures: list[Failure]  # the screen's rejections
+    actions: list[ScreenAction]  # the screen's changes (clipped, foreign heads dropped)
+    weights: list[float]
+    result: MergeResult
+
+    def version(self, name: str, **extra: Any) -> ModelVersion:
+        """The merge as a version named `name`, with its provenance (`extra`: label, ...)."""
+        return merged_version(name, self.result, [h.hospital_id for h in self.hospitals], self.weights, **extra)
+
+    def versions(self) -> list[ModelVersion]:
+        """A one-shot round's versions: each hospital's own adapter (heads of other tasks from the
+        merge, so every task can be scored) and the merge, `merged`."""
+        merged_heads = non_lora_state(self.result.state)
+        versions = [
+            ModelVersion(
+                name=f"hospital-{h.hospital_id}",
+                kind="hospital",
+                state={**merged_heads, **h.state},
+                r=h.lora_r,
+                alpha=h.lora_alpha,
+                details={"hospital": h.hospital_id, "task": h.task},
+            )
+            for h in self.hospitals
+        ]
+        return [*versions, self.version("merged")]
+
+
+def screen_weigh_merge(
+    hospitals: Sequence[HospitalReply],
+    strategy: Mapping[str, Any],
+    layout: AdapterLayout | None,
+    server_round: int = 1,
+    minimum: int = 1,
+    on_screened: Callable[[list[HospitalReply], list[Failure], list[ScreenAction]], None] | None = None,
+) -> ScreenedMerge:
+    """The one pipeline: screen against `layout` (None: not screened), stop unless `minimum` remain
+    (`NotEnoughHospitals`; `on_screened` hears the screen's verdict first), weigh, merge."""
+    if layout is None:
+        accepted, failures, actions = list(hospitals), [], []
+    else:
+        accepted, failures, actions = screen(hospitals, layout, strategy, server_round)
+    if on_screened is not None:
+        on_screened(accepted, failures, actions)
+    require_enough(accepted, failures, minimum, server_round)
+    weights = weigh(accepted, strategy)
+    log(
+        INFO,
+        "Merging %d adapters with %s (weights %s)",
+        len(accepted),
+        strategy["merge"],
+        [round(w, 3) for w in weights],
+    )
+    return ScreenedMerge(accepted, failures, actions, weights, merge_hospitals(accepted, weights, strategy))

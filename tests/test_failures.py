@@ -30,3 +30,20 @@ def test_the_cause_comes_from_the_error_code():
     assert failure_cause(5, "Error: Node Unavailable") == "unavailable"
     assert failure_cause(0, "<class 'ray.exceptions.ActorDiedError'>:<'The actor died'>") == "crashed"
     assert failure_cause(1001, "hospital-id=2: FileNotFoundError") == "error"
+
+
+def test_a_record_reads_back_from_results_json_under_the_same_names():
+    failure = Failure(
+        0, "screen", "NaN in B", node_id=3, round=1, tensor="m.lora_B.weight", problem="NaN", reason="rejected"
+    )
+    on_disk = {
+        "node_id": 5,
+        "hospital_id": None,
+        "round": 2,
+        "phase": "train",
+        "reason": "timeout",
+        "error": "no reply",
+    }
+
+    assert Failure.from_record(failure.as_dict()) == failure
+    assert Failure.from_record(on_disk).as_dict() == on_disk  # a file written before the names were aligned

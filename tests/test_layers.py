@@ -1,15 +1,16 @@
-"""Imports flow one way (DESIGN.md "Layers"): a module imports its own layer and the layers below.
+"""Imports flow one way (docs/architecture.md "Layers"): a module imports its own layer and the layers below.
 
 The layer map, lowest first. A module belongs to the layer of the longest prefix that names it;
 a new module that no prefix names fails `test_every_module_has_a_layer` until it is placed here.
 
     0  fl_app base      the hospital side and what both sides share: data, model (+ LoRA, mixture
-                        math), training, calibration, protocol (wire format), config (Hydra
-                        composition), pooled AUC, adapter keys, failure records, hospital steps,
+                        math), training, calibration, protocol (wire format), pooled AUC,
+                        adapter keys, failure records, hospital steps,
                         privacy (DP settings, accountant, DP-SGD, ledger, audit math)
     1  merging          strategies/merging: pure torch merge math (no flwr, no nevergrad, no Hydra)
     2  strategies       Flower strategies and MedForge's runner
-    3  fl_app apps      ServerApp, ClientApp, server orchestration, results, report, remerge, forge,
+    3  fl_app apps      ServerApp, ClientApp, config (Hydra composition, the hospitals' payload),
+                        server orchestration, results, report, remerge, forge,
                         poisoning experiments (attack), the leakage audit (privacy.audit_run), benchmarks, experiment validation (it checks strategy settings), simulation, sweeps
 
 The ClientApp sits in layer 3 but imports the hospital steps (layer 0) only when the first
@@ -36,7 +37,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "fl_app.adapter_keys",
             "fl_app.calibration",
             "fl_app.candidate_scoring",  # MedForge's federated search at a hospital: wire format and scoring math
-            "fl_app.config",
             "fl_app.data",
             "fl_app.failures",
             "fl_app.hospital_steps",
@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "fl_app.attack",
             "fl_app.bench",
             "fl_app.client_app",
+            "fl_app.config",  # composing the experiment and the hospitals' payload (asks the strategy's spec)
             "fl_app.diagnosis",  # MedForge's diagnosis on stored runs (in process, like remerge)
             "fl_app.forge",
             "fl_app.privacy.audit_run",  # the leakage audit on stored runs (reads them like remerge)

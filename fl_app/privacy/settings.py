@@ -120,7 +120,7 @@ SECAGG_UNAVAILABLE = (
 )
 
 
-def validate_privacy(privacy_section: Mapping[str, Any] | None, strategy: str, train: Mapping[str, Any]) -> None:
+def validate_privacy(privacy_section: Mapping[str, Any] | None, train: Mapping[str, Any]) -> None:
     """Raise ValueError naming the key and the fix for a privacy setting that cannot be honoured."""
     settings = privacy_settings(privacy_section)
     if settings.secagg:
@@ -128,11 +128,6 @@ def validate_privacy(privacy_section: Mapping[str, Any] | None, strategy: str, t
     if not settings.enabled:
         return
     settings.target.check("privacy")
-    if strategy == "centralised":
-        raise ValueError(
-            "strategy=centralised pools every hospital's images at the server: differential privacy at the "
-            "hospital does not apply. Run the centralised ceiling with privacy=none."
-        )
     if not (math.isfinite(settings.max_grad_norm) and settings.max_grad_norm > 0):
         raise ValueError(f"privacy.max_grad_norm={settings.max_grad_norm} must be a finite number > 0.")
     if settings.delta is not None and not 0 < settings.delta < 1:

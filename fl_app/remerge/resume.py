@@ -1,18 +1,21 @@
 """Resume an interrupted or failed run from what is on disk: the adapters its hospitals sent.
 
-What can be resumed: every hospital adapter the server received before the run stopped is
-merged (one_shot: the run's own merge; fedavg: each round whose adapters all arrived is averaged
-again, exactly as the run would have), and every version is evaluated in this process on each
-hospital's test split (no Flower, no retraining), then results.json says `completed` with a
-`resumed` record. What cannot: hospitals that never delivered are not asked again (no training
-happens here), FedAvg rounds that did not finish are not run, and MedForge's progressive merges
-need calibration sets the server never stores (use scripts/remerge.py on its adapters instead).
+What can be resumed: a strategy whose spec can rebuild its versions from adapters
+(`StrategySpec.round_versions`: one_shot, fedavg). Every hospital adapter the server received
+before the run stopped is made into the versions the run would have made (one_shot: round 1,
+screened and merged; fedavg: each round whose adapters all arrived, averaged again), and every
+version is evaluated in this process on each hospital's test split (no Flower, no retraining),
+then results.json says `completed` with a `resumed` record. What cannot: hospitals that never
+delivered are not asked again (no training happens here), rounds that did not finish are not run,
+and MedForge's progressive merges need calibration sets the server never stores (use
+scripts/remerge.py on its adapters instead).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +27,13 @@ from fl_app.protocol import HospitalReply
 from fl_app.remerge.evaluate import evaluate_at_hospitals
 from fl_app.remerge.stored import ADAPTER_FILE, received_adapters
 from fl_app.server.evaluation import evaluation_fields
-from fl_app.server.results import RESULTS_FILE, read_results, version_entry, write_json_atomic
+from fl_app.server.results import RESULTS_FILE, read_results, version_entry, write_results
+from fl_app.server.status import COMPLETED
 from fl_app.server.versions import save_version, version_provenance
-from strategies.fedavg import average_hospitals
-from strategies.one_shot import one_shot_versions
+from strategies import STRATEGIES, StrategySpec, strategy_spec
 from strategies.outcome import ModelVersion
-from strategies.replies import require_enough
-from strategies.screening import expected_layout, merge_hospitals, screen, weigh
 
 logger = logging.getLogger("medforge.resume")
-RESUMABLE = ("one_shot", "fedavg")
 
 
 def received_hospitals(folder: Path, results: dict[str, Any], server_round: int) -> list[HospitalReply]:
@@ -64,44 +64,26 @@ def received_hospitals(folder: Path, results: dict[str, Any], server_round: int)
     return hospitals
 
 
-def _one_shot(folder: Path, results: dict[str, Any], cfg: DictConfig) -> tuple[list[ModelVersion], list[str]]:
-    """The run's own merge of the received adapters, screened as the run would have."""
-    strategy = cfg.strategy
-    hospitals, failures, _ = screen(received_hospitals(folder, results, 1), expected_layout(cfg), strategy)
-    require_enough(hospitals, failures, int(strategy.min_hospitals), 1)
-    weights = weigh(hospitals, strategy)
-    logger.info("Merging %d received adapters with %s", len(hospitals), strategy.merge)
-    versions = one_shot_versions(hospitals, weights, merge_hospitals(hospitals, weights, strategy), cfg)
-    return versions, []
+def rebuilt_versions(
+    folder: Path, results: dict[str, Any], cfg: DictConfig, spec: StrategySpec
+) -> tuple[list[ModelVersion], list[str]]:
+    """The versions the run would have made of what it received, and what could not be rebuilt.
 
-
-def _fedavg(folder: Path, results: dict[str, Any], cfg: DictConfig) -> tuple[list[ModelVersion], list[str]]:
-    rounds = int(cfg.strategy.rounds)
-    done = sorted({int(r) for r in results.get("train_metrics", {})})  # rounds that finished (all replies in)
-    versions = []
-    for server_round in done:
+    A one-round strategy: round 1's adapters, whether or not the round finished. Otherwise each
+    round that finished (all its replies in), in order, until one has fewer than `min_hospitals`."""
+    rounds = spec.training_rounds(cfg.strategy)
+    finished = [1] if spec.one_round else sorted({int(r) for r in results.get("train_metrics", {})})
+    versions, rebuilt = [], 0
+    for server_round in finished:
         hospitals = received_hospitals(folder, results, server_round)
-        if len(hospitals) < int(cfg.strategy.min_hospitals):
+        if not spec.one_round and len(hospitals) < int(cfg.strategy.min_hospitals):
             break
-        state, rank = average_hospitals(hospitals)  # as the round itself averages (mixed ranks padded)
-        scale = float(cfg.lora.alpha) / int(cfg.lora.r)
-        versions.append(
-            ModelVersion(
-                f"fedavg-round-{server_round}",
-                "fedavg",
-                state,
-                rank,
-                scale * rank,
-                {"round": server_round, "resumed": True},
-            )
-        )
+        versions += spec.versions_of_round(cfg, server_round, hospitals)
+        rebuilt += 1
     if not versions:
-        raise ValueError(f"{folder}: no FedAvg round finished before the run stopped; nothing to resume from.")
-    missing = (
-        [f"rounds {len(versions) + 1}..{rounds} were not trained (resume never trains)"]
-        if len(versions) < rounds
-        else []
-    )
+        raise ValueError(f"{folder}: no round finished before the run stopped; nothing to resume from.")
+    missing = [f"rounds {rebuilt + 1}..{rounds} were not trained (resume never trains)"] if rebuilt < rounds else []
+    versions = [replace(v, details={**v.details, "resumed": True}) for v in versions]
     return versions, missing
 
 
@@ -111,18 +93,21 @@ def resume_run(folder: Path) -> Path:
     results = read_results(folder)
     if results is None or not (folder / "config.yaml").is_file():
         raise FileNotFoundError(f"{folder} is not a results folder (no {RESULTS_FILE} or config.yaml).")
-    status, strategy = results.get("status"), results.get("strategy")
-    if status == "completed":
+    status = results.get("status")
+    if status == COMPLETED:
         raise ValueError(f"{folder} completed; there is nothing to resume (scripts/remerge.py merges it other ways).")
-    if strategy not in RESUMABLE:
+    cfg = OmegaConf.load(folder / "config.yaml")
+    spec = strategy_spec(cfg.strategy)
+    if not spec.resumable:
+        resumable = [name for name in STRATEGIES if strategy_spec(name).resumable]
         raise ValueError(
-            f"{folder}: strategy={strategy!r} cannot be resumed (only {list(RESUMABLE)}): MedForge's progressive merges "
-            "need the calibration sets, which are never stored; scripts/remerge.py merges its received adapters."
+            f"{folder}: strategy={spec.name!r} cannot be resumed (only {resumable}): its versions cannot be rebuilt from "
+            "the hospitals' adapters alone (MedForge's progressive merges need the calibration sets, which are never "
+            "stored); scripts/remerge.py merges its received adapters."
         )
     if not results.get("received"):
         raise ValueError(f"{folder} received no adapter before it stopped ({status}); run the experiment again.")
-    cfg = OmegaConf.load(folder / "config.yaml")
-    versions, not_resumed = (_one_shot if strategy == "one_shot" else _fedavg)(folder, results, cfg)
+    versions, not_resumed = rebuilt_versions(folder, results, cfg, spec)
     delivered = sorted({int(r["hospital"]) for r in received_adapters(results)})
     never = sorted(set(range(int(cfg.simulation.num_hospitals))) - set(delivered))
     if never:
@@ -137,7 +122,7 @@ def resume_run(folder: Path) -> Path:
         entries.append({**version_entry(version), **evaluation_fields(scores, version.name)})
     results.update(
         versions=entries,
-        status="completed",
+        status=COMPLETED,
         resumed={
             "from_status": status,
             "from_error": results.pop("error", None),
@@ -147,5 +132,5 @@ def resume_run(folder: Path) -> Path:
             "not_resumed": not_resumed,
         },
     )
-    write_json_atomic(folder / RESULTS_FILE, results)
+    write_results(folder, results)
     return folder

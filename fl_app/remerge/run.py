@@ -22,9 +22,9 @@ from fl_app.remerge.evaluate import evaluate_at_hospitals
 from fl_app.remerge.plan import MergeRequest
 from fl_app.remerge.stored import StoredRun
 from fl_app.server.evaluation import evaluation_fields
-from fl_app.server.results import RESULTS_FILE, version_entry, write_json_atomic
+from fl_app.server.results import RESULTS_FILE, version_entry, write_results
 from fl_app.server.versions import save_mixture, save_version, version_provenance
-from strategies.merging import hospital_weights, merge_adapters
+from strategies.merging import hospital_weights, merge_hospital_adapters
 from strategies.outcome import ModelVersion, merged_version
 from strategies.screening import max_share
 
@@ -64,11 +64,9 @@ def merge_version(run: StoredRun, request: MergeRequest) -> ModelVersion:
         request.label,
         [round(w, 3) for w in weights],
     )
-    merged = merge_adapters(
-        [h.state for h in hospitals],
-        [h.scale for h in hospitals],
+    merged = merge_hospital_adapters(
+        hospitals,
         weights,
-        [h.task for h in hospitals],
         scale=request.scale,
         rank=request.rank,
         method=request.method,
@@ -129,14 +127,14 @@ def add_versions(
     (run.folder / "adapters").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=run.folder / "adapters", prefix=".staging-") as staging:
         _stage_adapters(run, versions, Path(staging), components or {})
-        if results_path.read_text() != run.results_text:
+        if results_path.read_text() != run.results_text:  # checked again by write_results below
             raise RuntimeError(
                 f"{results_path} changed while this command ran (another remerge or forge?); nothing was written. Run it again."
             )
         _install_adapters(run, Path(staging), [v.name for v in versions])
     names = {e["name"] for e in entries}
     kept = [v for v in run.results["versions"] if v["name"] not in names]
-    write_json_atomic(results_path, {**run.results, "versions": kept + list(entries)})
+    write_results(run.folder, {**run.results, "versions": kept + list(entries)})
 
 
 def remerge(

@@ -12,10 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from fl_app.adapter_keys import adapter_state
+from fl_app.failures import REJECTED
 from fl_app.server.results import RESULTS_FILE
+from fl_app.server.status import COMPLETED, STOPPED_SHORT
+from strategies import STRATEGIES, spec_of_results, strategy_spec
 
 ADAPTER_FILE = "adapter_model.safetensors"
-ONE_ROUND_STRATEGIES = {"one_shot", "medforge"}  # every adapter a hospital sends is in round 1
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,10 @@ class StoredHospital:
     alpha: float
 
     @property
-    def scale(self) -> float:
+    def lora_scale(self) -> float:
         return self.alpha / self.r
+
+    scale = lora_scale
 
 
 @dataclass
@@ -96,15 +100,16 @@ def load_stored_run(folder: Path) -> StoredRun:
 def stored_adapters(folder: Path, results: dict[str, Any], server_round: int = 1) -> list[dict[str, Any]]:
     """The hospital adapters a run keeps: a completed run's versions of kind `hospital`; an
     interrupted or failed one-round run's adapters as they arrived (`received`, round 1)."""
-    strategy = results.get("strategy")
-    if results.get("status") == "completed":
+    strategy, spec = results.get("strategy"), spec_of_results(results)
+    if results.get("status") == COMPLETED:
         stored = [v for v in results.get("versions", []) if v.get("kind") == "hospital"]
-    elif results.get("status") in ("interrupted", "failed") and strategy in ONE_ROUND_STRATEGIES:
+    elif results.get("status") in STOPPED_SHORT and spec is not None and spec.one_round:
         stored = received_adapters(results, server_round)
     else:
+        one_round = sorted(name for name in STRATEGIES if strategy_spec(name).one_round)
         raise ValueError(
             f"{folder} has status={results.get('status')!r} and strategy={strategy!r}; remerge needs a completed run, "
-            f"or an interrupted or failed run of {sorted(ONE_ROUND_STRATEGIES)} (its adapters under received/)."
+            f"or an interrupted or failed run of a one-round strategy, {one_round} (its adapters under received/)."
         )
     if not stored:
         raise ValueError(
@@ -117,7 +122,7 @@ def stored_adapters(folder: Path, results: dict[str, Any], server_round: int = 1
 
 def received_adapters(results: dict[str, Any], server_round: int | None = None) -> list[dict[str, Any]]:
     """results.json `received` entries (of one round), one per hospital, nodes the server refused left out."""
-    refused = {f["node_id"] for f in results.get("failures", []) if f.get("reason") == "rejected"}
+    refused = {f["node_id"] for f in results.get("failures", []) if f.get("reason") == REJECTED}
     entries = {}
     for entry in results.get("received", []):
         if entry.get("node_id") in refused or (server_round is not None and int(entry["round"]) != server_round):

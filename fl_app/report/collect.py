@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_app.server.results import RESULTS_FILE
+from fl_app.server.status import COMPLETED
 
 logger = logging.getLogger("medforge.report")
 
@@ -68,7 +69,7 @@ def load_runs(paths: Iterable[Path | str]) -> list[Run]:
     for folder in find_result_folders(paths):
         results = json.loads((folder / RESULTS_FILE).read_text())
         status = results.get("status")
-        if status != "completed":
+        if status != COMPLETED:
             logger.warning(
                 "Skipping %s: status=%s%s", folder, status, f" ({results['error']})" if results.get("error") else ""
             )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fl_app.report.collect import Run
+from strategies import spec_of_results
 
 HOSPITAL_REFERENCE = "hospital (own adapter, mean)"
 # Config keys never shown as a run's setting: the seed is what rows average over; the others are
@@ -234,6 +235,8 @@ def entries_of_run(
     communication = method_traffic(results)
     wall = results.get("wall_seconds")
     strategy, seed = str(results.get("strategy")), results.get("seed")
+    spec = spec_of_results(results)
+    own_merge = str(results.get("merge"))
 
     dp = privacy_values(results)
 
@@ -251,10 +254,8 @@ def entries_of_run(
                 label = str(v.get("label") or v.get("method") or results.get("merge") or v["name"])
                 if (v.get("search") or {}).get("source") == "federated":  # MedForge searched at the hospitals
                     label = label.replace("(one-shot)", "(one-shot, federated search)")
-                if strategy == "medforge" and not label.startswith(
-                    "medforge"
-                ):  # a data-free baseline in a MedForge run
-                    label = f"{label} (medforge baseline)"
+                if spec is not None and spec.report_baselines and not label.startswith(own_merge):
+                    label = f"{label} ({strategy} baseline)"  # a data-free merge run beside the strategy's own
                 if label in seen:  # a remerge repeating the run's own merge is the same model: counted once
                     continue
                 seen.add(label)

@@ -122,7 +122,7 @@ def decode_scores(
         claimed_by = owner.get(hospital.hospital_id, node)
         if claimed_by != node or bound.get(node, hospital.hospital_id) != hospital.hospital_id:
             error = f"node {node} claims hospital-id={hospital.hospital_id}, bound to node {claimed_by}; its scores are refused"
-            failures.append(Failure(hospital.hospital_id, "evaluate", error, node_id=node, round=0, cause=REJECTED))
+            failures.append(Failure(hospital.hospital_id, "evaluate", error, node_id=node, round=0, reason=REJECTED))
             continue
         answered[node] = hospital.hospital_id
         scores.append(hospital)

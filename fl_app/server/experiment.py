@@ -18,9 +18,10 @@ from fl_app.protocol import HospitalReply, decode_train_reply
 from fl_app.server.evaluation import decode_scores, evaluation_fields, evaluation_messages, planned_scores
 from fl_app.server.evaluation_plan import cross_evaluation
 from fl_app.server.results import RunResults, version_entry
+from fl_app.server.status import COMPLETED, FAILED, INTERRUPTED
 from fl_app.server.traffic import CountingGrid
 from fl_app.server.versions import save_mixture, save_version, version_provenance
-from strategies import get_strategy
+from strategies import strategy_spec
 from strategies.outcome import ModelVersion
 from strategies.replies import evaluate_timeout
 
@@ -93,13 +94,13 @@ class RunRecorder:
         self.results.write()
 
     def record_round(self, server_round: int, hospitals: list[HospitalReply], failures: list[Failure]) -> None:
-        refused = {f.node_id for f in failures if f.cause == REJECTED and f.node_id is not None}
+        refused = {f.node_id for f in failures if f.reason == REJECTED and f.node_id is not None}
         if refused:
             self.grid.exclude(refused)
             log(WARNING, "Node(s) %s refused: left out of every later phase", sorted(refused))
         for failure in failures:
             named = failure.named(self.results.hospital_of_node)
-            log(WARNING, "train round %d: %s left out (%s)", server_round, named.describe(), failure.cause)
+            log(WARNING, "train round %d: %s left out (%s)", server_round, named.describe(), failure.reason)
         self.results.record_round(server_round, hospitals, failures)
 
 
@@ -108,15 +109,14 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
 
     job: the sweep job's name when this experiment shares the Flower run with others (`fl_app.sweep`)."""
     results_dir.mkdir(parents=True, exist_ok=True)
+    spec = strategy_spec(cfg.strategy)
     if not (results_dir / "config.yaml").exists():
         save_experiment(cfg, results_dir / "config.yaml")
     results = RunResults(
         results_dir,
         {
             "strategy": str(cfg.strategy.name),
-            "merge": str(cfg.strategy.merge)
-            if cfg.strategy.name == "one_shot"
-            else ("medforge" if cfg.strategy.name == "medforge" else None),
+            "merge": spec.merge(cfg.strategy),
             "seed": int(cfg.seed),
             "scenario": str(cfg.data.scenario),
             "data_source": None,
@@ -155,7 +155,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
         recorder = RunRecorder(results, cfg, counting)
         counting.on_train_reply = recorder.save_arrival
         strategy_started = time.perf_counter()
-        outcome = get_strategy(str(cfg.strategy.name))(counting, cfg, experiment_json, recorder)
+        outcome = spec.run(counting, cfg, experiment_json, recorder)
         profile = {"strategy": time.perf_counter() - strategy_started, **outcome.details.get("profile", {})}
         results.set(communication=counting.traffic.summary(hospitals_by_node(results), "train"))
         _save_versions(results, cfg, outcome.versions)
@@ -184,7 +184,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
                 WARNING,
                 "evaluation: %s left out (%s)",
                 failure.named(results.hospital_of_node).describe(),
-                failure.cause,
+                failure.reason,
             )
         _record_metrics(results, scores)
         hospital_of_node = hospitals_by_node(results)
@@ -198,14 +198,14 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
             timeline={"serverapp_started_at": results.started, **counting.traffic.timeline(hospital_of_node)},
             stage="done",
         )
-        results.finish("completed")
+        results.finish(COMPLETED)
         log(INFO, "MedForge results: %s", results.path)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or the SuperLink stopping the ServerApp (`flwr stop`)
-        results.finish("interrupted", error=f"stopped during {results.data.get('stage')}")
+        results.finish(INTERRUPTED, error=f"stopped during {results.data.get('stage')}")
         raise
     except Exception as error:
         # `flwr stop`: the SuperLink refuses the ServerApp's next call with "... Stopped by user."
-        status = "interrupted" if STOPPED_BY_USER in str(error) else "failed"
+        status = INTERRUPTED if STOPPED_BY_USER in str(error) else FAILED
         results.finish(status, error=f"{type(error).__name__}: {error} (during {results.data.get('stage')})")
         raise
     return results

@@ -13,6 +13,7 @@ from typing import Any
 from fl_app.failures import Failure
 from fl_app.privacy.summary import privacy_summary
 from fl_app.protocol import HospitalReply
+from fl_app.server.status import RUNNING
 from strategies.outcome import ModelVersion
 
 RESULTS_FILE = "results.json"
@@ -72,7 +73,7 @@ class RunResults:
         self.hospital_of_node: dict[int, int] = dict(hospital_of_node or {})
         self.data: dict[str, Any] = {
             **header,
-            "status": "running",
+            "status": RUNNING,
             "hospitals": [],
             "versions": [],
             "failures": [],
@@ -87,7 +88,7 @@ class RunResults:
 
     def write(self) -> None:
         self.data["wall_seconds"] = round(time.time() - self.started, 3)
-        write_json_atomic(self.path, self.data)
+        write_results(self.folder, self.data)
 
     def record_round(self, server_round: int, hospitals: list[HospitalReply], failures: list[Failure]) -> None:
         """A training round arrived: keep who delivered (adapters saved at once) and who failed."""
@@ -129,10 +130,25 @@ class RunResults:
         self.write()
 
     def finish(self, status: str, error: str | None = None) -> None:
+        """The run ended: `status` is one of fl_app.server.status (COMPLETED, INTERRUPTED, FAILED)."""
         self.data["status"] = status
         if error:
             self.data["error"] = error
         self.write()
+
+
+def write_results(folder: Path, data: dict[str, Any], expected_text: str | None = None) -> Path:
+    """Write a run folder's results.json (atomically): the one writer of the file.
+
+    expected_text: the file as the caller read it; if it changed since, nothing is written (another
+    remerge or forge wrote in between) and a RuntimeError says so."""
+    path = Path(folder) / RESULTS_FILE
+    if expected_text is not None and path.read_text() != expected_text:
+        raise RuntimeError(
+            f"{path} changed while this command ran (another remerge or forge?); nothing was written. Run it again."
+        )
+    write_json_atomic(path, data)
+    return path
 
 
 def read_results(folder: Path) -> dict[str, Any] | None:

@@ -54,9 +54,10 @@ def report_job(job: JobReturn, outcome) -> None:
     """Print a finished job's table and folder (as a single run does) and give Hydra its status."""
     from fl_app.report.summary import run_summary
     from fl_app.server.results import read_results
+    from fl_app.server.status import COMPLETED
 
     folder = outcome.results_dir
-    if outcome.status == "completed":
+    if outcome.status == COMPLETED:
         print("\n".join(run_summary(read_results(folder))), flush=True)
         print(folder, flush=True)
         job.return_value = str(folder)

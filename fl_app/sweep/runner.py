@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from fl_app.app_staging import stage_flower_app
 from fl_app.config import config_digest
 from fl_app.server.results import read_results
+from fl_app.server.status import COMPLETED, FAILED, FINISHED
 from fl_app.simulation import (
     Interrupted,
     federation_command,
@@ -29,8 +30,6 @@ from fl_app.simulation import (
     stream_flwr_run,
 )
 from fl_app.sweep.jobs import SWEEP_KEY, SweepJob, group_by_shape, marked_job, stop_marker, write_manifest
-
-FINISHED = ("completed", "failed")  # a job's results.json status once the ServerApp is done with it
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def outcome_of(job: SweepJob, log_path: Path) -> JobOutcome:
             f"the sweep's simulation ended before this job wrote results.json; see {log_path}",
         )
     status = str(results.get("status"))
-    return JobOutcome(job.results_dir, status, "" if status == "completed" else str(results.get("error", "")))
+    return JobOutcome(job.results_dir, status, "" if status == COMPLETED else str(results.get("error", "")))
 
 
 def run_group(jobs: Sequence[PreparedJob], manifest: Path, log_path: Path, quiet: bool) -> list[JobOutcome]:
@@ -133,7 +132,7 @@ def run_group(jobs: Sequence[PreparedJob], manifest: Path, log_path: Path, quiet
             mark_interrupted(job.results_dir, interrupted.signal_name, at_signal.get(job.results_dir))
         raise
     except Exception as error:  # the SuperLink did not start, or a process survived: the next group still runs
-        return [JobOutcome(job.results_dir, "failed", f"the sweep's simulation failed: {error}") for job in sweep_jobs]
+        return [JobOutcome(job.results_dir, FAILED, f"the sweep's simulation failed: {error}") for job in sweep_jobs]
     return [outcome_of(job, log_path) for job in sweep_jobs]
 
 

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from fl_app.config import is_validated
 from fl_app.server.experiment import STOPPED_BY_USER, run_experiment_on_grid
+from fl_app.server.status import COMPLETED
 from fl_app.sweep.jobs import SweepJob, job_marker
 
 
@@ -35,7 +36,7 @@ def run_jobs_on_grid(grid: Any, jobs: list[SweepJob], stop_requested: Callable[[
 
                 validate_experiment(cfg)
             run_experiment_on_grid(grid, cfg, job.results_dir, job=job.name)
-            outcomes.append("completed")
+            outcomes.append(COMPLETED)
         except Exception as error:
             if STOPPED_BY_USER in str(error):  # `flwr stop`: the SuperLink answers no job any more
                 raise

@@ -134,7 +134,7 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
             ]
         if failed:
             failures += failed
-            log(WARNING, "Hospital %s failed and is left out: %s", failed[0].hospital_id, failed[0].reason)
+            log(WARNING, "Hospital %s failed and is left out: %s", failed[0].hospital_id, failed[0].error)
             continue
         hospital = hospitals[0]
         # screened against the adapters merged so far (same task) and the server's layout; only the arrival is judged
@@ -206,7 +206,7 @@ def run_medforge(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
         "screening": screening,
         "profile": profile,
     }
-    return StrategyOutcome(versions=versions, merge="medforge", details=details)
+    return StrategyOutcome(versions=versions, details=details)
 
 
 def baseline_versions(

@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 from strategies.merging.adapters import (
+    HospitalAdapter,
     MergeResult,
     head_task,
     lora_modules_to_state,
     merge_adapters,
+    merge_hospital_adapters,
     split_heads,
     split_lora_modules,
 )
@@ -50,6 +52,7 @@ from strategies.merging.weights import (
 )
 
 __all__ = [
+    "HospitalAdapter",
     "MERGE_METHODS",
     "PEFT_NAMES",
     "WEIGHTINGS",
@@ -74,6 +77,7 @@ __all__ = [
     "knots",
     "lora_modules_to_state",
     "merge_adapters",
+    "merge_hospital_adapters",
     "merge_weights",
     "refactor_dense",
     "refactor_lowrank",

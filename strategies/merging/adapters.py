@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -246,3 +246,38 @@ def _resolve_method(
         if registered is None:
             return method, getattr(method, "__name__", repr(method)), dict(params or {}), True
     return registered.fn, registered.name, registered.resolve(params), registered.exact
+
+
+class HospitalAdapter(Protocol):
+    """What a merge needs of one hospital's adapter (a reply off the wire, one read from disk, a submission)."""
+
+    @property
+    def state(self) -> Mapping[str, Tensor]: ...
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def lora_scale(self) -> float: ...
+
+
+def merge_hospital_adapters(
+    hospitals: Sequence[HospitalAdapter],
+    weights: Sequence[float],
+    *,
+    method: str | ModuleMerge = "task_arithmetic",
+    scale: float = 1.0,
+    rank: int | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> MergeResult:
+    """`merge_adapters` of whole hospitals: each one's state, LoRA scale and task taken from it."""
+    return merge_adapters(
+        [h.state for h in hospitals],
+        [h.lora_scale for h in hospitals],
+        weights,
+        [h.task for h in hospitals],
+        scale,
+        rank,
+        method=method,
+        params=params,
+    )

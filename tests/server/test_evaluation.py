@@ -53,4 +53,4 @@ def test_scores_from_a_node_claiming_a_bound_hospital_are_refused():
     scores, failures, answered = decode_scores([reply(100, 0), reply(7, 0), reply(101, 1)], bound={100: 0, 101: 1})
 
     assert [s.hospital_id for s in scores] == [0, 1] and answered == {100: 0, 101: 1}
-    assert [(f.node_id, f.hospital_id, f.cause) for f in failures] == [(7, 0, "rejected")]
+    assert [(f.node_id, f.hospital_id, f.reason) for f in failures] == [(7, 0, "rejected")]

@@ -49,3 +49,25 @@ def test_mixed_ranks_average_zero_padded_factors_as_hetlora_does():
     assert torch.equal(averaged["m.lora_A.weight"][2:], 1.5 * torch.ones(2, 5))  # the larger one, averaged with zeros
     back = fit_rank(averaged, 2)  # what the rank-2 hospital trains on next round
     assert back["m.lora_B.weight"].shape == (3, 2) and torch.equal(back["m.lora_B.weight"], 2 * torch.ones(3, 2))
+
+
+def test_every_round_version_records_the_averaged_rank_and_keeps_the_hospitals_scale():
+    """One builder for a run, resume and the benchmark floor: mixed ranks 2 and 4 average to rank 4,
+    alpha = (lora.alpha / lora.r) * 4, whatever `lora.r` says (the floor once recorded lora.r/alpha)."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from strategies.fedavg import round_versions
+
+    cfg = OmegaConf.create({"lora": {"r": 2, "alpha": 4.0}})
+    key = "m.lora_A.weight", "m.lora_B.weight"
+    hospitals = [
+        SimpleNamespace(lora_r=r, n_train=10, state={key[0]: torch.ones(r, 3), key[1]: torch.ones(5, r)})
+        for r in (2, 4)
+    ]
+
+    (version,) = round_versions(cfg, 3, hospitals)
+
+    assert (version.name, version.kind, version.r, version.alpha) == ("fedavg-round-3", "fedavg", 4, 8.0)
+    assert version.details == {"round": 3} and version.state[key[0]].shape == (4, 3)
