@@ -17,6 +17,7 @@ from typing import Any
 
 from fl_app.config import compose_experiment
 from fl_app.report.table import method_traffic
+from fl_app.server.status import COMPLETED
 from fl_app.simulation import run_simulation
 from fl_app.validation import validate_experiment
 
@@ -40,7 +41,7 @@ def run_one(label: str, overrides: Sequence[str], folder: Path) -> CostRow:
     run_simulation(cfg, folder, quiet=True)
     ended = time.time()
     results = json.loads((folder / "results.json").read_text())
-    if results.get("status") != "completed":
+    if results.get("status") != COMPLETED:
         raise RuntimeError(f"{label}: the run in {folder} ended {results.get('status')}: {results.get('error')}")
     traffic = method_traffic(results)
     return CostRow(
