@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig
 
+from fl_app.adapter_keys import LORA_B_SUFFIX
 from fl_app.model.adapter import arrayrecord_to_state, fit_rank, state_to_arrayrecord
 from fl_app.protocol import HospitalReply, instructions
 from strategies.outcome import ModelVersion, StrategyOutcome
@@ -30,6 +31,7 @@ from strategies.replies import (
     require_enough,
     train_timeout,
 )
+from strategies.screening import expected_layout, refuse_amplified, screen_settings, screen_with_parties
 from strategies.spec import StrategySpec
 
 
@@ -69,26 +71,48 @@ class AdapterFedAvg(EvaluateAfterTraining, FedAvg):
         self.sink = sink
         self.round_states: list[dict[str, torch.Tensor]] = []
         self.round_ranks: list[int] = []
+        self.screening: list[dict[str, Any]] = []  # every round's screen actions, with the round
+        self._layout = None
+
+    def layout(self):
+        """The adapter the hospitals must send (built once, as a one-shot merge builds it)."""
+        if self._layout is None:
+            self._layout = expected_layout(self.cfg)
+        return self._layout
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        hospitals, failures = collect_replies(replies, server_round, self.sink.bound_nodes())
-        self.sink.record_round(server_round, hospitals, failures)
+        delivered, failures = collect_replies(replies, server_round, self.sink.bound_nodes())
+        # every round is screened like a one-shot merge: rejected hospitals are failures of the round
+        hospitals, rejections, actions, _ = screen_with_parties(
+            delivered, self.layout(), self.cfg.strategy, server_round
+        )
+        self.screening += [{"round": server_round, **a.as_dict()} for a in actions]
+        failures = failures + rejections
+        self.sink.record_round(server_round, delivered, failures)
         require_enough(hospitals, failures, self.min_hospitals, server_round)
         ranks = {h.lora_r for h in hospitals}
-        if len(ranks) == 1 and len({frozenset(h.state) for h in hospitals}) == 1:
+        changed = any(a.action in ("clipped", "dropped") for a in actions)
+        if len(ranks) == 1 and len({frozenset(h.state) for h in hospitals}) == 1 and not changed:
             accepted = {h.node_id for h in hospitals}
             good = [m for m in replies if not m.has_error() and m.metadata.src_node_id in accepted]
             arrays, metrics = super().aggregate_train(server_round, good)
             rank = ranks.pop()
-        else:  # mixed ranks (HetLoRA padding) or mixed key sets (each key over the hospitals that send it)
+        else:  # mixed ranks (HetLoRA padding), mixed key sets (each key over the hospitals that send it), or screened states
             state, rank = average_hospitals(hospitals)
             arrays = state_to_arrayrecord(state)
             metrics = MetricRecord(
                 {"hospitals": len(hospitals), **({"ranks": sorted(ranks)} if len(ranks) > 1 else {})}
             )
+        total = sum(h.n_train for h in hospitals)
+        refuse_amplified(
+            _scaled(arrayrecord_to_state(arrays), rank, self.cfg),
+            hospitals,
+            [h.n_train / total for h in hospitals],
+            self.cfg.strategy,
+        )
         self.round_states.append(arrayrecord_to_state(arrays))
         self.round_ranks.append(rank)
         return arrays, metrics
@@ -109,7 +133,13 @@ def run_fedavg(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSink
         fedavg_version(cfg, i, state, rank)
         for i, (state, rank) in enumerate(zip(strategy.round_states, strategy.round_ranks), start=1)
     ]
-    return StrategyOutcome(versions=versions, details={"rounds": rounds})
+    return StrategyOutcome(versions=versions, details={"rounds": rounds, "screening": strategy.screening})
+
+
+def _scaled(state: dict[str, torch.Tensor], rank: int, cfg: DictConfig) -> dict[str, torch.Tensor]:
+    """The global adapter with its scale alpha / r folded into B, as a merge returns it (scale 1)."""
+    scale = float(cfg.lora.alpha) / int(cfg.lora.r)
+    return {k: (t * scale if k.endswith(LORA_B_SUFFIX) else t) for k, t in state.items()}
 
 
 def fedavg_version(
@@ -132,7 +162,9 @@ def round_versions(cfg: DictConfig, server_round: int, hospitals: Sequence[Hospi
 
 
 def validate_fedavg(cfg: DictConfig) -> None:
-    """Mixed ranks are zero-padded (HetLoRA), which needs one scale alpha / r at every hospital."""
+    """Mixed ranks are zero-padded (HetLoRA), which needs one scale alpha / r at every hospital; the
+    round screen's bounds are valid."""
+    screen_settings(cfg.strategy)
     ranks, alphas = list(cfg.simulation.get("lora_r") or []), list(cfg.simulation.get("lora_alpha") or [])
     if len(set(ranks)) > 1 and alphas:
         scales = {float(a) / r for a, r in zip(alphas, ranks)}

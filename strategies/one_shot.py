@@ -111,7 +111,7 @@ def validate_one_shot(cfg: DictConfig) -> None:
         raise ValueError(f"strategy.merge_rank={strategy.merge_rank} must be null (lossless) or a positive integer.")
     screen_settings(strategy)  # bad bounds fail here, naming the setting
     ranks = list(cfg.simulation.get("lora_r") or [])
-    if len(set(ranks)) > 1 and get_merge_method(str(strategy.merge)).fn.__name__ == "fedit":
+    if len(set(ranks)) > 1 and get_merge_method(str(strategy.merge)).same_rank:
         raise ValueError(
             f"strategy.merge={strategy.merge} averages A and B separately and needs one rank; simulation.lora_r={ranks} "
             "mixes ranks: use task_arithmetic, ties, knots, ... (exact for mixed ranks)."

@@ -16,6 +16,7 @@ from typing import Any
 
 from flwr.common import log
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from fl_app.adapter_keys import non_lora_state
 from fl_app.adapter_layout import AdapterLayout
@@ -26,10 +27,13 @@ from strategies.merging import (
     ScreenAction,
     ScreenSettings,
     Submission,
+    get_merge_method,
     hospital_weights,
     merge_hospital_adapters,
+    merged_update_problems,
     screen_adapters,
 )
+from strategies.merging.consensus import weight_shares
 from strategies.outcome import ModelVersion, merged_version
 from strategies.replies import require_enough
 
@@ -59,10 +63,22 @@ def submission(hospital: HospitalReply) -> Submission:
     return Submission(hospital.hospital_id, hospital.task, hospital.state, hospital.lora_r, hospital.lora_alpha)
 
 
+class MergeRefused(ValueError):
+    """A merged update far outside what its inputs can make: the version is refused, not saved."""
+
+
 def screen(
     hospitals: Sequence[HospitalReply], layout: AdapterLayout, strategy: Mapping[str, Any], server_round: int = 1
 ) -> tuple[list[HospitalReply], list[Failure], list[ScreenAction]]:
     """The hospitals fit to merge (their states as screened: clipped, foreign heads dropped), a failure per problem, the changes made."""
+    accepted, failures, actions, _ = screen_with_parties(hospitals, layout, strategy, server_round)
+    return accepted, failures, actions
+
+
+def screen_with_parties(
+    hospitals: Sequence[HospitalReply], layout: AdapterLayout, strategy: Mapping[str, Any], server_round: int = 1
+) -> tuple[list[HospitalReply], list[Failure], list[ScreenAction], list[list[int]]]:
+    """`screen`, plus the groups of accepted hospitals that sent near-identical adapters (one party each)."""
     result = screen_adapters([submission(h) for h in hospitals], layout, screen_settings(strategy))
     accepted = [dataclasses.replace(hospitals[i], state=state) for i, state in zip(result.accepted, result.states)]
     by_id = {h.hospital_id: h for h in hospitals}
@@ -81,12 +97,70 @@ def screen(
     for failure in failures:
         log(WARNING, "Adapter rejected before merging: %s", failure.error)
     for action in result.actions:
-        log(WARNING, "Screening: hospital %s %s: %s", action.hospital_id, action.action, action.detail)
-    return accepted, failures, result.actions
+        who = "the federation" if action.hospital_id is None else f"hospital {action.hospital_id}"
+        log(WARNING, "Screening (%s, %s): %s", who, action.action, action.detail)
+    return accepted, failures, result.actions, result.parties
 
 
-def weigh(hospitals: Sequence[HospitalReply], strategy: Mapping[str, Any]) -> list[float]:
-    """Each hospital's merge weight under `strategy.weighting`, capped by `strategy.robust.max_share`."""
+def same_rank_failures(
+    hospitals: Sequence[HospitalReply], strategy: Mapping[str, Any], server_round: int = 1
+) -> tuple[list[HospitalReply], list[Failure]]:
+    """A method that averages the factors (`same_rank`) gets the hospitals at the most common rank (a tie:
+    the lowest); each other one is left out with a named reason instead of failing the whole merge."""
+    if not hospitals or not get_merge_method(str(strategy["merge"])).same_rank:
+        return list(hospitals), []
+    counts: dict[int, int] = {}
+    for h in hospitals:
+        counts[h.lora_r] = counts.get(h.lora_r, 0) + 1
+    rank = min(counts, key=lambda r: (-counts[r], r))
+    failures = [
+        Failure(
+            h.hospital_id,
+            "screen",
+            f"hospital {h.hospital_id}: <lora-r>: rank {h.lora_r}, but merge={strategy['merge']} averages A and B "
+            f"separately and needs one rank; the others are at rank {rank}. Left out of this merge (task_arithmetic, "
+            "ties or knots merge mixed ranks exactly)",
+            node_id=h.node_id,
+            round=server_round,
+            tensor="<lora-r>",
+            problem="rank differs from the merge's",
+        )
+        for h in hospitals
+        if h.lora_r != rank
+    ]
+    for failure in failures:
+        log(WARNING, "Adapter left out of the merge: %s", failure.error)
+    return [h for h in hospitals if h.lora_r == rank], failures
+
+
+def refuse_amplified(
+    merged: Mapping[str, Tensor],
+    hospitals: Sequence[HospitalReply],
+    weights: Sequence[float],
+    strategy: Mapping[str, Any],
+) -> None:
+    """Raise `MergeRefused` when a merged module's ΔW (scale 1) is far beyond what its inputs can sum to."""
+    settings = screen_settings(strategy)
+    problems = merged_update_problems(
+        merged,
+        [submission(h) for h in hospitals],
+        weights,
+        float(strategy.get("scale", 1.0)),
+        settings.max_merged_ratio,
+    )
+    if problems:
+        module, problem = problems[0]
+        raise MergeRefused(
+            f"merge={strategy.get('merge', 'fedavg')} over hospitals {[h.hospital_id for h in hospitals]}: "
+            f"{len(problems)} module(s) amplified, e.g. {module}: {problem}"
+        )
+
+
+def weigh(
+    hospitals: Sequence[HospitalReply], strategy: Mapping[str, Any], parties: Sequence[Sequence[int]] = ()
+) -> list[float]:
+    """Each hospital's merge weight under `strategy.weighting`, capped by `strategy.robust.max_share`;
+    hospitals of one party (`parties`: near-identical adapters) share one hospital's weight."""
     ids, counts, weighting = (
         [h.hospital_id for h in hospitals],
         [h.n_train for h in hospitals],
@@ -103,6 +177,12 @@ def weigh(hospitals: Sequence[HospitalReply], strategy: Mapping[str, Any]) -> li
             [round(w, 3) for w in uncapped],
             counts,
         )
+    if parties:
+        shares = weight_shares(ids, parties)
+        shared = [w * share for w, share in zip(weights, shares)]
+        total, kept = sum(weights), sum(shared)
+        weights = [w * total / kept for w in shared] if kept else shared
+        log(WARNING, "Hospitals %s are one party each: they share one hospital's weight", [list(p) for p in parties])
     return weights
 
 
@@ -130,6 +210,7 @@ class ScreenedMerge:
     actions: list[ScreenAction]  # the screen's changes (clipped, foreign heads dropped)
     weights: list[float]
     result: MergeResult
+    parties: list[list[int]] = dataclasses.field(default_factory=list)  # near-identical adapters, one party each
 
     def version(self, name: str, **extra: Any) -> ModelVersion:
         """The merge as a version named `name`, with its provenance (`extra`: label, ...)."""
@@ -161,16 +242,19 @@ def screen_weigh_merge(
     minimum: int = 1,
     on_screened: Callable[[list[HospitalReply], list[Failure], list[ScreenAction]], None] | None = None,
 ) -> ScreenedMerge:
-    """The one pipeline: screen against `layout` (None: not screened), stop unless `minimum` remain
-    (`NotEnoughHospitals`; `on_screened` hears the screen's verdict first), weigh, merge."""
+    """The one pipeline: screen against `layout` (None: not screened), leave out what the method cannot
+    take (`same_rank`), stop unless `minimum` remain (`NotEnoughHospitals`; `on_screened` hears the
+    screen's verdict first), weigh, merge, and refuse a merge far outside its inputs (`MergeRefused`)."""
     if layout is None:
-        accepted, failures, actions = list(hospitals), [], []
+        accepted, failures, actions, parties = list(hospitals), [], [], []
     else:
-        accepted, failures, actions = screen(hospitals, layout, strategy, server_round)
+        accepted, failures, actions, parties = screen_with_parties(hospitals, layout, strategy, server_round)
+    accepted, left_out = same_rank_failures(accepted, strategy, server_round)
+    failures = failures + left_out
     if on_screened is not None:
         on_screened(accepted, failures, actions)
     require_enough(accepted, failures, minimum, server_round)
-    weights = weigh(accepted, strategy)
+    weights = weigh(accepted, strategy, parties)
     log(
         INFO,
         "Merging %d adapters with %s (weights %s)",
@@ -178,4 +262,7 @@ def screen_weigh_merge(
         strategy["merge"],
         [round(w, 3) for w in weights],
     )
-    return ScreenedMerge(accepted, failures, actions, weights, merge_hospitals(accepted, weights, strategy))
+    result = merge_hospitals(accepted, weights, strategy)
+    if layout is not None:
+        refuse_amplified(result.state, accepted, weights, strategy)
+    return ScreenedMerge(accepted, failures, actions, weights, result, parties)

@@ -39,6 +39,7 @@ from strategies.merging.validation import (
     ScreenResult,
     ScreenSettings,
     Submission,
+    merged_update_problems,
     screen_adapters,
 )
 from strategies.merging.weights import (
@@ -81,6 +82,7 @@ __all__ = [
     "merge_weights",
     "refactor_dense",
     "refactor_lowrank",
+    "merged_update_problems",
     "screen_adapters",
     "sparse_task_arithmetic",
     "split_heads",

@@ -55,6 +55,7 @@ class MergeMethod:
     bound: Mapping[str, Any] = field(default_factory=dict)  # fixed parameters that make `fn` this method
     defaults: Mapping[str, Any] = field(default_factory=dict)  # defaults the signature leaves to the caller
     unused: frozenset[str] = frozenset()  # keyword parameters of `fn` this method ignores
+    same_rank: bool = False  # it needs every adapter at one rank (it averages the factors): others are left out
     # settable parameters and their defaults: read from `fn`'s signature
     params: Mapping[str, Any] = field(init=False, default_factory=dict)
 
@@ -100,6 +101,7 @@ _METHODS = [
         exact=False,
         description="FedIT: weighted average of A and B separately. INEXACT: the product of the averages "
         "is not the average ΔW (cross terms B_i A_j). One rank for all hospitals.",
+        same_rank=True,
     ),
     MergeMethod(
         name="task_arithmetic",

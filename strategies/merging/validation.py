@@ -9,14 +9,23 @@ Order of the checks, each on the hospitals still accepted:
 2. values: finite everywhere;
 3. absolute bounds, with any number of hospitals: a module's ||s·B·A|| at most `max_update_ratio`
    x the norm of the pretrained weight it adapts; a head's norm at most `max_head_ratio` x a freshly
-   initialised head's;
-4. among hospitals of the same task, only when there are at least `MIN_MAJORITY` of them (with
-   fewer there is no majority to speak for the task, and the record says so): a module's ΔW norm
-   above `norm_factor` x the task's median is rejected, and a head likewise; an adapter whose whole
-   ΔW points away from the task's median direction (the coordinate-wise median of the unit ΔWs) is
-   rejected: cosine <= `min_cosine`, or below `min_relative_cosine` x the task's median cosine;
-   a module's ΔW above `clip_factor` x the median is scaled down to it (Sun et al. 2019, "Can you
-   really backdoor federated learning?", norm bounding).
+   initialised head's; an adapter whose ΔW is zero in every module, or whose head is zero, is no
+   contribution (it would dilute the merge and drag the typical norm to 0) and is rejected;
+4. among hospitals of the same task: near-identical adapters from distinct hospitals are one party
+   (`duplicate_tolerance`; recorded, one vote, one hospital's weight shared: `consensus`). Only when
+   the task has at least `MIN_MAJORITY` parties (with fewer there is no majority to speak for the
+   task, and the record says so): a module's ΔW norm above `norm_factor` x the task's median
+   (of the non-zero norms) is rejected, and a head likewise; an adapter whose whole ΔW, or whose
+   head, points away from the task's median direction (the coordinate-wise median of the parties'
+   unit vectors) is rejected: cosine <= `min_cosine`, or below `min_relative_cosine` x the task's
+   median cosine, unless that would evict half or more of the parties (a tie evicts no one);
+   a module's ΔW, and a head, above `clip_factor` x the median is scaled down to it (Sun et al.
+   2019, "Can you really backdoor federated learning?", norm bounding);
+5. the factors themselves, across every hospital still accepted (merges such as `fedit` and FedAvg
+   average A and B, not ΔW, so a ΔW that passed can still carry a re-factored B·c, A/c or an extreme
+   lora-alpha): a module's ||sqrt(s)·A|| or ||sqrt(s)·B|| above `norm_factor` x the median is rejected.
+
+After the merge, `merged_update_problems` refuses a merged ΔW far outside its inputs' range.
 """
 
 from __future__ import annotations
@@ -32,8 +41,16 @@ from torch import Tensor
 from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX, head_task_of, is_lora_key
 from fl_app.adapter_layout import AdapterLayout, describe_shape, lora_rank, lora_signature
 from strategies.merging.adapters import flat_lora_a, flat_lora_b
+from strategies.merging.consensus import (
+    direction_outliers,
+    duplicate_parties,
+    is_tie,
+    median_direction_cosines,
+    party_of,
+)
 
-MIN_MAJORITY = 3  # hospitals of one task needed before the others can outvote one of them
+MIN_MAJORITY = 3  # parties of one task needed before the others can outvote one of them
+NEGLIGIBLE = 1e-9  # a norm below this x its reference (pretrained weight, fresh head) counts as zero
 
 
 @dataclass(frozen=True)
@@ -61,9 +78,11 @@ class ScreenSettings:
     min_relative_cosine: float | None = 0.5
     max_update_ratio: float = 1.0
     max_head_ratio: float = 100.0
+    duplicate_tolerance: float | None = 1e-3  # relative distance under which two adapters are one party
+    max_merged_ratio: float = 10.0  # a merged module's ΔW norm at most this x what its inputs can sum to
 
     def __post_init__(self) -> None:
-        for name in ("norm_factor", "max_update_ratio", "max_head_ratio"):
+        for name in ("norm_factor", "max_update_ratio", "max_head_ratio", "max_merged_ratio"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"strategy.screen.{name} must be a finite number > 0, got {value!r}")
@@ -74,6 +93,12 @@ class ScreenSettings:
         if self.clip_factor is not None and not (math.isfinite(self.clip_factor) and self.clip_factor >= 1):
             raise ValueError(
                 f"strategy.screen.clip_factor must be null or a finite number >= 1, got {self.clip_factor}"
+            )
+        if self.duplicate_tolerance is not None and not (
+            math.isfinite(self.duplicate_tolerance) and 0 <= self.duplicate_tolerance < 1
+        ):
+            raise ValueError(
+                f"strategy.screen.duplicate_tolerance must be null or in [0, 1), got {self.duplicate_tolerance}"
             )
         if self.min_cosine is not None and not -1 <= self.min_cosine < 1:
             raise ValueError(f"strategy.screen.min_cosine must be null or in [-1, 1), got {self.min_cosine}")
@@ -123,6 +148,7 @@ class ScreenResult:
     states: list[dict[str, Tensor]] = field(repr=False)  # the accepted adapters as they will be merged
     rejections: list[Rejection]
     actions: list[ScreenAction]
+    parties: list[list[int]] = field(default_factory=list)  # hospital ids of accepted near-identical adapters
 
 
 def _structure_problems(sub: Submission, layout: AdapterLayout) -> tuple[list[tuple[str, str]], list[str]]:
@@ -191,16 +217,24 @@ def head_norm(state: Mapping[str, Tensor], task: str) -> float:
 
 def _bounds_problems(sub: Submission, state: Mapping[str, Tensor], layout: AdapterLayout, s: ScreenSettings):
     problems = []
+    norms = {module: module_norm(state, module, sub.scale) for module in layout.base_norms}
     for module, base in layout.base_norms.items():
-        norm = module_norm(state, module, sub.scale)
-        if norm > s.max_update_ratio * base:
+        if norms[module] > s.max_update_ratio * base:
             problems.append(
                 (
                     module,
-                    f"ΔW norm ||s·B·A|| = {norm:.4g} is {norm / base:.3g}x the pretrained weight's norm {base:.4g} "
-                    f"(limit strategy.screen.max_update_ratio={s.max_update_ratio:g})",
+                    f"ΔW norm ||s·B·A|| = {norms[module]:.4g} is {norms[module] / base:.3g}x the pretrained weight's "
+                    f"norm {base:.4g} (limit strategy.screen.max_update_ratio={s.max_update_ratio:g})",
                 )
             )
+    if norms and all(norms[m] <= NEGLIGIBLE * base for m, base in layout.base_norms.items()):
+        problems.append(
+            (
+                "<ΔW>",
+                "zero in every LoRA module: an adapter that changes nothing (untrained or withheld) is no "
+                "contribution; it would dilute the merge and drag its task's typical norm to 0",
+            )
+        )
     init = layout.head_init_norms.get(sub.task, 0.0)
     norm = head_norm(state, sub.task)
     if init > 0 and norm > s.max_head_ratio * init:
@@ -211,84 +245,168 @@ def _bounds_problems(sub: Submission, state: Mapping[str, Tensor], layout: Adapt
                 f"(limit strategy.screen.max_head_ratio={s.max_head_ratio:g})",
             )
         )
+    elif init > 0 and norm <= NEGLIGIBLE * init:
+        problems.append((f"heads.{sub.task}", "the head is zero: it classifies nothing"))
     return problems
 
 
-def _outlier_problems(norms: Mapping[int, float], factor: float, what: str) -> dict[int, tuple[str, str]]:
-    """Hospitals whose norm exceeds `factor` x the median of the group (itself included)."""
-    median = statistics.median(norms.values())
-    found = {}
-    for i, norm in norms.items():
-        if norm > factor * median:
-            ratio = "inf" if median == 0 else f"{norm / median:.1f}"
-            found[i] = (
-                what,
-                f"norm {norm:.4g} is {ratio}x the median {median:.4g} of its task's hospitals (limit {factor:g}x)",
-            )
-    return found
+def _outlier_problems(norms: Mapping[int, float], factor: float, what: str, floor: float) -> dict[int, tuple[str, str]]:
+    """Hospitals whose norm exceeds `factor` x the median of the group's norms above `floor` (zero ones
+    do nothing and must not define what normal looks like)."""
+    counted = [n for n in norms.values() if n > floor]
+    if not counted:
+        return {}
+    median = statistics.median(counted)
+    return {
+        i: (
+            what,
+            f"norm {norm:.4g} is {norm / median:.1f}x the median {median:.4g} of its task's hospitals (limit {factor:g}x)",
+        )
+        for i, norm in norms.items()
+        if norm > factor * median
+    }
+
+
+def _flat_update(state: Mapping[str, Tensor], modules: Sequence[str], scale: float) -> Tensor:
+    return torch.cat([module_delta(state, m, scale).flatten() for m in modules])
+
+
+def _flat_head(state: Mapping[str, Tensor], task: str) -> Tensor:
+    return torch.cat([t.double().flatten() for k, t in sorted(state.items()) if head_task_of(k) == task])
+
+
+def _direction_screen(
+    vectors: Mapping[int, Tensor], party: Mapping[int, int], s: ScreenSettings, what: str, key: str, task: str
+) -> tuple[dict[int, tuple[str, str]], list[ScreenAction]]:
+    """Direction check of one quantity (the whole ΔW, or the head) among a task's hospitals."""
+    units = {i: v / v.norm() for i, v in vectors.items() if float(v.norm()) > 0}  # zero has no direction
+    voters = list({party[i]: i for i in reversed(list(units))}.values())  # one per party: its first member
+    if len(voters) < MIN_MAJORITY or (s.min_cosine is None and s.min_relative_cosine is None):
+        return {}, []
+    cosines = median_direction_cosines(units, voters)
+    flagged = direction_outliers(cosines, voters, s.min_cosine, s.min_relative_cosine)
+    if flagged and is_tie(list(flagged), voters, party):
+        detail = (
+            f"task {task!r}: the {what} of {len(flagged)} hospital(s) point away from the others, which is half or "
+            f"more of its {len(voters)} parties: no majority, none rejected on direction (cosines "
+            f"{ {i: round(c, 3) for i, c in cosines.items()} })"
+        )
+        return {}, [ScreenAction(None, "direction_tie", detail)]
+    return {
+        i: (key, f"{what} points away from its task's median direction: cosine {cosines[i]:.3f} (limit {limit})")
+        for i, limit in flagged.items()
+    }, []
 
 
 def _task_group_screen(
     group: list[int],
     subs: Sequence[Submission],
     states: dict[int, dict[str, Tensor]],
-    modules: list[str],
+    layout: AdapterLayout,
+    party: Mapping[int, int],
     s: ScreenSettings,
 ) -> tuple[dict[int, list[tuple[str, str]]], list[ScreenAction]]:
-    """Step 4 for the hospitals of one task (at least MIN_MAJORITY): outlying norms, direction, clipping."""
+    """Step 4 for the hospitals of one task (at least MIN_MAJORITY parties): outlying norms, directions, clipping."""
     problems: dict[int, list[tuple[str, str]]] = {i: [] for i in group}
     actions: list[ScreenAction] = []
     task = subs[group[0]].task
+    modules = layout.modules
     # norms, module by module, and the head
     for module in modules:
         norms = {i: module_norm(states[i], module, subs[i].scale) for i in group}
-        for i, problem in _outlier_problems(norms, s.norm_factor, module).items():
+        floor = NEGLIGIBLE * layout.base_norms.get(module, 0.0)
+        for i, problem in _outlier_problems(norms, s.norm_factor, module, floor).items():
             problems[i].append(problem)
     heads = {i: head_norm(states[i], task) for i in group}
-    for i, problem in _outlier_problems(heads, s.norm_factor, f"heads.{task}").items():
+    head_floor = NEGLIGIBLE * layout.head_init_norms.get(task, 0.0)
+    for i, problem in _outlier_problems(heads, s.norm_factor, f"heads.{task}", head_floor).items():
         problems[i].append(problem)
     kept = [i for i in group if not problems[i]]
-    if len(kept) < MIN_MAJORITY:
-        return problems, actions
-    # direction: each whole ΔW, scaled to unit norm (so no one's magnitude drags the reference), against
-    # the coordinate-wise median of the task's unit ΔWs; too low in absolute terms or against the task's own spread
-    if s.min_cosine is not None or s.min_relative_cosine is not None:
-        units = {}
-        for i in kept:
-            delta = torch.cat([module_delta(states[i], m, subs[i].scale).flatten() for m in modules])
-            norm = float(delta.norm())
-            if norm > 0:  # a zero update moves nothing and has no direction
-                units[i] = delta / norm
-        if len(units) >= MIN_MAJORITY:
-            median = torch.stack(list(units.values())).median(dim=0).values
-            cosines = {i: float(torch.nn.functional.cosine_similarity(u, median, dim=0)) for i, u in units.items()}
-            typical = statistics.median(cosines.values())
-            for i, cosine in cosines.items():
-                if s.min_cosine is not None and cosine <= s.min_cosine:
-                    limit = f"strategy.screen.min_cosine={s.min_cosine:g}"
-                elif s.min_relative_cosine is not None and cosine < s.min_relative_cosine * typical:
-                    limit = f"strategy.screen.min_relative_cosine={s.min_relative_cosine:g} x the task's median cosine {typical:.3f}"
-                else:
-                    continue
-                problems[i].append(
-                    ("<ΔW>", f"points away from its task's median direction: cosine {cosine:.3f} (limit {limit})")
-                )
-            kept = [i for i in kept if not problems[i]]
-    # clip each module's ΔW to clip_factor x the median norm
-    if s.clip_factor is not None and len(kept) >= MIN_MAJORITY:
-        for module in modules:
-            norms = {i: module_norm(states[i], module, subs[i].scale) for i in kept}
-            limit = s.clip_factor * statistics.median(norms.values())
-            for i, norm in norms.items():
-                if norm > limit > 0:
-                    key = module + LORA_B_SUFFIX
-                    states[i] = {**states[i], key: states[i][key] * (limit / norm)}
-                    actions.append(
-                        ScreenAction(
-                            subs[i].hospital_id, "clipped", f"{module}: ΔW norm {norm:.4g} scaled to {limit:.4g}"
-                        )
-                    )
+    # direction: the whole ΔW and the head, each scaled to unit norm (so no one's magnitude drags the
+    # reference), against the coordinate-wise median of the parties' unit vectors
+    for what, key, vector in (
+        ("ΔW", "<ΔW>", lambda i: _flat_update(states[i], modules, subs[i].scale)),
+        ("head", f"heads.{task}", lambda i: _flat_head(states[i], task)),
+    ):
+        found, tie = _direction_screen({i: vector(i) for i in kept}, party, s, what, key, task)
+        actions += tie
+        for i, problem in found.items():
+            problems[i].append(problem)
+    kept = [i for i in kept if not problems[i]]
+    if s.clip_factor is not None and len({party[i] for i in kept}) >= MIN_MAJORITY:
+        actions += _clip(kept, subs, states, layout, s.clip_factor)
     return problems, actions
+
+
+def _clip(
+    kept: list[int],
+    subs: Sequence[Submission],
+    states: dict[int, dict[str, Tensor]],
+    layout: AdapterLayout,
+    factor: float,
+) -> list[ScreenAction]:
+    """Scale each module's ΔW, and each head, down to `factor` x the task's median norm."""
+    actions = []
+    task = subs[kept[0]].task
+    for module in layout.modules:
+        norms = {i: module_norm(states[i], module, subs[i].scale) for i in kept}
+        limit = factor * statistics.median(norms.values())
+        for i, norm in norms.items():
+            if norm > limit > 0:
+                key = module + LORA_B_SUFFIX
+                states[i] = {**states[i], key: states[i][key] * (limit / norm)}
+                detail = f"{module}: ΔW norm {norm:.4g} scaled to {limit:.4g}"
+                actions.append(ScreenAction(subs[i].hospital_id, "clipped", detail))
+    norms = {i: head_norm(states[i], task) for i in kept}
+    limit = factor * statistics.median(norms.values())
+    for i, norm in norms.items():
+        if norm > limit > 0:
+            states[i] = {k: (t * (limit / norm) if head_task_of(k) == task else t) for k, t in states[i].items()}
+            actions.append(
+                ScreenAction(subs[i].hospital_id, "clipped", f"heads.{task}: norm {norm:.4g} scaled to {limit:.4g}")
+            )
+    return actions
+
+
+def a_spectrum(state: Mapping[str, Tensor], module: str, scale: float) -> tuple[float, float]:
+    """(smallest, largest) singular value of sqrt(s)·A: the factor a merge of factors (fedit, FedAvg) reads.
+
+    Since ΔW = s·B·A fixes B once A is given (B = ΔW·A⁺/s), an A whose spectrum is that of a fresh
+    init bounds B by the ΔW the screen already bounds; a re-factored B·c, A/c (or B·M, M⁻¹·A) or an
+    extreme lora-alpha moves this spectrum instead."""
+    A = flat_lora_a(state[module + LORA_A_SUFFIX]).double()
+    values = torch.linalg.svdvals(A) * math.sqrt(abs(scale))
+    return float(values.min()), float(values.max())
+
+
+def _factor_problems(
+    accepted: list[int],
+    subs: Sequence[Submission],
+    states: Mapping[int, Mapping[str, Tensor]],
+    layout: AdapterLayout,
+    s: ScreenSettings,
+) -> dict[int, list[tuple[str, str]]]:
+    """Step 5: sqrt(s)·A's spectrum within `norm_factor` either way of the median over the accepted
+    hospitals (all tasks: factor merges mix them; A starts from one seeded init everywhere)."""
+    found: dict[int, list[tuple[str, str]]] = {i: [] for i in accepted}
+    if len(accepted) < MIN_MAJORITY:
+        return found
+    for module in layout.modules:
+        spectra = {i: a_spectrum(states[i], module, subs[i].scale) for i in accepted}
+        low = statistics.median(lo for lo, _ in spectra.values())
+        high = statistics.median(hi for _, hi in spectra.values())
+        for i, (lo, hi) in spectra.items():
+            if hi > s.norm_factor * high or lo * s.norm_factor < low:
+                found[i].append(
+                    (
+                        module + LORA_A_SUFFIX,
+                        f"singular values of sqrt(s)·A in [{lo:.3g}, {hi:.3g}], the median over the hospitals merged "
+                        f"[{low:.3g}, {high:.3g}] (limit strategy.screen.norm_factor={s.norm_factor:g}x either way): a "
+                        "re-factored B·c, A/c or an extreme lora-alpha, which merges that average A and B (fedit, "
+                        "FedAvg) would amplify",
+                    )
+                )
+    return found
 
 
 def screen_adapters(
@@ -315,24 +433,94 @@ def screen_adapters(
             found[i] += _nonfinite(states[i])
         if not found[i]:
             found[i] += _bounds_problems(sub, states[i], layout, s)
-    # 4. relative, within each task that has a majority
+    # 4. relative, within each task: parties first, then the checks that need a majority of them
     passed = [i for i in found if not found[i]]
+    parties: list[list[int]] = []
     for task in dict.fromkeys(submissions[i].task for i in passed):
         group = [i for i in passed if submissions[i].task == task]
-        if len(group) < MIN_MAJORITY:
+        task_parties = _parties(group, submissions, states, layout, s)
+        parties += task_parties
+        for members in task_parties:
+            ids = [submissions[i].hospital_id for i in members]
+            actions.append(
+                ScreenAction(
+                    None,
+                    "duplicates",
+                    f"task {task!r}: hospitals {ids} sent near-identical adapters (relative distance <= "
+                    f"strategy.screen.duplicate_tolerance={s.duplicate_tolerance:g}): one party behind several nodes? "
+                    "They count as one in the direction vote and share one hospital's merge weight",
+                )
+            )
+        party = party_of(group, task_parties)
+        if len(set(party.values())) < MIN_MAJORITY:
             actions.append(
                 ScreenAction(
                     None,
                     "no_majority",
-                    f"task {task!r}: {len(group)} hospital(s), fewer than {MIN_MAJORITY}; screened against the "
-                    "expected shapes and absolute bounds only (norm outliers, direction and clipping need a majority)",
+                    f"task {task!r}: {len(set(party.values()))} party(ies), fewer than {MIN_MAJORITY}; screened against "
+                    "the expected shapes and absolute bounds only (norm outliers, direction and clipping need a majority)",
                 )
             )
             continue
-        problems, clipped = _task_group_screen(group, submissions, states, layout.modules, s)
+        problems, changed = _task_group_screen(group, submissions, states, layout, party, s)
         for i, listed in problems.items():
             found[i] += listed
-        actions += clipped
+        actions += changed
+    # 5. the factors, across every hospital still accepted
+    for i, listed in _factor_problems([i for i in found if not found[i]], submissions, states, layout, s).items():
+        found[i] += listed
     accepted = [i for i in found if not found[i]]
     rejections = [Rejection(submissions[i].hospital_id, key, problem) for i in found for key, problem in found[i]]
-    return ScreenResult(accepted, [states[i] for i in accepted], rejections, actions)
+    kept_parties = [
+        [submissions[i].hospital_id for i in members if i in accepted]
+        for members in parties
+        if sum(i in accepted for i in members) > 1
+    ]
+    return ScreenResult(accepted, [states[i] for i in accepted], rejections, actions, kept_parties)
+
+
+def _parties(
+    group: list[int],
+    subs: Sequence[Submission],
+    states: Mapping[int, Mapping[str, Tensor]],
+    layout: AdapterLayout,
+    s: ScreenSettings,
+) -> list[list[int]]:
+    """Near-identical adapters (ΔW and head together) among one task's hospitals."""
+    if s.duplicate_tolerance is None or len(group) < 2:
+        return []
+    task = subs[group[0]].task
+    vectors = {
+        i: torch.cat([_flat_update(states[i], layout.modules, subs[i].scale), _flat_head(states[i], task)])
+        for i in group
+    }
+    return duplicate_parties(vectors, s.duplicate_tolerance)
+
+
+def merged_update_problems(
+    merged: Mapping[str, Tensor],
+    inputs: Sequence[Submission],
+    weights: Sequence[float],
+    scale: float,
+    max_ratio: float,
+) -> list[tuple[str, str]]:
+    """Modules whose merged ΔW (scale 1, as `merge_adapters` returns it) exceeds `max_ratio` x the
+    largest update its inputs can make: |scale| x max(1, max |w_i|) x Σ ||s_i·B_i·A_i||. Every linear
+    merge stays within 1x of it, TIES within 1x, DARE within 1/sqrt(density)x; an amplified result
+    means the method read something the screen did not check, and is refused, not saved."""
+    reach = abs(scale) * max([1.0, *(abs(w) for w in weights)])
+    modules = list(dict.fromkeys(k[: -len(LORA_A_SUFFIX)] for k in merged if k.endswith(LORA_A_SUFFIX)))
+    found = []
+    for module in modules:
+        bound = reach * sum(module_norm(sub.state, module, sub.scale) for sub in inputs)
+        norm = module_norm(merged, module, 1.0)
+        if norm > max_ratio * bound:
+            ratio = "inf" if bound == 0 else f"{norm / bound:.3g}"
+            found.append(
+                (
+                    module,
+                    f"merged ΔW norm {norm:.4g} is {ratio}x the most its inputs can sum to ({bound:.4g}; limit "
+                    f"strategy.screen.max_merged_ratio={max_ratio:g}): refused, not saved",
+                )
+            )
+    return found

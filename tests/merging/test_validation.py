@@ -32,15 +32,21 @@ def layout(base_norm: float = 100.0) -> AdapterLayout:
 
 
 def adapter(seed: int, task: str = "breastmnist", r: int = 4, scale: float = 1.0, shared: int = 0) -> dict:
-    """A trained-looking adapter: A from the shared seeded init, B = a task direction + hospital noise."""
+    """A trained-looking adapter: A from the shared seeded init, B = a task direction + hospital noise, heads likewise."""
     A_gen, B_gen, own = (torch.Generator().manual_seed(s) for s in (1000 + shared, 2000 + shared, seed))
     state = {}
     for module, d_out in ((Q, 16), (V, 8)):
         state[f"{module}.lora_A.weight"] = torch.randn(r, 16, generator=A_gen)
         direction = torch.randn(d_out, r, generator=B_gen)
         state[f"{module}.lora_B.weight"] = scale * (direction + 0.3 * torch.randn(d_out, r, generator=own))
-    state[head(task, "weight")] = 0.1 * torch.randn(CLASSES[task], 8, generator=own)
-    state[head(task, "bias")] = 0.1 * torch.randn(CLASSES[task], generator=own)
+    # heads: the seeded initial head every hospital starts from, plus what its own training moved
+    init = torch.Generator().manual_seed(3000 + shared)
+    state[head(task, "weight")] = 0.1 * torch.randn(CLASSES[task], 8, generator=init) + 0.03 * torch.randn(
+        CLASSES[task], 8, generator=own
+    )
+    state[head(task, "bias")] = 0.1 * torch.randn(CLASSES[task], generator=init) + 0.03 * torch.randn(
+        CLASSES[task], generator=own
+    )
     return state
 
 
@@ -150,9 +156,11 @@ def test_absolute_bound_holds_when_the_others_are_untrained():
     states = [adapter(i, scale=0.0) for i in range(3)] + [adapter(3, scale=1000.0)]
     # Execute
     result = screen_adapters(submit(states), layout(base_norm=10.0))
-    # Assert: the huge one exceeds the pretrained weights' norm; the untrained ones pass
-    assert result.accepted == [0, 1, 2]
+    # Assert: the huge one exceeds the pretrained weights' norm; the untrained ones change nothing and
+    # are no contribution either
+    assert result.accepted == []
     assert "the pretrained weight's norm" in rejected(result)[13][0]
+    assert all("zero in every LoRA module" in rejected(result)[h][0] for h in (10, 11, 12))
 
 
 def test_huge_head_is_rejected_even_alone():

@@ -31,8 +31,9 @@ def adapter(seed: int, task: str = "breastmnist", r: int = 4) -> dict[str, torch
             state[key] = torch.randn(shape, generator=shared)
         else:
             state[key] = 1e-3 * (torch.randn(shape, generator=shared) + 0.3 * torch.randn(shape, generator=own))
+    head_init = torch.Generator().manual_seed(1)  # the seeded initial head every hospital starts from
     for key, shape in LAYOUT.heads[task].items():
-        state[key] = 0.01 * torch.randn(shape, generator=own)
+        state[key] = 0.01 * torch.randn(shape, generator=head_init) + 0.003 * torch.randn(shape, generator=own)
     return state
 
 
