@@ -17,7 +17,9 @@ from torch import Tensor
 from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX, lora_module
 from strategies.merging.validation import module_norm
 
-AttackKind = Literal["sign_flip", "scaled", "random", "inflated_count", "tiny"]
+AttackKind = Literal[
+    "sign_flip", "scaled", "random", "inflated_count", "tiny", "head_flip", "refactor", "colluding_flip"
+]
 ATTACKS: tuple[str, ...] = get_args(AttackKind)
 INFLATED_COUNT = 10**9  # the n-train an `inflated_count` attacker reports
 
@@ -27,6 +29,9 @@ DESCRIPTIONS = {
     "random": "a random ΔW direction at factor x the honest median norm",
     "inflated_count": f"sign_flip, and reports n-train = {INFLATED_COUNT:.0e} to take the weight",
     "tiny": "its own ΔW shrunk to 1/factor of the honest median norm (colluders drag the median down)",
+    "head_flip": "its honest ΔW, and its own head negated at factor x its norm",
+    "refactor": "its honest ΔW sent as B·factor, A/factor (ΔW unchanged; merges that average factors amplify it)",
+    "colluding_flip": "sign_flip, every attacker sending one byte-identical adapter (one party behind several nodes)",
 }
 
 
@@ -64,7 +69,14 @@ def make_attacker(
         raise ValueError(f"attack factor must be > 0, got {factor}")
     generator = torch.Generator().manual_seed(seed)
     state = dict(own)
-    sign = -1.0 if kind in ("sign_flip", "inflated_count") else 1.0
+    if kind == "head_flip":
+        return Attacker({k: (t if lora_module(k) else -factor * t) for k, t in own.items()}, n_train)
+    if kind == "refactor":
+        for module in medians:
+            state[module + LORA_A_SUFFIX] = own[module + LORA_A_SUFFIX] / factor
+            state[module + LORA_B_SUFFIX] = own[module + LORA_B_SUFFIX] * factor
+        return Attacker(state, n_train)
+    sign = -1.0 if kind in ("sign_flip", "inflated_count", "colluding_flip") else 1.0
     target = 1.0 / factor if kind == "tiny" else factor
     for module, median in medians.items():
         a_key, b_key = module + LORA_A_SUFFIX, module + LORA_B_SUFFIX

@@ -28,7 +28,7 @@ from fl_app.server.evaluation import evaluation_fields
 from strategies.merging import split_lora_modules
 from strategies.outcome import ModelVersion
 from strategies.replies import NotEnoughHospitals
-from strategies.screening import expected_layout, screen_weigh_merge
+from strategies.screening import MergeRefused, expected_layout, screen_weigh_merge
 
 logger = logging.getLogger("medforge.attack")
 
@@ -155,7 +155,8 @@ def run_attacks(run: StoredRun, cases: Sequence[AttackCase], num_hospitals: int,
         medians = honest_median_norms([h.state for h in honest], [h.scale for h in honest])
         replies = [_reply(h, h.state, h.n_train) for h in honest]
         for j, h in enumerate(malicious):
-            bad = make_attacker(case.attack, h.state, h.scale, h.n_train, medians, case.factor, seed=seed + j)
+            source = malicious[0] if case.attack == "colluding_flip" else h  # colluders send one adapter
+            bad = make_attacker(case.attack, source.state, source.scale, h.n_train, medians, case.factor, seed=seed + j)
             replies.append(_reply(h, bad.state, bad.n_train))
         strategy = defence_strategy(case.defence, case.method, base)
         outcome = CaseOutcome(case, merged=False)
@@ -171,6 +172,10 @@ def run_attacks(run: StoredRun, cases: Sequence[AttackCase], num_hospitals: int,
             merged = screen_weigh_merge(replies, strategy, layout, minimum=2, on_screened=screened)
         except NotEnoughHospitals:
             outcome.error = f"only {len(outcome.accepted)} adapter(s) passed the screen"
+            outcomes.append(outcome)
+            continue
+        except MergeRefused as refused:  # amplified beyond its inputs: a run refuses it, nothing to evaluate
+            outcome.error = f"merge refused: {refused}"
             outcomes.append(outcome)
             continue
         weights = merged.weights

@@ -25,7 +25,10 @@ HONEST = [adapter(i) for i in range(4)]
 MEDIANS = honest_median_norms(HONEST, [2.0] * 4)
 
 
-@pytest.mark.parametrize("kind", ATTACKS)
+NORM_ATTACKS = [a for a in ATTACKS if a not in ("head_flip", "refactor")]  # the ΔW-norm ones
+
+
+@pytest.mark.parametrize("kind", NORM_ATTACKS)
 @pytest.mark.parametrize("factor", [0.5, 3.0, 100.0])
 def test_attack_strength_is_a_multiple_of_the_honest_median(kind, factor):
     own = adapter(9)
@@ -62,3 +65,20 @@ def test_every_defence_is_a_valid_strategy_setting(name):
     assert strategy["merge"] in ("ties", "median", "trimmed_mean")
     with pytest.raises(ValueError, match="unknown defence"):
         defence_strategy("wall", "ties", {})
+
+
+def test_head_flip_keeps_the_honest_update_and_negates_the_head_at_the_factor():
+    own = adapter(9)
+    bad = make_attacker("head_flip", own, 2.0, 100, MEDIANS, 3.0)
+    assert all(torch.equal(bad.state[k], own[k]) for k in own if ".lora_" in k)
+    assert torch.equal(bad.state["m.heads.t.weight"], -3.0 * own["m.heads.t.weight"])
+
+
+def test_refactor_keeps_the_update_and_moves_the_factors():
+    own = adapter(9)
+    bad = make_attacker("refactor", own, 2.0, 100, MEDIANS, 1e3)
+    for m in MODULES:
+        assert torch.allclose(module_delta(bad.state, m, 2.0), module_delta(own, m, 2.0), rtol=1e-4, atol=1e-6)
+        assert float(bad.state[f"{m}.lora_B.weight"].norm()) == pytest.approx(
+            1e3 * float(own[f"{m}.lora_B.weight"].norm()), rel=1e-5
+        )
