@@ -12,6 +12,8 @@ OFF = {
     "min_cosine": None,
     "min_relative_cosine": None,
     "clip_factor": None,
+    "duplicate_tolerance": None,
+    "max_merged_ratio": 1e30,
 }
 DEFAULT_SCREEN = {
     "max_update_ratio": 1.0,
@@ -20,6 +22,8 @@ DEFAULT_SCREEN = {
     "min_cosine": 0.0,
     "min_relative_cosine": 0.5,
     "clip_factor": 2.0,
+    "duplicate_tolerance": 1e-3,
+    "max_merged_ratio": 10.0,
 }
 
 # name -> (screen, robust, merge method overriding the table's method or None, what it is)
