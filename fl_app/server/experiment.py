@@ -19,6 +19,7 @@ from fl_app.server.evaluation import decode_scores, evaluation_fields, evaluatio
 from fl_app.server.evaluation_plan import cross_evaluation
 from fl_app.server.results import RunResults, version_entry
 from fl_app.server.status import COMPLETED, FAILED, INTERRUPTED
+from fl_app.server.stop_reason import SuperLinkWatch
 from fl_app.server.traffic import CountingGrid
 from fl_app.server.versions import save_mixture, save_version, version_provenance
 from strategies import strategy_spec
@@ -126,6 +127,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
         },
         hospital_of_node=bound_nodes(cfg),
     )
+    superlink = SuperLinkWatch()
     try:
         counting = CountingGrid(grid)
         nodes = wait_for_nodes(counting, int(cfg.strategy.min_hospitals))
@@ -200,13 +202,13 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
         )
         results.finish(COMPLETED)
         log(INFO, "MedForge results: %s", results.path)
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or the SuperLink stopping the ServerApp (`flwr stop`)
-        results.finish(INTERRUPTED, error=f"stopped during {results.data.get('stage')}")
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, `flwr stop`, or the SuperLink stopping (a restart)
+        results.finish(INTERRUPTED, error=superlink.interrupted(results.data.get("stage")))
         raise
     except Exception as error:
         # `flwr stop`: the SuperLink refuses the ServerApp's next call with "... Stopped by user."
-        status = INTERRUPTED if STOPPED_BY_USER in str(error) else FAILED
-        results.finish(status, error=f"{type(error).__name__}: {error} (during {results.data.get('stage')})")
+        stopped = STOPPED_BY_USER in str(error) or superlink.gone()
+        results.finish(INTERRUPTED if stopped else FAILED, error=superlink.failed(error, results.data.get("stage")))
         raise
     return results
 
