@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=float, default=DEFAULT_BURST, help="requests at once per client (default 2000)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded request
     try:
         max_body = parse_size(args.max_body)
         RateLimiter(args.rate, args.burst)
