@@ -35,7 +35,7 @@ from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-from flwr.supercore import log
+from flwr.supercore import app_utils, log
 from flwr.supercore.cli.flower_superexec import flower_superexec
 from flwr.supercore.constant import ExecutorType, TaskType
 from flwr.supercore.exit import exit_handler
@@ -214,6 +214,18 @@ def _run_task(spec: ExecutionSpec, pins: Pins | None = None) -> int:
     return code
 
 
+def pid_exists(pid: int) -> bool:
+    """Whether `pid` runs. Flower's check counts "not permitted to signal it" as gone, so a SuperExec
+    running as --clientapp-user would stop at once beside a SuperNode running as root."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def fork_executor(pins: Pins | None = None) -> Callable[..., ForkExecutor]:
     """Stands in for Flower's `get_executor` in `run_superexec`: the local (subprocess) executor only."""
 
@@ -237,6 +249,7 @@ def main() -> None:
     log(INFO, "warm_superexec: imported %s in %.1f s; ClientApps fork from here", WARM_MODULE, seconds)
     if cuda_initialised():
         log(WARNING, "warm_superexec: CUDA started during the warm-up; each ClientApp runs as a fresh process")
+    app_utils._pid_exists = pid_exists  # the parent watch of this process and its ClientApps
     superexec.get_executor = fork_executor(pins)  # the one seam: run_superexec builds its executor through it
     flower_superexec()
 

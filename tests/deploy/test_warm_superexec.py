@@ -187,3 +187,20 @@ def test_the_pins_option_is_taken_out_of_flowers_arguments():
 
     assert str(path) == "/site/pins.txt" and argv == ["warm_superexec.py", "--insecure", "--parent-pid", "1"]
     assert warm_superexec.pop_pins_option(["x", "--insecure"]) is None
+
+
+def test_a_parent_of_another_user_counts_as_running(monkeypatch):
+    # As --clientapp-user, signalling the SuperNode (root) raises PermissionError, which Flower's own
+    # check reads as "gone" (the SuperExec would stop at once). The warm SuperExec's check must not.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = warm_superexec.pid_exists(os.getpid())
+    gone = warm_superexec.pid_exists(dead.pid)
+
+    def not_permitted(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_permitted)
+
+    assert alive and not gone
+    assert warm_superexec.pid_exists(1)

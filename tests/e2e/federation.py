@@ -129,10 +129,11 @@ class LoopbackFederation:
         max_wait: int = 60,
         check: bool = True,
         fresh_clientapp: bool = False,
+        pinned_apps: Path | None = None,
     ) -> subprocess.Popen:
         """A hospital's SuperNode via start_supernode.sh (check=False: --skip-check, start with bad data;
-        fresh_clientapp: Flower's own process per message instead of warm_superexec.py's forks),
-        or, with ca=False, flower-supernode without the CA."""
+        fresh_clientapp: Flower's own process per message instead of warm_superexec.py's forks;
+        pinned_apps: the site's pin file), or, with ca=False, flower-supernode without the CA."""
         port = str(free_port())
         if ca:
             command = [
@@ -153,6 +154,7 @@ class LoopbackFederation:
                 "1",
                 *([] if check else ["--skip-check"]),
                 *(["--fresh-clientapp"] if fresh_clientapp else []),
+                *(["--pinned-apps", pinned_apps] if pinned_apps else []),
             ]
         else:
             command = [
