@@ -73,10 +73,10 @@ if [[ -n "$app_user" ]]; then
   app_home="${app_home:-$(getent passwd "$app_user" | cut -d: -f6)}"
   as_app=(setpriv --reuid="$app_user" --regid="$(id -g "$app_user")" --init-groups
           env HOME="$app_home" FLWR_HOME="$app_home/.flwr")
-  "${as_app[@]}" test -w "$app_home" \
-    || fail "$app_home is not writable by $app_user (bundles and the DP ledger go there); pass --clientapp-home DIR owned by $app_user"
   ! "${as_app[@]}" test -r "$key" \
     || fail "$key is readable by $app_user, so the app could read this node's private key: chown root and chmod 600 it"
+  "${as_app[@]}" test -w "$app_home" \
+    || fail "$app_home is not writable by $app_user (bundles and the DP ledger go there); pass --clientapp-home DIR owned by $app_user"
   [[ -z "$pins" ]] || ! "${as_app[@]}" test -w "$pins" \
     || fail "$pins is writable by $app_user, so the app could pin itself: chown root and chmod 644 it"
 else
