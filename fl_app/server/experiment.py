@@ -17,6 +17,7 @@ from fl_app.failures import REJECTED, Failure
 from fl_app.protocol import HospitalReply, decode_train_reply
 from fl_app.server.evaluation import decode_scores, evaluation_fields, evaluation_messages, planned_scores
 from fl_app.server.evaluation_plan import cross_evaluation
+from fl_app.server.identities import IdentityRecord, describe
 from fl_app.server.results import RunResults, version_entry
 from fl_app.server.status import COMPLETED, FAILED, INTERRUPTED
 from fl_app.server.stop_reason import SuperLinkWatch
@@ -56,6 +57,7 @@ class RunRecorder:
 
     def __init__(self, results: RunResults, cfg: DictConfig, grid: CountingGrid) -> None:
         self.results, self.cfg, self.grid = results, cfg, grid
+        self.identities = IdentityRecord(results.folder)
 
     def __getattr__(self, name: str) -> Any:  # everything else (the centralised reference) goes to the results
         return getattr(self.results, name)
@@ -103,6 +105,10 @@ class RunRecorder:
             named = failure.named(self.results.hospital_of_node)
             log(WARNING, "train round %d: %s left out (%s)", server_round, named.describe(), failure.reason)
         self.results.record_round(server_round, hospitals, failures)
+        if changes := self.identities.check(self.results.data["hospitals"]):
+            for change in changes:
+                log(WARNING, "Identity: %s", describe(change))
+            self.results.set(identity_changes=[*self.results.data.get("identity_changes", []), *changes])
 
 
 def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: str = "") -> RunResults:

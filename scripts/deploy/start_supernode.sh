@@ -71,8 +71,9 @@ if [[ -n "$app_user" ]]; then
   id -u "$app_user" >/dev/null 2>&1 || fail "no user $app_user; create one: useradd --system --create-home $app_user"
   [[ $(id -u "$app_user") != 0 ]] || fail "--clientapp-user $app_user is root; give an unprivileged account"
   app_home="${app_home:-$(getent passwd "$app_user" | cut -d: -f6)}"
-  as_app=(setpriv --reuid="$app_user" --regid="$(id -g "$app_user")" --init-groups
-          env HOME="$app_home" FLWR_HOME="$app_home/.flwr")
+  # No capabilities, none to gain (--no-new-privs: no setuid program gives them back).
+  as_app=(env HOME="$app_home" FLWR_HOME="$app_home/.flwr" setpriv --reuid="$app_user" --regid="$(id -g "$app_user")"
+          --init-groups --inh-caps=-all --bounding-set=-all --no-new-privs)
   ! "${as_app[@]}" test -r "$key" \
     || fail "$key is readable by $app_user, so the app could read this node's private key: chown root and chmod 600 it"
   "${as_app[@]}" test -w "$app_home" \

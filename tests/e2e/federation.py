@@ -130,10 +130,12 @@ class LoopbackFederation:
         check: bool = True,
         fresh_clientapp: bool = False,
         pinned_apps: Path | None = None,
+        extra: list[str] | None = None,
     ) -> subprocess.Popen:
         """A hospital's SuperNode via start_supernode.sh (check=False: --skip-check, start with bad data;
         fresh_clientapp: Flower's own process per message instead of warm_superexec.py's forks;
-        pinned_apps: the site's pin file), or, with ca=False, flower-supernode without the CA."""
+        pinned_apps: the site's pin file; extra: more start_supernode.sh options), or, with ca=False,
+        flower-supernode without the CA."""
         port = str(free_port())
         if ca:
             command = [
@@ -155,6 +157,7 @@ class LoopbackFederation:
                 *([] if check else ["--skip-check"]),
                 *(["--fresh-clientapp"] if fresh_clientapp else []),
                 *(["--pinned-apps", pinned_apps] if pinned_apps else []),
+                *(extra or []),
             ]
         else:
             command = [
