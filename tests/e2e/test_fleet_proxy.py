@@ -117,6 +117,8 @@ def test_hospitals_ride_through_a_superlink_restart_behind_the_proxy(tmp_path):
         results = read_results(second)
         assert results is not None and results["status"] == COMPLETED, done.stdout[-3000:]
         assert [v["name"] for v in results["versions"]] == ["hospital-0", "hospital-1", "merged"]
+        assert all(h.get("data_fingerprint") for h in results["hospitals"])  # the same nodes and data as before:
+        assert "identity_changes" not in results  # nothing to report
         assert all(node.poll() is None for node in supernodes), "a SuperNode exited: it did not ride through"
         assert stop_seconds < 30, f"stopping the SuperLink took {stop_seconds:.0f} s"
     finally:
