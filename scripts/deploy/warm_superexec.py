@@ -62,10 +62,13 @@ class Pins:
     """The site's pinned bundles (hash -> note) and the file they came from."""
 
     def __init__(self, path: Path) -> None:
-        from fl_app.app_pins import read_pins  # the site's own checkout (installed), not a bundle
+        # The site's own checkout (installed), bound now: the warm-up then forgets fl_app's modules,
+        # and nothing is imported while a task's bundle is about.
+        from fl_app.app_pins import AppNotPinned, check_bundle, read_pins
 
         self.path = Path(path)
         self.hashes = read_pins(self.path)
+        self.check, self.refusal = check_bundle, AppNotPinned
 
 
 def pop_pins_option(argv: list[str]) -> Path | None:
@@ -97,13 +100,11 @@ def pinned_only(
         return message, context, run, fab
 
     def install_from_fab(content: bytes, *args: Any, **kwargs: Any) -> Any:
-        from fl_app.app_pins import AppNotPinned, check_bundle
-
         try:
-            check_bundle(content, pins.hashes, str(pins.path), task.get("app", ""))
-        except AppNotPinned as error:
+            pins.check(content, pins.hashes, str(pins.path), task.get("app", ""))
+        except pins.refusal as error:
             log(ERROR, "warm_superexec: refused to run it: %s", error)
-            raise AppNotPinned(f"{error} (hospital-id={task.get('hospital', '?')})") from None
+            raise pins.refusal(f"{error} (hospital-id={task.get('hospital', '?')})") from None
         return install(content, *args, **kwargs)
 
     return pull_task_input, install_from_fab

@@ -131,6 +131,7 @@ class LoopbackFederation:
         fresh_clientapp: bool = False,
         pinned_apps: Path | None = None,
         extra: list[str] | None = None,
+        log_name: str | None = None,
     ) -> subprocess.Popen:
         """A hospital's SuperNode via start_supernode.sh (check=False: --skip-check, start with bad data;
         fresh_clientapp: Flower's own process per message instead of warm_superexec.py's forks;
@@ -173,7 +174,7 @@ class LoopbackFederation:
                 "--max-wait-time",
                 str(max_wait),
             ]
-        return self.start(command, f"supernode-{hospital}.log")
+        return self.start(command, log_name or f"supernode-{hospital}.log")
 
     def online_nodes(self) -> int:
         done = self.run("flwr", "supernode", "list", CONNECTION, "--format", "json")
