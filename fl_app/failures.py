@@ -78,4 +78,8 @@ class Failure:
         return replace(self, hospital_id=hospital_of_node[self.node_id])
 
     def describe(self) -> str:
-        return f"hospital {self.hospital_id} (node {self.node_id}): {self.error}"
+        """For a log line: the hospital and its node, or the node alone while its hospital is unknown."""
+        who = (
+            f"node {self.node_id}" if self.hospital_id is None else f"hospital {self.hospital_id} (node {self.node_id})"
+        )
+        return f"{who}: {self.error}"
