@@ -20,7 +20,7 @@ from fl_app.server.evaluation_plan import cross_evaluation
 from fl_app.server.identities import IdentityRecord, describe
 from fl_app.server.results import RunResults, version_entry
 from fl_app.server.status import COMPLETED, FAILED, INTERRUPTED
-from fl_app.server.stop_reason import SuperLinkWatch
+from fl_app.server.stop_reason import PARENT_GRACE_S, SuperLinkWatch
 from fl_app.server.traffic import CountingGrid
 from fl_app.server.versions import save_mixture, save_version, version_provenance
 from strategies import strategy_spec
@@ -209,7 +209,10 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
         results.finish(COMPLETED)
         log(INFO, "MedForge results: %s", results.path)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, `flwr stop`, or the SuperLink stopping (a restart)
-        results.finish(INTERRUPTED, error=superlink.interrupted(results.data.get("stage")))
+        stage = results.data.get("stage")
+        results.finish(INTERRUPTED, error=superlink.interrupted(stage))  # at once: Flower force-exits in 5 s
+        if not superlink.gone() and superlink.gone(PARENT_GRACE_S):  # the SuperLink stopping with it: say so
+            results.finish(INTERRUPTED, error=superlink.interrupted(stage))
         raise
     except Exception as error:
         # `flwr stop`: the SuperLink refuses the ServerApp's next call with "... Stopped by user."

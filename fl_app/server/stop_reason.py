@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import time
 
-#: How long a signalled ServerApp waits to see whether its SuperLink is exiting too (a SuperLink
-#: stopped with its process group signals both at once).
-PARENT_GRACE_S = 3.0
+#: How long a signalled ServerApp, its results already written, waits to see whether its SuperLink is
+#: exiting too (a SuperLink stopped with its process group signals both at once). Well under Flower's
+#: force exit, 5 s after the signal (flwr/supercore/exit/exit.py).
+PARENT_GRACE_S = 2.0
 
 
 class SuperLinkWatch:
@@ -27,9 +28,10 @@ class SuperLinkWatch:
             time.sleep(0.1)
         return True
 
-    def interrupted(self, stage: str | None) -> str:
-        """results.json's `error` for a run a signal ended during `stage`."""
-        if self.gone(PARENT_GRACE_S):
+    def interrupted(self, stage: str | None, grace_s: float = 0.0) -> str:
+        """results.json's `error` for a run a signal ended during `stage` (waiting up to `grace_s` for
+        the SuperLink to exit)."""
+        if self.gone(grace_s):
             return (
                 f"the SuperLink stopped during {stage} (restarted or shut down), which ends the run under way; "
                 "hospitals reconnect on their own once it is back"

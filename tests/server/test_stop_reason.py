@@ -16,7 +16,7 @@ def test_a_serverapp_whose_superlink_exited_names_the_superlink():
             watch = SuperLinkWatch()
             os.write(write_end, b"x")  # ready: the SuperLink may exit now
             gone_in_time = watch.gone(grace_s=30)
-            os.write(write_end, f"{gone_in_time}|{watch.interrupted('train')}".encode())
+            os.write(write_end, f"{gone_in_time}|{watch.interrupted('train', grace_s=30)}".encode())
             os._exit(0)
         os.read(read_end, 1)
         os._exit(0)
