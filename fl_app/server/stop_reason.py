@@ -9,12 +9,13 @@ import time
 #: How long a signalled ServerApp, its results already written, waits to see whether its SuperLink is
 #: exiting too (a SuperLink stopped with its process group signals both at once). Well under Flower's
 #: force exit, 5 s after the signal (flwr/supercore/exit/exit.py).
-PARENT_GRACE_S = 2.0
+PARENT_GRACE_S = 3.0
 
 
 class SuperLinkWatch:
-    """The process that started this ServerApp: its SuperLink (`--isolation subprocess`) or the
-    simulation's. A ServerApp whose parent exited has been re-parented: its SuperLink is gone."""
+    """The process that started this ServerApp: the SuperLink's own SuperExec (`--isolation
+    subprocess`), which stops with the SuperLink, or the simulation's. A ServerApp whose parent
+    exited has been re-parented: its SuperLink is gone."""
 
     def __init__(self) -> None:
         self.superlink_pid = os.getppid()
