@@ -37,7 +37,7 @@ class SuperLinkWatch:
                 f"the SuperLink stopped during {stage} (restarted or shut down), which ends the run under way; "
                 "hospitals reconnect on their own once it is back"
             )
-        return f"stopped during {stage} (a signal: Ctrl-C, or the SuperLink's host stopping its processes)"
+        return f"stopped during {stage} (a signal: `flwr stop`, Ctrl-C, or the host stopping the SuperLink's processes)"
 
     def failed(self, error: BaseException, stage: str | None) -> str:
         """results.json's `error` for an exception during `stage` (named as the SuperLink's loss when it was)."""
