@@ -8,12 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from fl_app.app_pins import APP_NOT_PINNED
+
 # Why a hospital was left out (results.json `reason`), from the error its reply carries.
 TIMEOUT = "timeout"  # no reply before the phase's deadline (strategy.train_timeout_s / evaluate_timeout_s)
 UNAVAILABLE = "unavailable"  # the SuperLink lost the node (no heartbeat): a SuperNode that stopped or lost its network
 CRASHED = "crashed"  # the hospital's process died (simulation: its Ray worker; deployment: the ClientApp process)
 REJECTED = "rejected"  # the server refused the node (a hospital id it may not claim, or claimed twice)
 ERROR = "error"  # the hospital reported an error (its data, its training) or sent a reply that does not decode
+APP_REFUSED = "app-refused"  # the site refused the run's app bundle: its hash is not pinned there (fl_app.app_pins)
 
 # Error codes of replies the server makes up itself (Flower's own codes are 0-8).
 ERROR_CODE_TIMEOUT = 1002
@@ -30,6 +33,8 @@ def failure_cause(code: int, reason: str) -> str:
         return UNAVAILABLE
     if code == _FLOWER_CLIENT_APP_CRASHED or any(marker in reason for marker in _CRASH_MARKERS):
         return CRASHED
+    if APP_NOT_PINNED in reason:
+        return APP_REFUSED
     return ERROR
 
 
@@ -44,7 +49,7 @@ class Failure:
     round: int | None = None  # the server round (0 for the evaluation)
     tensor: str | None = None  # screen: the offending tensor's key
     problem: str | None = None  # screen: what is wrong with it
-    reason: str = ERROR  # timeout | unavailable | crashed | rejected | error
+    reason: str = ERROR  # timeout | unavailable | crashed | rejected | app-refused | error
 
     def as_dict(self) -> dict[str, Any]:
         """As results.json records it (screen details only when set)."""
@@ -73,4 +78,8 @@ class Failure:
         return replace(self, hospital_id=hospital_of_node[self.node_id])
 
     def describe(self) -> str:
-        return f"hospital {self.hospital_id} (node {self.node_id}): {self.error}"
+        """For a log line: the hospital and its node, or the node alone while its hospital is unknown."""
+        who = (
+            f"node {self.node_id}" if self.hospital_id is None else f"hospital {self.hospital_id} (node {self.node_id})"
+        )
+        return f"{who}: {self.error}"

@@ -69,7 +69,16 @@ from fl_app.privacy.settings import (
     refuse_below_site_budget,
     refuse_plain_calibration,
 )
-from fl_app.protocol import ARRAYS, CONFIG, HOSPITAL, METRICS, VERSION_PREFIX, hospital_record, read_experiment
+from fl_app.protocol import (
+    ARRAYS,
+    CONFIG,
+    DATA_FINGERPRINT_HEX,
+    HOSPITAL,
+    METRICS,
+    VERSION_PREFIX,
+    hospital_record,
+    read_experiment,
+)
 from fl_app.training import (
     medmnist_metrics,
     model_pixels,
@@ -124,6 +133,10 @@ class Hospital:
         self.lora = hospital_lora(experiment, data.hospital_id, node_config)
         node_config = node_config or {}
         self.deployed = "data-path" in node_config  # a site holding real data (fl_app.data.site)
+        site = site_config(node_config) if self.deployed else None
+        # 64 bits of its data's SHA-256: the coordinator notices a change between runs (another party
+        # holding this hospital's key has other data), learning only "same file or not".
+        self.data_fingerprint = file_fingerprint(site.data_path)[:DATA_FINGERPRINT_HEX] if site else None
         site_epsilon = node_config.get("privacy-epsilon")  # the site's own DP budget (fl_app.data.site)
         self.site_budget = NoiseTarget(epsilon=float(site_epsilon)) if site_epsilon is not None else None
         site_delta = node_config.get("privacy-delta")  # the site's own δ (default: 1 / (10 · released n))
@@ -150,6 +163,7 @@ class Hospital:
             self.data.data_source,
             int(lora["r"]),
             float(lora["alpha"]),
+            self.data_fingerprint,
         )
 
     def train(

@@ -25,6 +25,8 @@ METRICS = "metrics"
 HOSPITAL = "hospital"
 VERSION_PREFIX = "version:"
 HOSPITAL_ERROR_TAG = re.compile(r"hospital-id=(\d+)")
+DATA_FINGERPRINT = "data-fingerprint"  # optional field of the `hospital` record
+DATA_FINGERPRINT_HEX = 16  # 64 bits of the data's SHA-256: enough to notice a change, no more
 
 
 def instructions(experiment_json: str, **extra: Any) -> ConfigRecord:
@@ -61,6 +63,7 @@ class HospitalReply:
     lora_r: int = 0
     lora_alpha: float = 0.0
     upload_bytes: int = 0
+    data_fingerprint: str | None = None  # a deployed site's data, as sent (fl_app.server.identities compares runs)
 
     @property
     def lora_scale(self) -> float:
@@ -69,15 +72,30 @@ class HospitalReply:
     def summary(self) -> dict[str, Any]:
         """The hospital as results.json lists it."""
         return hospital_summary(
-            self.hospital_id, self.node_id, self.task, self.n_train, self.n_val, self.n_test, self.data_source
+            self.hospital_id,
+            self.node_id,
+            self.task,
+            self.n_train,
+            self.n_val,
+            self.n_test,
+            self.data_source,
+            self.data_fingerprint,
         )
 
 
 def hospital_summary(
-    hospital_id: int, node_id: int | None, task: str, n_train: int, n_val: int, n_test: int, data_source: str
+    hospital_id: int,
+    node_id: int | None,
+    task: str,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    data_source: str,
+    data_fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """A hospital as results.json lists it (node_id None: no node trained, e.g. the centralised reference)."""
-    return {
+    """A hospital as results.json lists it (node_id None: no node trained, e.g. the centralised reference;
+    data_fingerprint only from a deployed site)."""
+    summary = {
         "id": hospital_id,
         "node_id": node_id,
         "task": task,
@@ -86,14 +104,26 @@ def hospital_summary(
         "n_test": n_test,
         "data_source": data_source,
     }
+    return summary | ({"data_fingerprint": data_fingerprint} if data_fingerprint is not None else {})
 
 
 def hospital_record(
-    hospital_id: int, task: str, n_train: int, n_val: int, n_test: int, data_source: str, lora_r: int, lora_alpha: float
+    hospital_id: int,
+    task: str,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    data_source: str,
+    lora_r: int,
+    lora_alpha: float,
+    data_fingerprint: str | None = None,
 ) -> ConfigRecord:
-    """The `hospital` record of a reply: who answered and what its adapter is."""
+    """The `hospital` record of a reply: who answered and what its adapter is (and, from a deployed
+    site, a fingerprint of its data: the coordinator notices when it changes between runs)."""
+    fingerprint = {DATA_FINGERPRINT: data_fingerprint} if data_fingerprint else {}
     return ConfigRecord(
         {
+            **fingerprint,
             "hospital-id": hospital_id,
             "task": task,
             "n-train": n_train,
@@ -127,12 +157,14 @@ def decode_train_content(content: RecordDict, node_id: int) -> HospitalReply:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"Train reply from node {node_id}: metric {name!r}={value!r} is not a number.")
         metrics[name] = float(value)
+    fingerprint = info.get(DATA_FINGERPRINT)
     return HospitalReply(
         node_id=node_id,
         **fields,
         metrics=metrics,
         state=arrayrecord_to_state(content[ARRAYS]),
         upload_bytes=record_dict_bytes(content),
+        data_fingerprint=str(fingerprint)[:64] if fingerprint else None,
     )
 
 

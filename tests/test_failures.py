@@ -17,6 +17,12 @@ def test_as_dict_is_the_results_json_form():
     assert failure.describe() == "hospital 2 (node 7): disk full"
 
 
+def test_a_node_whose_hospital_is_unknown_is_named_by_its_node_not_hospital_none():
+    failure = Failure(None, "train", "Node Unavailable", node_id=7, round=1)
+
+    assert failure.describe() == "node 7: Node Unavailable"
+
+
 def test_screen_failures_name_the_tensor_and_problem():
     failure = Failure(0, "screen", "rejected", node_id=3, round=1, tensor="m.lora_A.weight", problem="NaN")
 

@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "fl_app",  # the package itself (an empty __init__)
             "fl_app.adapter_keys",
+            "fl_app.app_pins",  # the app bundles a site accepts (its warm SuperExec checks them)
             "fl_app.calibration",
             "fl_app.candidate_scoring",  # MedForge's federated search at a hospital: wire format and scoring math
             "fl_app.data",

@@ -17,8 +17,10 @@ from fl_app.failures import REJECTED, Failure
 from fl_app.protocol import HospitalReply, decode_train_reply
 from fl_app.server.evaluation import decode_scores, evaluation_fields, evaluation_messages, planned_scores
 from fl_app.server.evaluation_plan import cross_evaluation
+from fl_app.server.identities import IdentityRecord, describe
 from fl_app.server.results import RunResults, version_entry
 from fl_app.server.status import COMPLETED, FAILED, INTERRUPTED
+from fl_app.server.stop_reason import PARENT_GRACE_S, SuperLinkWatch
 from fl_app.server.traffic import CountingGrid
 from fl_app.server.versions import save_mixture, save_version, version_provenance
 from strategies import strategy_spec
@@ -55,6 +57,7 @@ class RunRecorder:
 
     def __init__(self, results: RunResults, cfg: DictConfig, grid: CountingGrid) -> None:
         self.results, self.cfg, self.grid = results, cfg, grid
+        self.identities = IdentityRecord(results.folder)
 
     def __getattr__(self, name: str) -> Any:  # everything else (the centralised reference) goes to the results
         return getattr(self.results, name)
@@ -102,6 +105,10 @@ class RunRecorder:
             named = failure.named(self.results.hospital_of_node)
             log(WARNING, "train round %d: %s left out (%s)", server_round, named.describe(), failure.reason)
         self.results.record_round(server_round, hospitals, failures)
+        if changes := self.identities.check(self.results.data["hospitals"]):
+            for change in changes:
+                log(WARNING, "Identity: %s", describe(change))
+            self.results.set(identity_changes=[*self.results.data.get("identity_changes", []), *changes])
 
 
 def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: str = "") -> RunResults:
@@ -126,6 +133,7 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
         },
         hospital_of_node=bound_nodes(cfg),
     )
+    superlink = SuperLinkWatch()
     try:
         counting = CountingGrid(grid)
         nodes = wait_for_nodes(counting, int(cfg.strategy.min_hospitals))
@@ -200,13 +208,16 @@ def run_experiment_on_grid(grid: Any, cfg: DictConfig, results_dir: Path, job: s
         )
         results.finish(COMPLETED)
         log(INFO, "MedForge results: %s", results.path)
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or the SuperLink stopping the ServerApp (`flwr stop`)
-        results.finish(INTERRUPTED, error=f"stopped during {results.data.get('stage')}")
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, `flwr stop`, or the SuperLink stopping (a restart)
+        stage = results.data.get("stage")
+        results.finish(INTERRUPTED, error=superlink.interrupted(stage))  # at once: Flower force-exits in 5 s
+        if not superlink.gone() and superlink.gone(PARENT_GRACE_S):  # the SuperLink stopping with it: say so
+            results.finish(INTERRUPTED, error=superlink.interrupted(stage))
         raise
     except Exception as error:
         # `flwr stop`: the SuperLink refuses the ServerApp's next call with "... Stopped by user."
-        status = INTERRUPTED if STOPPED_BY_USER in str(error) else FAILED
-        results.finish(status, error=f"{type(error).__name__}: {error} (during {results.data.get('stage')})")
+        stopped = STOPPED_BY_USER in str(error) or superlink.gone()
+        results.finish(INTERRUPTED if stopped else FAILED, error=superlink.failed(error, results.data.get("stage")))
         raise
     return results
 

@@ -17,6 +17,14 @@
 #   --skip-check           start even if this site's data fails the check below
 #   --fresh-clientapp      run each message in a fresh `flwr-clientapp` process (Flower's own
 #                          `--isolation subprocess`), which imports torch/PEFT/transformers every time
+#   --pinned-apps FILE     run only the app bundles whose hashes this site pinned in FILE
+#                          (scripts/deploy/pin_app.py; docs/deployment.md "Pinning app releases");
+#                          any other is refused before it runs, logged, and reported to the coordinator
+#   --clientapp-user USER  run the app code (the warm SuperExec and the ClientApps it forks) as USER, an
+#                          unprivileged account that cannot read --key (needs root; docs/deployment.md
+#                          "Keeping the node key from the app"); refused if USER can read the key or
+#                          write the pin file. Without it the app runs as this user and can read the key.
+#   --clientapp-home DIR   USER's writable home (installed app bundles, the DP ledger); default USER's home
 #
 # First it checks the site's data as the ClientApp will read it (scripts/deploy/check_site.py) and
 # does not start when that fails, printing why. Nothing listens for the outside world: the
@@ -27,7 +35,7 @@ set -euo pipefail
 # Flower from the checkout's .venv (scripts/install.sh) when there is one, else from PATH.
 venv_bin="$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin"
 [[ -x "$venv_bin/flower-superlink" ]] && PATH="$venv_bin:$PATH"
-superlink="" ca="" key="" node_config="" port=9094 max_wait=600 threads="" check=1 isolation=process
+superlink="" ca="" key="" node_config="" port=9094 max_wait=600 threads="" check=1 isolation=process pins="" app_user="" app_home=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --superlink) superlink="$2"; shift 2 ;;
@@ -39,7 +47,10 @@ while [[ $# -gt 0 ]]; do
     --threads) threads="$2"; shift 2 ;;
     --skip-check) check=0; shift ;;
     --fresh-clientapp) isolation=subprocess; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    --pinned-apps) pins="$2"; shift 2 ;;
+    --clientapp-user) app_user="$2"; shift 2 ;;
+    --clientapp-home) app_home="$2"; shift 2 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "start_supernode.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,13 +60,40 @@ done
 for file in "$ca" "$key"; do
   [[ -f "$file" ]] || { echo "start_supernode.sh: $file not found (keys.py makes it; see README, Deployment)" >&2; exit 2; }
 done
+fail() { echo "start_supernode.sh: $*" >&2; exit 2; }
+if [[ -n "$pins" ]]; then
+  [[ $isolation == process ]] || fail "--pinned-apps needs the warm SuperExec (it checks each bundle); drop --fresh-clientapp"
+fi
+as_app=()  # the prefix that runs a command as the ClientApp's user
+if [[ -n "$app_user" ]]; then
+  [[ $isolation == process ]] || fail "--clientapp-user needs the warm SuperExec; drop --fresh-clientapp"
+  [[ $(id -u) == 0 ]] || fail "--clientapp-user needs root (to start the app code as $app_user); run this as root, or drop the option"
+  id -u "$app_user" >/dev/null 2>&1 || fail "no user $app_user; create one: useradd --system --create-home $app_user"
+  [[ $(id -u "$app_user") != 0 ]] || fail "--clientapp-user $app_user is root; give an unprivileged account"
+  app_home="${app_home:-$(getent passwd "$app_user" | cut -d: -f6)}"
+  # No capabilities, none to gain (--no-new-privs: no setuid program gives them back).
+  as_app=(env HOME="$app_home" FLWR_HOME="$app_home/.flwr" setpriv --reuid="$app_user" --regid="$(id -g "$app_user")"
+          --init-groups --inh-caps=-all --bounding-set=-all --no-new-privs)
+  ! "${as_app[@]}" test -r "$key" \
+    || fail "$key is readable by $app_user, so the app could read this node's private key: chown root and chmod 600 it"
+  "${as_app[@]}" test -w "$app_home" \
+    || fail "$app_home is not writable by $app_user (bundles and the DP ledger go there); pass --clientapp-home DIR owned by $app_user"
+  [[ -z "$pins" ]] || ! "${as_app[@]}" test -w "$pins" \
+    || fail "$pins is writable by $app_user, so the app could pin itself: chown root and chmod 644 it"
+else
+  echo "start_supernode.sh: warning: the app code runs as $(id -un) and can read the node key $key;" \
+    "run as root with --clientapp-user (docs/deployment.md, Keeping the node key from the app)" >&2
+fi
 [[ -z "$threads" ]] || export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1
 # How often the SuperExec asks the SuperNode for a task (Flower's default 1 s adds up to 1 s per message).
 export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"
 python="python3"; [[ -x "$venv_bin/python" ]] && python="$venv_bin/python"
+if [[ -n "$pins" ]]; then
+  "$python" "$(dirname "$0")/pin_app.py" --check "$pins" || { echo "start_supernode.sh: fix the pin file $pins" >&2; exit 2; }
+fi
 if [[ $check == 1 ]]; then
-  "$python" "$(dirname "$0")/check_site.py" --node-config "$node_config" \
+  "${as_app[@]}" "$python" "$(dirname "$0")/check_site.py" --node-config "$node_config" \
     || { echo "start_supernode.sh: this site's data failed the check above; fix it, or pass --skip-check" >&2; exit 1; }
 fi
 # flower-supernode in the background so SIGINT/SIGTERM reach it at once, its output kept to explain a refusal.
@@ -67,8 +105,9 @@ supernode=$!
 superexec=""
 if [[ $isolation == process ]]; then
   # It polls the SuperNode's Runtime API on loopback (no TLS, as in subprocess mode) and stops with the SuperNode.
-  "$python" "$(dirname "$0")/warm_superexec.py" --insecure --runtime-api-address "127.0.0.1:$port" \
-    --parent-pid "$supernode" 2>&1 &
+  # As --clientapp-user when given: that user's processes cannot read the node key.
+  "${as_app[@]}" "$python" "$(dirname "$0")/warm_superexec.py" --insecure --runtime-api-address "127.0.0.1:$port" \
+    --parent-pid "$supernode" ${pins:+--pinned-apps "$pins"} 2>&1 &
   superexec=$!
 fi
 trap 'kill -TERM "$supernode" $superexec 2>/dev/null' TERM INT
@@ -78,7 +117,10 @@ if [[ -n $superexec ]]; then
   while kill -0 "$superexec" 2>/dev/null; do wait "$superexec" || true; done  # it exits when the SuperNode has
 fi
 if [[ $code != 0 ]] && grep -q "Failed to activate SuperNode" "$output"; then
-  echo "start_supernode.sh: the SuperLink refused this SuperNode: its public key ${key}.pub is not registered" \
-    "(the coordinator runs: flwr supernode register ${key##*/}.pub <connection>)" >&2
+  # Flower says the same for both causes; the coordinator's `flwr supernode list` tells which.
+  echo "start_supernode.sh: the SuperLink refused to activate this SuperNode: either its public key ${key}.pub is" \
+    "not registered (the coordinator runs: flwr supernode register ${key##*/}.pub <connection>), or a SuperNode" \
+    "with this key is already online (another start of this hospital: stop it, or after it died wait about a" \
+    "minute for its heartbeat to lapse). The coordinator's \`flwr supernode list <connection>\` shows which." >&2
 fi
 exit "$code"

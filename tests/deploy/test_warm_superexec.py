@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from flwr.supercore.constant import TaskType
 from flwr.supercore.exit import exit_handler
 from flwr.supercore.inflatable import inflatable_utils
@@ -99,7 +100,9 @@ def test_other_task_types_start_as_flowers_subprocesses(monkeypatch):
 def test_it_replaces_flowers_executor_through_get_executor():
     # the seam main() uses: Flower's run_superexec builds its executor with this module-level function
     assert callable(run_superexec.get_executor)
-    assert isinstance(warm_superexec.fork_executor(warm_superexec.ExecutorType.SUBPROCESS), warm_superexec.ForkExecutor)
+    assert isinstance(
+        warm_superexec.fork_executor()(warm_superexec.ExecutorType.SUBPROCESS), warm_superexec.ForkExecutor
+    )
 
 
 def test_warm_up_keeps_the_libraries_and_drops_the_apps_own_modules():
@@ -127,3 +130,77 @@ def test_a_process_that_started_cuda_starts_clientapps_as_subprocesses(monkeypat
     executor.launch(task_spec())
 
     assert [s.task_type for s in launched] == [TaskType.CLIENT_APP] and not executor.children
+
+
+class FakeRun:
+    fab_id, fab_version = "medforge", "0.1.0"
+
+
+class FakeContext:
+    node_config = {"hospital-id": 3}
+
+
+def test_with_pins_an_unpinned_bundle_is_refused_before_it_is_installed(tmp_path):
+    # Prepare: the site pins one bundle; Flower's pull and install stand-ins record what ran
+    from fl_app.app_pins import AppNotPinned, fab_hash
+
+    pins_file = tmp_path / "pins.txt"
+    pins_file.write_text(f"{fab_hash(b'reviewed')} v1\n")
+    installed = []
+    pull, install = warm_superexec.pinned_only(
+        warm_superexec.Pins(pins_file),
+        lambda client: ("message", FakeContext(), FakeRun(), "fab"),
+        lambda content, **kwargs: installed.append(content) or "installed",
+    )
+
+    # Execute
+    pull("client")
+    ok = install(b"reviewed", skip_prompt=True)
+    with pytest.raises(AppNotPinned) as refused:
+        install(b"not reviewed", skip_prompt=True)
+
+    # Assert
+    assert ok == "installed" and installed == [b"reviewed"]
+    text = str(refused.value)
+    assert fab_hash(b"not reviewed") in text and "hospital-id=3" in text and "medforge 0.1.0" in text
+
+
+def test_with_pins_a_task_flowers_own_process_would_run_unchecked_is_refused(tmp_path, monkeypatch):
+    from fl_app.app_pins import fab_hash
+
+    pins_file = tmp_path / "pins.txt"
+    pins_file.write_text(f"{fab_hash(b'reviewed')}\n")
+    executor = warm_superexec.ForkExecutor(warm_superexec.Pins(pins_file))
+    launched = []
+    monkeypatch.setattr(executor.subprocess, "launch", lambda spec: launched.append(spec) or LaunchResult.accepted())
+    monkeypatch.setattr(warm_superexec, "cuda_initialised", lambda: True)
+
+    result = executor.launch(task_spec())
+
+    assert result.status == "failed" and "pinned" in result.message and not launched
+
+
+def test_the_pins_option_is_taken_out_of_flowers_arguments():
+    argv = ["warm_superexec.py", "--insecure", "--pinned-apps", "/site/pins.txt", "--parent-pid", "1"]
+
+    path = warm_superexec.pop_pins_option(argv)
+
+    assert str(path) == "/site/pins.txt" and argv == ["warm_superexec.py", "--insecure", "--parent-pid", "1"]
+    assert warm_superexec.pop_pins_option(["x", "--insecure"]) is None
+
+
+def test_a_parent_of_another_user_counts_as_running(monkeypatch):
+    # As --clientapp-user, signalling the SuperNode (root) raises PermissionError, which Flower's own
+    # check reads as "gone" (the SuperExec would stop at once). The warm SuperExec's check must not.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = warm_superexec.pid_exists(os.getpid())
+    gone = warm_superexec.pid_exists(dead.pid)
+
+    def not_permitted(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_permitted)
+
+    assert alive and not gone
+    assert warm_superexec.pid_exists(1)

@@ -27,8 +27,11 @@ class LoopbackFederation:
         self.keys = root / "keys"
         self.port = free_port()
         self.fleet_port: int | None = None  # with start_fleet_proxy(): the only port SuperNodes dial
-        self.env = {**flower_env(root / "flwr-home"), "PYTHONPATH": str(REPO)}
         self.processes: list[subprocess.Popen] = []
+        self.env_home = root / "flwr-home"
+        self.env = {**flower_env(self.env_home), "PYTHONPATH": str(REPO)}
+        self.superlink: subprocess.Popen | None = None
+        self.database = ":flwr-in-memory:"
 
     def run(self, *command: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -55,8 +58,10 @@ class LoopbackFederation:
         self.processes.append(process)
         return process
 
-    def start_superlink(self) -> None:
-        process = self.start(
+    def start_superlink(self, database: str = ":flwr-in-memory:") -> None:
+        """start_superlink.sh on loopback (database: a file keeps registrations across a restart)."""
+        self.database = database
+        self.superlink = self.start(
             [
                 DEPLOY / "start_superlink.sh",
                 "--keys",
@@ -66,16 +71,28 @@ class LoopbackFederation:
                 "--port",
                 str(self.port),
                 "--database",
-                ":flwr-in-memory:",
+                database,
             ],
             "superlink.log",
         )
         tls = ssl.create_default_context(cafile=str(self.keys / "ca.pem"))
         wait_until_healthy(
-            process, f"https://127.0.0.1:{self.port}/health", 60, self.root / "superlink.log", verify=tls
+            self.superlink, f"https://127.0.0.1:{self.port}/health", 60, self.root / "superlink.log", verify=tls
         )
-        done = self.run(DEPLOY / "add_connection.sh", CONNECTION, f"127.0.0.1:{self.port}", self.keys / "ca.pem")
-        assert done.returncode == 0, done.stderr
+        config = self.env_home / "config.toml"
+        if not config.exists() or f"[superlink.{CONNECTION}]" not in config.read_text():
+            done = self.run(DEPLOY / "add_connection.sh", CONNECTION, f"127.0.0.1:{self.port}", self.keys / "ca.pem")
+            assert done.returncode == 0, done.stderr
+
+    def restart_superlink(self) -> float:
+        """Stop the SuperLink (SIGTERM to it and what it started, waited by PID), start it again on the
+        same port and database; the seconds the stop took."""
+        started = time.monotonic()
+        stop_process_group(self.superlink, grace=120)
+        stopped_after = time.monotonic() - started
+        (self.root / "superlink.log").rename(self.root / f"superlink-{len(self.processes)}.log")
+        self.start_superlink(self.database)
+        return stopped_after
 
     def start_fleet_proxy(self) -> None:
         """scripts/deploy/fleet_proxy.py in front of the SuperLink: SuperNodes dial it, not the SuperLink."""
@@ -112,10 +129,14 @@ class LoopbackFederation:
         max_wait: int = 60,
         check: bool = True,
         fresh_clientapp: bool = False,
+        pinned_apps: Path | None = None,
+        extra: list[str] | None = None,
+        log_name: str | None = None,
     ) -> subprocess.Popen:
         """A hospital's SuperNode via start_supernode.sh (check=False: --skip-check, start with bad data;
-        fresh_clientapp: Flower's own process per message instead of warm_superexec.py's forks),
-        or, with ca=False, flower-supernode without the CA."""
+        fresh_clientapp: Flower's own process per message instead of warm_superexec.py's forks;
+        pinned_apps: the site's pin file; extra: more start_supernode.sh options), or, with ca=False,
+        flower-supernode without the CA."""
         port = str(free_port())
         if ca:
             command = [
@@ -136,6 +157,8 @@ class LoopbackFederation:
                 "1",
                 *([] if check else ["--skip-check"]),
                 *(["--fresh-clientapp"] if fresh_clientapp else []),
+                *(["--pinned-apps", pinned_apps] if pinned_apps else []),
+                *(extra or []),
             ]
         else:
             command = [
@@ -151,7 +174,7 @@ class LoopbackFederation:
                 "--max-wait-time",
                 str(max_wait),
             ]
-        return self.start(command, f"supernode-{hospital}.log")
+        return self.start(command, log_name or f"supernode-{hospital}.log")
 
     def online_nodes(self) -> int:
         done = self.run("flwr", "supernode", "list", CONNECTION, "--format", "json")

@@ -145,6 +145,23 @@ def test_unregistered_key_is_refused(federation):
     assert "Failed to activate SuperNode" in log and "unregistered.pub is not registered" in log
 
 
+def test_a_second_start_with_an_online_hospitals_key_names_both_causes(federation):
+    # Flower refuses it with the same "Failed to activate SuperNode" as an unregistered key
+    node = federation.start_supernode(
+        "hospital-0",
+        node_config(0, "breastmnist", "/nowhere.npz"),
+        max_wait=15,
+        check=False,
+        log_name="supernode-hospital-0-again.log",
+    )
+
+    code = node.wait(timeout=90)
+
+    assert code != 0
+    log = federation.log("supernode-hospital-0-again.log")
+    assert "Failed to activate SuperNode" in log and "already online" in log and "flwr supernode list" in log
+
+
 def test_supernode_without_the_ca_certificate_cannot_connect(federation):
     node = federation.start_supernode(
         "hospital-3", node_config(3, "breastmnist", "/nowhere.npz"), ca=False, max_wait=15
