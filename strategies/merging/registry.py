@@ -10,13 +10,15 @@ with PEFT's defaults, so an alias merges as PEFT does.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from strategies.merging.fedit import fedit
+from strategies.merging.fisher import fisher, fisher_heads
 from strategies.merging.knots import knots
 from strategies.merging.lowrank import ModuleMerge, task_arithmetic
+from strategies.merging.regmean import regmean, regmean_heads
 from strategies.merging.robust import coordinate_median, trimmed_mean
 from strategies.merging.sparsify import PIPELINES, sparse_task_arithmetic
 
@@ -55,6 +57,10 @@ class MergeMethod:
     bound: Mapping[str, Any] = field(default_factory=dict)  # fixed parameters that make `fn` this method
     defaults: Mapping[str, Any] = field(default_factory=dict)  # defaults the signature leaves to the caller
     unused: frozenset[str] = frozenset()  # keyword parameters of `fn` this method ignores
+    # data-aware methods: the hospitals' statistics they read (`fl_app.merge_stats` kind), and how they
+    # merge one task's heads with them (`fn(heads, stats, weights, **params)`); None: heads are averaged
+    stats: str | None = None
+    head_fn: Callable[..., dict[str, Any]] | None = None
     # settable parameters and their defaults: read from `fn`'s signature
     params: Mapping[str, Any] = field(init=False, default_factory=dict)
 
@@ -124,6 +130,28 @@ _METHODS = [
     _sparse(
         "magnitude_prune",
         "Trim each ΔW_i to its top `density` entries by magnitude, weighted sum; SVD re-factored.",
+    ),
+    MergeMethod(
+        name="regmean",
+        fn=regmean,
+        paper="https://arxiv.org/abs/2212.09849",
+        exact=True,
+        description="RegMean on ΔW: (Σ w_i ΔW_i G_i)(Σ w_i G_i)^-1 with each hospital's input Gram G_i (off-diagonal "
+        "scaled by alpha), exact in factored form (rank Σ r_i); heads of a task by RegMean on the penultimate "
+        "features. Needs strategy.stats=[gram].",
+        stats="gram",
+        head_fn=regmean_heads,
+    ),
+    MergeMethod(
+        name="fisher",
+        fn=fisher,
+        paper="https://arxiv.org/abs/2111.09832",
+        exact=False,
+        description="Fisher merging of the released parameters: A, B and heads each averaged elementwise with the "
+        "hospitals' diagonal Fishers as weights. INEXACT for ΔW (cross terms B_i A_j, as FedIT). One rank for all "
+        "hospitals. Needs strategy.stats=[fisher].",
+        stats="fisher",
+        head_fn=fisher_heads,
     ),
     MergeMethod(
         name="median",
