@@ -17,6 +17,9 @@ Order of the checks, each on the hospitals still accepted:
    rejected: cosine <= `min_cosine`, or below `min_relative_cosine` x the task's median cosine;
    a module's ΔW above `clip_factor` x the median is scaled down to it (Sun et al. 2019, "Can you
    really backdoor federated learning?", norm bounding).
+
+For a data-aware merge (RegMean, Fisher) the statistics it reads are screened after step 3
+(`stats_screen.py`: shape, finite, symmetric PSD, bounded; no dominating Gram).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch import Tensor
 from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX, head_task_of, is_lora_key
 from fl_app.adapter_layout import AdapterLayout, describe_shape, lora_rank, lora_signature
 from strategies.merging.adapters import flat_lora_a, flat_lora_b
+from strategies.merging.stats_screen import gram_share_problems, stats_problems
 
 MIN_MAJORITY = 3  # hospitals of one task needed before the others can outvote one of them
 
@@ -45,6 +49,7 @@ class Submission:
     state: Mapping[str, Tensor]
     lora_r: int
     lora_alpha: float
+    stats: Mapping[str, Tensor] = field(default_factory=dict)  # fl_app.merge_stats, for data-aware merges
 
     @property
     def scale(self) -> float:
@@ -61,9 +66,21 @@ class ScreenSettings:
     min_relative_cosine: float | None = 0.5
     max_update_ratio: float = 1.0
     max_head_ratio: float = 100.0
+    # statistics of data-aware merges (stats_screen.py)
+    stats_tolerance: float = 1e-4
+    max_gram_scale: float = 1e4
+    max_fisher: float = 1e6
+    max_gram_share: float | None = 0.9
 
     def __post_init__(self) -> None:
-        for name in ("norm_factor", "max_update_ratio", "max_head_ratio"):
+        for name in (
+            "norm_factor",
+            "max_update_ratio",
+            "max_head_ratio",
+            "stats_tolerance",
+            "max_gram_scale",
+            "max_fisher",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"strategy.screen.{name} must be a finite number > 0, got {value!r}")
@@ -75,6 +92,10 @@ class ScreenSettings:
             raise ValueError(
                 f"strategy.screen.clip_factor must be null or a finite number >= 1, got {self.clip_factor}"
             )
+        if self.max_gram_share is not None and not (
+            math.isfinite(self.max_gram_share) and 0 < self.max_gram_share <= 1
+        ):
+            raise ValueError(f"strategy.screen.max_gram_share must be null or in (0, 1], got {self.max_gram_share}")
         if self.min_cosine is not None and not -1 <= self.min_cosine < 1:
             raise ValueError(f"strategy.screen.min_cosine must be null or in [-1, 1), got {self.min_cosine}")
         if self.min_relative_cosine is not None and not 0 <= self.min_relative_cosine < 1:
@@ -292,9 +313,16 @@ def _task_group_screen(
 
 
 def screen_adapters(
-    submissions: Sequence[Submission], layout: AdapterLayout, settings: ScreenSettings | None = None
+    submissions: Sequence[Submission],
+    layout: AdapterLayout,
+    settings: ScreenSettings | None = None,
+    stats: Sequence[str] = (),
 ) -> ScreenResult:
-    """The adapters fit to merge (clipped where step 4 says so), a Rejection per problem, and what was changed."""
+    """The adapters fit to merge (clipped where step 4 says so), a Rejection per problem, and what was changed.
+
+    stats: the statistics the merge reads (`MergeMethod.stats`); each hospital's are screened after
+    its adapter's values and bounds (`stats_screen`), then no Gram may dominate its solve.
+    """
     s = settings or ScreenSettings()
     found: dict[int, list[tuple[str, str]]] = {i: [] for i in range(len(submissions))}
     states: dict[int, dict[str, Tensor]] = {}
@@ -315,6 +343,12 @@ def screen_adapters(
             found[i] += _nonfinite(states[i])
         if not found[i]:
             found[i] += _bounds_problems(sub, states[i], layout, s)
+        if not found[i] and stats:
+            found[i] += stats_problems(states[i], sub.stats, stats, s)
+    if "gram" in stats:
+        shares = gram_share_problems({i: submissions[i] for i in found if not found[i]}, s)
+        for i, listed in shares.items():
+            found[i] += listed
     # 4. relative, within each task that has a majority
     passed = [i for i in found if not found[i]]
     for task in dict.fromkeys(submissions[i].task for i in passed):
