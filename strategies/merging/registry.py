@@ -20,7 +20,9 @@ from strategies.merging.knots import knots
 from strategies.merging.lowrank import ModuleMerge, task_arithmetic
 from strategies.merging.regmean import regmean, regmean_heads
 from strategies.merging.robust import coordinate_median, trimmed_mean
+from strategies.merging.sce import sce
 from strategies.merging.sparsify import PIPELINES, sparse_task_arithmetic
+from strategies.merging.stock import model_stock
 
 
 def signature_params(
@@ -83,8 +85,11 @@ SIGN_PARAMS = frozenset({"majority_sign_method", "normalize"})
 def _sparse(name: str, description: str) -> MergeMethod:
     """A `sparse_task_arithmetic` pipeline: its density default, sign election and seed where it uses them."""
     pipeline = PIPELINES[name]
-    unused = (frozenset() if pipeline.consensus == "sign" else SIGN_PARAMS) | (
-        frozenset() if pipeline.sparsify == "random" else {"seed"}
+    unused = (
+        (frozenset() if pipeline.consensus == "sign" else SIGN_PARAMS)
+        | (frozenset() if pipeline.sparsify in ("random", "magprune") else {"seed"})
+        | (frozenset() if pipeline.sparsify == "breadcrumbs" else {"gamma"})
+        | (frozenset() if pipeline.sparsify == "magprune" else {"epsilon"})
     )
     return MergeMethod(
         name,
@@ -152,6 +157,38 @@ _METHODS = [
         "hospitals. Needs strategy.stats=[fisher].",
         stats="fisher",
         head_fn=fisher_heads,
+    ),
+    _sparse(
+        "breadcrumbs",
+        "Model Breadcrumbs on ΔW: drop each ΔW_i's top `gamma` entries (outliers) and its smallest, keeping "
+        "`density`, weighted sum; SVD re-factored (dense ΔW, as mergekit on full weights).",
+    ),
+    _sparse(
+        "breadcrumbs_ties",
+        "Model Breadcrumbs' mask, then TIES sign election and disjoint mean, on ΔW; SVD re-factored.",
+    ),
+    _sparse(
+        "della",
+        "DELLA on ΔW: MAGPRUNE (keep probability density ± epsilon by magnitude rank within each row, seeded, "
+        "rescaled), TIES sign election, disjoint mean; SVD re-factored.",
+    ),
+    _sparse("della_linear", "DELLA's MAGPRUNE on ΔW, then a weighted sum (no sign election); SVD re-factored."),
+    MergeMethod(
+        name="model_stock",
+        fn=model_stock,
+        paper="https://arxiv.org/abs/2403.19522",
+        exact=True,
+        description="Model Stock: t · mean ΔW_i with t = N cos / (1 + (N-1) cos), cos the mean pairwise cosine of "
+        "the ΔW_i; from the factors (exact; factor-space inner products), mean by the merge weights.",
+    ),
+    MergeMethod(
+        name="sce",
+        fn=sce,
+        paper="https://arxiv.org/abs/2408.07990",
+        exact=True,
+        description="SCE (FuseChat): select the `select_topk` entries of largest variance across the ΔW_i, weigh "
+        "each hospital by its selected ΔW's mean square, erase minority signs, weighted mean; times Σ w "
+        "(hospital weights from the updates, not the merge weights); dense ΔW, SVD re-factored.",
     ),
     MergeMethod(
         name="median",

@@ -104,6 +104,9 @@ def test_every_method_merges_conv_adapters_as_it_merges_their_matrices(method):
         assert conv.state[key + ".lora_B.weight"].shape[2:] == (1, 1)
         conv_delta = split_lora_modules(conv.state, 1.0)[key].delta()
         linear_delta = split_lora_modules(linear.state, 1.0)[key].delta()
+        if linear_delta.abs().max() == 0:  # model_stock of near-orthogonal updates: t = 0, nothing merged
+            assert conv_delta.abs().max() == 0
+            continue
         assert rel(conv_delta, linear_delta) < TOL
         assert rel(peft_delta(conv.state, conv.rank, module), conv_delta) < TOL
 

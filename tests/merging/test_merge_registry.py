@@ -34,6 +34,12 @@ METHODS = [
     "trimmed_mean",
     "regmean",
     "fisher",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "model_stock",
+    "sce",
 ]
 
 
@@ -127,7 +133,10 @@ def test_resolve_overrides_defaults_and_rejects_unknown_parameters():
 
 
 def test_unknown_method_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown merge method 'tie'; choose one of \['cat', 'dare_linear', "):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown merge method 'tie'; choose one of \['breadcrumbs', 'breadcrumbs_ties', 'cat', 'dare_linear', ",
+    ):
         get_merge_method("tie")
 
 
@@ -142,7 +151,7 @@ def test_merge_adapters_resolves_method_names():
     delta = merged.state["m.lora_B.weight"] @ merged.state["m.lora_A.weight"]
     torch.testing.assert_close(delta, torch.full((2, 3), 2.0))
     assert merged.method == "task_arithmetic" and merged.params == {"form": "svd"}
-    with pytest.raises(ValueError, match=r"unknown merge method 'dare'; choose one of \['cat', "):
+    with pytest.raises(ValueError, match=r"unknown merge method 'dare'; choose one of \['breadcrumbs', "):
         merge_adapters([state], [2.0], [1.0], ["t"], method="dare")
 
 
