@@ -2,7 +2,7 @@
 
 Per run: each hospital's statistics bytes (gram, fisher) against its adapter's; the merge time of
 task arithmetic, TIES, RegMean and Fisher merging (median of --repeats, same adapters); and the
-mean validation AUC (each hospital's own validation split, never test) of RegMean over a grid of
+validation AUC (the hospitals' validation splits pooled per task, never test) of RegMean over a grid of
 alpha, the only way this measurement chooses alpha. Writes <run>/stats_bench.json and prints it.
 
     .venv/bin/python scripts/bench_stats_merge.py results/issue28/real_multitask/seed0/one_shot ...
@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,6 +27,7 @@ from fl_app.hospital_steps import simulated_hospital  # noqa: E402
 from fl_app.merge_stats import FISHER_SUFFIX, GRAM_SUFFIX, stats_bytes  # noqa: E402
 from fl_app.remerge import load_stored_run  # noqa: E402
 from fl_app.remerge.run import stats_screened  # noqa: E402
+from fl_app.training import medmnist_metrics  # noqa: E402
 from strategies.merging import hospital_weights, merge_hospital_adapters  # noqa: E402
 from strategies.screening import max_share  # noqa: E402
 
@@ -43,22 +45,30 @@ def merge_seconds(run, method: str, weights, repeats: int) -> float:
 
 
 def validation_auc(run, weights, alphas) -> dict[str, float]:
-    """Mean over hospitals of the validation AUC of RegMean at each alpha (the hospitals' own steps)."""
+    """Validation AUC of RegMean at each alpha: every hospital's validation split pooled per task, tasks averaged."""
     experiment = json.loads(hospital_payload(run.experiment))
     n = int(run.experiment.simulation.num_hospitals)
     merged = {
         alpha: merge_hospital_adapters(run.hospitals, weights, method="regmean", params={"alpha": alpha})
         for alpha in alphas
     }
-    scores: dict[float, list[float]] = {alpha: [] for alpha in alphas}
+    pooled: dict[float, dict[str, tuple]] = {alpha: {} for alpha in alphas}  # alpha -> task -> (task, labels, scores)
     for hospital_id in run.evaluated_hospitals:
         hospital = simulated_hospital(experiment, hospital_id, n)
         for alpha, result in merged.items():
             name = hospital.model.use_adapter(experiment["lora"], rank=result.rank, alpha=result.lora_alpha)
             hospital.model.load_adapter_state(name, result.state, hospital.task)
             hospital.model.peft.to(hospital.device)
-            scores[alpha].append(hospital._metrics(hospital.data.val)["auc"])
-    return {str(alpha): statistics.fmean(v) for alpha, v in scores.items()}
+            scores = hospital._scores(hospital.data.val)
+            task, labels, previous = pooled[alpha].get(hospital.task, (hospital.data.task, [], []))
+            pooled[alpha][hospital.task] = (task, [*labels, hospital.data.val.labels], [*previous, scores])
+    return {
+        str(alpha): statistics.fmean(
+            medmnist_metrics(task, np.concatenate(labels), np.concatenate(scores))["auc"]
+            for task, labels, scores in tasks.values()
+        )
+        for alpha, tasks in pooled.items()
+    }
 
 
 def bench(folder: Path, repeats: int, alphas: list[float]) -> dict:
