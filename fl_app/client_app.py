@@ -57,7 +57,14 @@ def train(msg: Message, context: Context) -> Message:
         # The DP ledger: on the site's disk keyed by its data (a simulation: per job, in the context state).
         ledger = steps.open_ledger(hospital, experiment, context.node_config, context.state)
         try:
-            content = hospital.train(start, server_round, _protocol().calibration_request(msg.content), ledger)
+            protocol = _protocol()
+            content = hospital.train(
+                start,
+                server_round,
+                protocol.calibration_request(msg.content),
+                ledger,
+                stats=protocol.stats_request(msg.content),
+            )
         finally:  # every release recorded is kept, before any reply leaves (a refusal too: it may have spent)
             steps.keep_ledger(ledger, experiment, context.state)
         if not _private(experiment):  # under DP the hospital's timing is not released (it depends on its data)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fl_app.adapter_keys import head_state, lora_state
+from fl_app.adapter_keys import head_state, lora_module, lora_state
 from fl_app.calibration import CalibrationSet, DistillSettings, calibration_records, distill_calibration_set
 from fl_app.calibration.distill import PrivateMeans
 from fl_app.candidate_scoring import (
@@ -37,6 +37,15 @@ from fl_app.candidate_scoring import (
 )
 from fl_app.data import HospitalData, SplitArrays, experiment_tasks, load_site, site_config
 from fl_app.data.worker_cache import DEFAULT_DATA_CACHE, cached_hospital_data
+from fl_app.merge_stats import (
+    STATS,
+    StatsRequest,
+    diagonal_fisher,
+    head_prefix,
+    input_grams,
+    sampled_log_likelihood,
+    stats_bytes,
+)
 from fl_app.model.adapter import arrayrecord_to_state, fit_rank, state_to_arrayrecord
 from fl_app.model.backbone import backbone_image_size, pooled_features
 from fl_app.model.lora import HospitalModel, hospital_model
@@ -84,6 +93,7 @@ from fl_app.training import (
     model_pixels,
     pick_device,
     predict_scores,
+    to_pixels,
     train_adapter,
     train_settings,
     validation_score,
@@ -172,11 +182,13 @@ class Hospital:
         server_round: int,
         calibration: Mapping[str, Any] | None = None,
         ledger: Ledger | None = None,
+        stats: StatsRequest | None = None,
     ) -> RecordDict:
         """Fine-tune from `start` (or a fresh adapter seeded by the experiment seed); reply content.
 
         With `calibration` settings (sent only by merge methods that need one) the reply also
-        carries a distilled calibration set. Under `privacy`, training is DP-SGD and every release
+        carries a distilled calibration set; with a `stats` request (RegMean, Fisher merging) the
+        statistics of `fl_app.merge_stats` on the training split, under `merge-stats`. Under `privacy`, training is DP-SGD and every release
         is recorded in `ledger` (the hospital's: on the site's disk, or per job in simulation) before
         it runs; its ε is in the reply's metrics. Under DP the reply carries no training loss and the
         noised training-set size (docs/privacy.md "What leaves a site").
@@ -188,6 +200,12 @@ class Hospital:
         self._refuse_simulation_settings(privacy)
         if calibration:
             refuse_plain_calibration(privacy)  # before any work: a non-private set is never made
+        if stats is not None and stats.kinds and privacy.enabled:
+            raise ValueError(
+                f"the server asks for merge statistics {list(stats.kinds)} under privacy.enabled=true; they are "
+                "second moments of the training data and have no DP release yet. The hospital refuses: merge with a "
+                "data-free method (strategy.merge=task_arithmetic, ties, ...) and strategy.stats=[] under DP."
+            )
         name = self.model.use_adapter(lora)
         self.model.reset_adapter(name, seed=int(self.experiment["seed"]))
         if start is not None and len(start) > 0:
@@ -225,9 +243,14 @@ class Hospital:
         if privacy.enabled:  # the loss on the training patients is not accounted: it stays at the site
             del metrics["train-loss"]
         state = self.model.adapter_state(name, [self.task])
+        merge_stats = self.merge_statistics(name, stats, seed) if stats is not None and stats.kinds else {}
+        if merge_stats:
+            metrics["merge-stats-bytes"] = stats_bytes(merge_stats)
         reply = RecordDict(
             {ARRAYS: state_to_arrayrecord(state), METRICS: MetricRecord(metrics), HOSPITAL: self.record()}
         )
+        if merge_stats:
+            reply[STATS] = state_to_arrayrecord(merge_stats)
         if calibration:
             calibration_set = self.calibration_set(DistillSettings(**calibration), privacy, ledger)
             if privacy.enabled:
@@ -238,6 +261,34 @@ class Hospital:
             for key, record in calibration_records(calibration_set).items():
                 reply[key] = record
         return reply
+
+    def merge_statistics(self, name: str, request: StatsRequest, seed: int) -> dict[str, torch.Tensor]:
+        """The requested statistics of the trained adapter `name` on the training split (`fl_app.merge_stats`)."""
+        peft, task, train = self.model.peft, self.data.task, self.data.train
+        released = self.model.adapter_parameters(name, [self.task])
+        peft.eval()
+        stats: dict[str, torch.Tensor] = {}
+        if "gram" in request.kinds:
+            layers = {module: False for module in dict.fromkeys(k for k in map(lora_module, released) if k)}
+            layers |= {head_prefix(k): True for k in head_state(released, [self.task]) if k.endswith(".weight")}
+            batch = int(self.experiment["eval"]["batch_size"])
+            batches = (
+                to_pixels(train.images[start : start + batch], self.image_size).to(self.device)
+                for start in range(0, len(train), batch)
+            )
+            stats |= input_grams(peft, layers, batches, lambda pixels: peft(pixel_values=pixels, task=self.task))
+        if "fisher" in request.kinds:
+            parameters = released
+            generator = torch.Generator().manual_seed(seed)
+            order = torch.randperm(len(train), generator=generator)[: request.fisher_examples].tolist()
+            examples = (to_pixels(train.images[i : i + 1], self.image_size).to(self.device) for i in order)
+
+            def log_likelihood(pixels: torch.Tensor) -> torch.Tensor:
+                logits = peft(pixel_values=pixels, task=self.task)
+                return sampled_log_likelihood(logits, task.multi_label, generator)
+
+            stats |= diagonal_fisher(parameters, examples, log_likelihood)
+        return stats
 
     def _train_private(
         self, settings, seed: int, privacy: PrivacySettings, ledger: Ledger, server_round: int

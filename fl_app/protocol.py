@@ -17,6 +17,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fl_app.failures import ERROR, Failure, failure_cause
+from fl_app.merge_stats import REQUEST as STATS_REQUEST
+from fl_app.merge_stats import STATS, StatsRequest
 from fl_app.model.adapter import arrayrecord_to_state, record_dict_bytes
 
 ARRAYS = "arrays"
@@ -42,6 +44,14 @@ def calibration_request(content: RecordDict) -> dict[str, Any] | None:
     return json.loads(str(config["calibration"]))
 
 
+def stats_request(content: RecordDict) -> StatsRequest | None:
+    """The merge statistics a train message asks for (JSON under config `merge-stats`), if any."""
+    config = content[CONFIG] if CONFIG in content else None
+    if config is None or STATS_REQUEST not in config:
+        return None
+    return StatsRequest.from_json(str(config[STATS_REQUEST]))
+
+
 def read_experiment(config: ConfigRecord) -> dict[str, Any]:
     """The experiment dict sent in `instructions`."""
     return json.loads(str(config["experiment"]))
@@ -64,6 +74,7 @@ class HospitalReply:
     lora_alpha: float = 0.0
     upload_bytes: int = 0
     data_fingerprint: str | None = None  # a deployed site's data, as sent (fl_app.server.identities compares runs)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # `fl_app.merge_stats`, if asked
 
     @property
     def lora_scale(self) -> float:
@@ -165,6 +176,7 @@ def decode_train_content(content: RecordDict, node_id: int) -> HospitalReply:
         state=arrayrecord_to_state(content[ARRAYS]),
         upload_bytes=record_dict_bytes(content),
         data_fingerprint=str(fingerprint)[:64] if fingerprint else None,
+        stats=arrayrecord_to_state(content[STATS]) if STATS in content else {},
     )
 
 

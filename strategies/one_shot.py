@@ -14,7 +14,10 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 from omegaconf import DictConfig
 
+from fl_app.merge_stats import REQUEST as STATS_REQUEST
+from fl_app.merge_stats import StatsRequest
 from fl_app.model.adapter import state_to_arrayrecord
+from fl_app.privacy.settings import privacy_settings
 from fl_app.protocol import HospitalReply, instructions
 from strategies.merging import MERGE_METHODS, WEIGHTINGS, ScreenAction, get_merge_method
 from strategies.outcome import ModelVersion, StrategyOutcome
@@ -24,7 +27,14 @@ from strategies.replies import (
     collect_replies,
     train_timeout,
 )
-from strategies.screening import ScreenedMerge, expected_layout, max_share, screen_settings, screen_weigh_merge
+from strategies.screening import (
+    ScreenedMerge,
+    expected_layout,
+    max_share,
+    requested_stats,
+    screen_settings,
+    screen_weigh_merge,
+)
 from strategies.spec import StrategySpec
 
 
@@ -79,10 +89,18 @@ def run_one_shot(grid: Any, cfg: DictConfig, experiment_json: str, sink: RoundSi
         ArrayRecord(),
         num_rounds=1,
         timeout=train_timeout(cfg.strategy),
-        train_config=instructions(experiment_json),
+        train_config=instructions(experiment_json, **stats_instructions(cfg.strategy)),
     )
     screening = [action.as_dict() for action in strategy.screen_actions]
     return StrategyOutcome(versions=strategy.merged.versions(), details={"rounds": 1, "screening": screening})
+
+
+def stats_instructions(strategy: DictConfig) -> dict[str, str]:
+    """The train config entry asking hospitals for merge statistics, when the merge or `strategy.stats` wants any."""
+    kinds = requested_stats(strategy)
+    if not kinds:
+        return {}
+    return {STATS_REQUEST: StatsRequest(kinds, int(strategy.get("fisher_examples", 256))).to_json()}
 
 
 def round_versions(cfg: DictConfig, server_round: int, hospitals: Sequence[HospitalReply]) -> list[ModelVersion]:
@@ -110,6 +128,15 @@ def validate_one_shot(cfg: DictConfig) -> None:
     if not (strategy.merge_rank is None or int(strategy.merge_rank) >= 1):
         raise ValueError(f"strategy.merge_rank={strategy.merge_rank} must be null (lossless) or a positive integer.")
     screen_settings(strategy)  # bad bounds fail here, naming the setting
+    kinds = requested_stats(strategy)  # unknown statistics fail here, naming the choices
+    if kinds and privacy_settings(cfg.get("privacy")).enabled:
+        raise ValueError(
+            f"strategy.merge={strategy.merge} / strategy.stats={list(strategy.get('stats') or [])} ask hospitals for "
+            f"merge statistics {list(kinds)}, which have no DP release yet, under privacy.enabled=true (the hospitals "
+            "would refuse). Use a data-free merge (task_arithmetic, ties, ...) with strategy.stats=[]."
+        )
+    if not (isinstance(strategy.get("fisher_examples", 256), int) and int(strategy.get("fisher_examples", 256)) >= 1):
+        raise ValueError(f"strategy.fisher_examples={strategy.get('fisher_examples')!r} must be an integer >= 1.")
     ranks = list(cfg.simulation.get("lora_r") or [])
     if len(set(ranks)) > 1 and get_merge_method(str(strategy.merge)).same_rank:
         raise ValueError(

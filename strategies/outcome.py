@@ -24,6 +24,8 @@ class ModelVersion:
     details: dict[str, Any] = field(default_factory=dict)
     # MedForge-Mixture: {version name of a component: coefficient}; `state` then holds only heads
     mixture: dict[str, float] | None = None
+    # a hospital's merge statistics (`fl_app.merge_stats`), saved beside its adapter for re-merging
+    stats: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def tasks(self) -> list[str]:

@@ -21,6 +21,7 @@ from torch import Tensor
 from fl_app.adapter_keys import non_lora_state
 from fl_app.adapter_layout import AdapterLayout
 from fl_app.failures import Failure
+from fl_app.merge_stats import check_kinds
 from fl_app.protocol import HospitalReply
 from strategies.merging import (
     MergeResult,
@@ -60,7 +61,21 @@ def max_share(strategy: Mapping[str, Any]) -> float | None:
 
 
 def submission(hospital: HospitalReply) -> Submission:
-    return Submission(hospital.hospital_id, hospital.task, hospital.state, hospital.lora_r, hospital.lora_alpha)
+    return Submission(
+        hospital.hospital_id, hospital.task, hospital.state, hospital.lora_r, hospital.lora_alpha, hospital.stats
+    )
+
+
+def merge_stats_kinds(strategy: Mapping[str, Any]) -> tuple[str, ...]:
+    """The statistics the configured merge reads (screened), e.g. ('gram',) for regmean; () for data-free ones."""
+    name = strategy.get("merge")
+    kind = get_merge_method(str(name)).stats if name is not None else None  # a strategy without `merge` reads none
+    return (kind,) if kind else ()
+
+
+def requested_stats(strategy: Mapping[str, Any]) -> tuple[str, ...]:
+    """The statistics hospitals are asked for: what the merge reads plus `strategy.stats` (kept for re-merging)."""
+    return check_kinds([*merge_stats_kinds(strategy), *(strategy.get("stats") or [])])
 
 
 class MergeRefused(ValueError):
@@ -79,7 +94,9 @@ def screen_with_parties(
     hospitals: Sequence[HospitalReply], layout: AdapterLayout, strategy: Mapping[str, Any], server_round: int = 1
 ) -> tuple[list[HospitalReply], list[Failure], list[ScreenAction], list[list[int]]]:
     """`screen`, plus the groups of accepted hospitals that sent near-identical adapters (one party each)."""
-    result = screen_adapters([submission(h) for h in hospitals], layout, screen_settings(strategy))
+    result = screen_adapters(
+        [submission(h) for h in hospitals], layout, screen_settings(strategy), merge_stats_kinds(strategy)
+    )
     accepted = [dataclasses.replace(hospitals[i], state=state) for i, state in zip(result.accepted, result.states)]
     by_id = {h.hospital_id: h for h in hospitals}
     failures = [
@@ -228,6 +245,7 @@ class ScreenedMerge:
                 r=h.lora_r,
                 alpha=h.lora_alpha,
                 details={"hospital": h.hospital_id, "task": h.task},
+                stats=h.stats,
             )
             for h in self.hospitals
         ]

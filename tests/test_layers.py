@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "fl_app.data",
             "fl_app.failures",
             "fl_app.hospital_steps",
+            "fl_app.merge_stats",  # what a hospital computes for RegMean and Fisher merging, and their wire keys
             "fl_app.model",
             "fl_app.pooled_auc",
             "fl_app.privacy",  # settings, accounting, DP-SGD, the ledger, the audit's math

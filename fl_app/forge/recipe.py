@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from fl_app.adapter_keys import adapter_state, lora_state
+from fl_app.model.adapter import load_stats
 from fl_app.remerge.stored import ADAPTER_FILE, StoredHospital, StoredRun
 from strategies.medforge.branches import task_heads
 from strategies.medforge.fusion import fuse
@@ -101,7 +102,13 @@ def committed_hospital(run: StoredRun, name: str) -> StoredHospital:
     task = str(entry["task"])
     state = adapter_state(load_file(path), [task])
     return StoredHospital(
-        int(entry["hospital"]), task, int(entry["n_train"]), state, int(entry["r"]), float(entry["lora_alpha"])
+        int(entry["hospital"]),
+        task,
+        int(entry["n_train"]),
+        state,
+        int(entry["r"]),
+        float(entry["lora_alpha"]),
+        load_stats(path.parent),
     )
 
 

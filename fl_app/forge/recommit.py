@@ -20,6 +20,7 @@ from fl_app.adapter_layout import AdapterLayout
 from fl_app.forge.recipe import members_of, recipe_of, revised_coefficients, with_coefficients
 from fl_app.forge.versions import check_new_name, commit, evaluate, find_version, forge_record
 from fl_app.forge.withdraw import metric_lines, revised_version
+from fl_app.model.adapter import load_stats
 from fl_app.remerge.stored import ADAPTER_FILE, StoredHospital, StoredRun, load_stored_run
 from strategies.merging import Submission, screen_adapters
 from strategies.outcome import ModelVersion
@@ -79,8 +80,12 @@ def recommitted_versions(
     alpha: float,
     n_train: int | None = None,
     name: str | None = None,
+    stats: dict[str, torch.Tensor] | None = None,
 ) -> tuple[ModelVersion, ModelVersion]:
     """The committed adapter (kind commit) and version `parent` with it in place of the old one.
+
+    `stats`: the new adapter's merge statistics (`merge_stats.safetensors` beside it), which a version
+    merged by regmean or fisher needs; they are kept with the committed adapter.
 
     `state` is the new adapter as it will be merged: the `recommit` command screens it first (`screen_arrival`).
     """
@@ -92,7 +97,7 @@ def recommitted_versions(
         )
     members = members_of(run, recipe)
     old = members[hospital_id]
-    replacement = StoredHospital(hospital_id, old.task, int(n_train or old.n_train), state, r, alpha)
+    replacement = StoredHospital(hospital_id, old.task, int(n_train or old.n_train), state, r, alpha, dict(stats or {}))
     counts = {h: m.n_train for h, m in members.items()} | {hospital_id: replacement.n_train}
     new = with_coefficients(recipe, revised_coefficients(recipe, recipe.hospitals, counts))
     committed = commit_name(run, hospital_id)
@@ -113,7 +118,9 @@ def recommitted_versions(
         "replaces": extra["forge"]["replaces"],
     }
     # like a hospital version: its own LoRA and head, other tasks' heads from the merge so every task scores
-    own = ModelVersion(committed, "commit", {**non_lora_state(version.state), **state}, r, alpha, details)
+    own = ModelVersion(
+        committed, "commit", {**non_lora_state(version.state), **state}, r, alpha, details, stats=replacement.stats
+    )
     return own, version
 
 
@@ -136,10 +143,11 @@ def recommit(
             f"hospital {hospital_id} is not part of version {parent!r}; its hospitals are {recipe.hospitals}."
         )
     state, r, alpha = read_adapter(adapter, members[hospital_id].task)
+    stats = load_stats(Path(adapter) if Path(adapter).is_dir() else Path(adapter).parent)
     old = members[hospital_id]
     arriving = StoredHospital(hospital_id, old.task, int(n_train or old.n_train), state, r, alpha)
     screened = screen_arrival(run, [m for h, m in members.items() if h != hospital_id], arriving)
-    own, version = recommitted_versions(run, parent, hospital_id, screened.state, r, alpha, n_train, name)
+    own, version = recommitted_versions(run, parent, hospital_id, screened.state, r, alpha, n_train, name, stats)
     check_new_name(run, version.name)
     entries = evaluate(run, [own, version], data_root)
     commit(run, [own, version], entries)

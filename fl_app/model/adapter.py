@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from flwr.app import ArrayRecord
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX
 
@@ -60,6 +60,21 @@ def is_lora_b(key: str) -> bool:
 def record_dict_bytes(content) -> int:
     """Bytes of every record in a message's RecordDict, as Flower counts them (keys included)."""
     return sum(record.count_bytes() + len(key) for key, record in content.items())
+
+
+STATS_FILE = "merge_stats.safetensors"  # a hospital's merge statistics, beside its adapter (fl_app.merge_stats)
+
+
+def save_stats(path: Path, stats: Mapping[str, torch.Tensor]) -> None:
+    """Keep a hospital's merge statistics with its adapter, so a re-merge reads them without retraining."""
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in stats.items()}
+    save_file(tensors, str(path / STATS_FILE), metadata={"format": "pt"})
+
+
+def load_stats(path: Path) -> dict[str, torch.Tensor]:
+    """The merge statistics stored beside the adapter in folder `path`; empty when none were collected."""
+    return load_file(str(path / STATS_FILE)) if (path / STATS_FILE).is_file() else {}
 
 
 def save_adapter(

@@ -128,6 +128,16 @@ class HospitalModel:
         state = get_peft_model_state_dict(self.peft, adapter_name=name)
         return {key: tensor.detach().clone() for key, tensor in adapter_state(state, tasks).items()}
 
+    def adapter_parameters(self, name: str, tasks: Sequence[str]) -> dict[str, nn.Parameter]:
+        """Each key of `adapter_state` and its live parameter (matched by storage: PEFT's state dict shares it)."""
+        live = adapter_state(get_peft_model_state_dict(self.peft, adapter_name=name), tasks)
+        by_pointer = {p.data_ptr(): p for p in self.peft.parameters()}
+        found = {key: by_pointer.get(tensor.data_ptr()) for key, tensor in live.items()}
+        missing = sorted(key for key, p in found.items() if p is None)
+        if missing:
+            raise ValueError(f"adapter keys {missing[:3]} match no parameter of the model")
+        return found  # type: ignore[return-value]
+
     def load_adapter_state(self, name: str, state: Mapping[str, torch.Tensor], tasks: str | Sequence[str]) -> None:
         """Load LoRA + the heads of `tasks` strictly: missing, extra or misshapen tensors raise."""
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)

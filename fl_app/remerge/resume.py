@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
 from fl_app.adapter_keys import adapter_state
+from fl_app.model.adapter import load_stats
 from fl_app.protocol import HospitalReply
 from fl_app.remerge.evaluate import evaluate_at_hospitals
 from fl_app.remerge.stored import ADAPTER_FILE, received_adapters
@@ -59,6 +60,7 @@ def received_hospitals(folder: Path, results: dict[str, Any], server_round: int)
                 state=adapter_state(load_file(path), [task]),
                 lora_r=int(entry["r"]),
                 lora_alpha=float(entry["lora_alpha"]),
+                stats=load_stats(path.parent),
             )
         )
     return hospitals

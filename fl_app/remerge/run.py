@@ -20,13 +20,14 @@ from omegaconf import OmegaConf
 
 from fl_app.remerge.evaluate import evaluate_at_hospitals
 from fl_app.remerge.plan import MergeRequest
-from fl_app.remerge.stored import StoredRun
+from fl_app.remerge.stored import StoredHospital, StoredRun
 from fl_app.server.evaluation import evaluation_fields
 from fl_app.server.results import RESULTS_FILE, version_entry, write_results
 from fl_app.server.versions import save_mixture, save_version, version_provenance
-from strategies.merging import hospital_weights, merge_hospital_adapters
+from strategies.merging import Submission, get_merge_method, hospital_weights, merge_hospital_adapters
+from strategies.merging.stats_screen import gram_share_problems, stats_problems
 from strategies.outcome import ModelVersion, merged_version
-from strategies.screening import max_share
+from strategies.screening import max_share, screen_settings
 
 logger = logging.getLogger("medforge.remerge")
 
@@ -48,9 +49,45 @@ def _check_names(run: StoredRun, requests: Sequence[MergeRequest], force: bool) 
             )
 
 
+def stats_screened(run: StoredRun, method: str) -> tuple[list[StoredHospital], list[dict[str, Any]]]:
+    """The stored hospitals a data-aware method may merge: their statistics screened as a run screens them
+    (`strategies.merging.stats_screen`, the run's `strategy.screen` bounds); the others, each with its reason."""
+    kind = get_merge_method(method).stats
+    if kind is None:
+        return list(run.hospitals), []
+    settings = screen_settings(run.experiment.strategy)
+    problems = {
+        h.id: stats_problems(h.state, h.stats, (kind,), settings) if h.stats else [("<stats>", "none stored")]
+        for h in run.hospitals
+    }
+    if all(p == [("<stats>", "none stored")] for p in problems.values()):
+        raise ValueError(
+            f"merge method {method!r} reads the hospitals' {kind!r} statistics and {run.folder} stored none: "
+            f"run the experiment with strategy.stats=[{kind}] (the statistics are kept beside each adapter)"
+        )
+    if kind == "gram":
+        passed = {
+            h.id: Submission(h.id, h.task, h.state, h.r, h.alpha, h.stats) for h in run.hospitals if not problems[h.id]
+        }
+        for hospital_id, listed in gram_share_problems(passed, settings).items():
+            problems[hospital_id] += listed
+    left_out = [
+        {"hospital": h.id, "problems": [f"{key}: {problem}" for key, problem in problems[h.id]]}
+        for h in run.hospitals
+        if problems[h.id]
+    ]
+    for entry in left_out:
+        logger.warning("%s: hospital %s left out: %s", method, entry["hospital"], "; ".join(entry["problems"]))
+    kept = [h for h in run.hospitals if not problems[h.id]]
+    if not kept:
+        raise ValueError(f"merge method {method!r}: no hospital's {kind!r} statistics passed the screen: {left_out}")
+    return kept, left_out
+
+
 def merge_version(run: StoredRun, request: MergeRequest) -> ModelVersion:
-    """One re-merged version of the run's hospital adapters."""
-    hospitals = run.hospitals
+    """One re-merged version of the run's hospital adapters (a data-aware method: those whose statistics pass)."""
+    started = time.perf_counter()
+    hospitals, left_out = stats_screened(run, request.method)
     weights = hospital_weights(
         [h.id for h in hospitals],
         [h.n_train for h in hospitals],
@@ -76,7 +113,10 @@ def merge_version(run: StoredRun, request: MergeRequest) -> ModelVersion:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "explicit_params": request.params,
         "merge_rank": request.rank,
+        "merge_seconds": time.perf_counter() - started,  # screening the statistics (if any) and merging
     }
+    if left_out:
+        remerge["left_out"] = left_out
     return merged_version(
         request.name,
         merged,

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from fl_app.adapter_keys import adapter_state
 from fl_app.failures import REJECTED
+from fl_app.model.adapter import load_stats
 from fl_app.server.results import RESULTS_FILE
 from fl_app.server.status import COMPLETED, STOPPED_SHORT
 from strategies import STRATEGIES, spec_of_results, strategy_spec
@@ -30,6 +31,7 @@ class StoredHospital:
     state: dict[str, torch.Tensor] = field(repr=False)
     r: int
     alpha: float
+    stats: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # fl_app.merge_stats, if collected
 
     @property
     def lora_scale(self) -> float:
@@ -92,6 +94,7 @@ def load_stored_run(folder: Path) -> StoredRun:
                 _own_state(load_file(path), task),
                 int(entry["r"]),
                 float(entry["lora_alpha"]),
+                load_stats(path.parent),
             )
         )
     return StoredRun(folder, text, results, OmegaConf.load(config_path), hospitals)

@@ -82,6 +82,7 @@ class RunRecorder:
             hospital.lora_r,
             hospital.lora_alpha,
             {"hospital": hospital.hospital_id, "task": hospital.task, "round": server_round or 1},
+            stats=hospital.stats,
         )
         save_version(self.results.folder / folder, self.cfg, version, version_provenance(version))
         self.results.data.setdefault("received", []).append(

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from fl_app.adapter_keys import lora_state
-from fl_app.model.adapter import save_adapter
+from fl_app.model.adapter import save_adapter, save_stats
 from strategies.outcome import ModelVersion
 
 # The backbone (transformers) and PEFT are imported where a version is saved, not with the ServerApp:
@@ -34,7 +34,10 @@ def save_version(path: Path, cfg: DictConfig, version: ModelVersion, details: di
     tasks = version.tasks
     config = lora_config(available, cfg.lora, tasks, rank=version.r, alpha=version.alpha)
     config.lora_dropout = 0.0
-    return save_adapter(path, version.state, config, extra=details)
+    saved = save_adapter(path, version.state, config, extra=details)
+    if version.stats:
+        save_stats(path, version.stats)
+    return saved
 
 
 def save_mixture(

@@ -12,7 +12,8 @@ flattens to that 2-D form; `lora_modules_to_state(..., like=state)` gives the ke
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,8 +21,11 @@ import torch
 from torch import Tensor
 
 from fl_app.adapter_keys import LORA_A_SUFFIX, LORA_B_SUFFIX, head_task, lora_module
+from fl_app.merge_stats import fisher_key, gram_key
+from strategies.merging.fisher import FISHER_A, FISHER_B
 from strategies.merging.lowrank import LoraFactors, ModuleMerge
-from strategies.merging.registry import MERGE_METHODS, get_merge_method
+from strategies.merging.registry import MERGE_METHODS, MergeMethod, get_merge_method
+from strategies.merging.regmean import GRAM
 from strategies.merging.sparsify import as_generator
 from strategies.merging.weights import average_tensors, head_weights
 
@@ -137,8 +141,36 @@ def _check_module_sets(modules: Sequence[Mapping[str, LoraFactors]]) -> None:
             )
 
 
+def module_stats(stats: Mapping[str, Tensor], module: str) -> dict[str, Tensor]:
+    """One LoRA module's statistics in the names merge functions read ('gram', 'fisher_A', 'fisher_B'), 2-D."""
+    found = {}
+    if gram_key(module) in stats:
+        found[GRAM] = stats[gram_key(module)]
+    if fisher_key(module + LORA_A_SUFFIX) in stats:
+        found[FISHER_A] = flat_lora_a(stats[fisher_key(module + LORA_A_SUFFIX)])
+    if fisher_key(module + LORA_B_SUFFIX) in stats:
+        found[FISHER_B] = flat_lora_b(stats[fisher_key(module + LORA_B_SUFFIX)])
+    return found
+
+
+def head_stats(stats: Mapping[str, Tensor], head: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """One head's statistics: 'gram' (its features with a 1 appended) and each parameter's Fisher by its name."""
+    keys = list(head)
+    prefix = keys[0].rsplit(".", 1)[0]
+    found = {name: stats[fisher_key(k)] for k in keys if fisher_key(k) in stats for name in [k.rsplit(".", 1)[1]]}
+    if gram_key(prefix) in stats:
+        found[GRAM] = stats[gram_key(prefix)]
+    return found
+
+
+HeadMerge = Callable[..., dict[str, Tensor]]  # (heads by parameter name, their statistics, weights, **params)
+
+
 def _merge_heads(
-    heads: Sequence[Mapping[str, Mapping[str, Tensor]]], weights: Sequence[float], tasks: Sequence[str]
+    heads: Sequence[Mapping[str, Mapping[str, Tensor]]],
+    weights: Sequence[float],
+    tasks: Sequence[str],
+    head_merge: tuple[HeadMerge, Sequence[Mapping[str, Tensor]], Mapping[str, Any]] | None = None,
 ) -> dict[str, Tensor]:
     for i, (hospital_heads, task) in enumerate(zip(heads, tasks)):
         if hospital_heads and task not in hospital_heads:
@@ -162,6 +194,20 @@ def _merge_heads(
                     f"head {task!r}: hospital {i} has keys {sorted(heads[i][task])} "
                     f"but hospital {contributors[0]} has {sorted(keys)}"
                 )
+        if head_merge is not None:  # a data-aware method: the head from the hospitals' statistics
+            fn, stats, params = head_merge
+            names = {key.rsplit(".", 1)[1]: key for key in keys}
+            try:
+                result = fn(
+                    [{name: heads[i][task][key] for name, key in names.items()} for i in contributors],
+                    [head_stats(stats[i], heads[i][task]) for i in contributors],
+                    [positive[i] for i in contributors],
+                    **params,
+                )
+            except ValueError as err:
+                raise ValueError(f"head {task!r} over hospitals {contributors}: {err}") from err
+            merged |= {names[name]: tensor for name, tensor in result.items()}
+            continue
         for key in keys:
             try:
                 tensors = [heads[i][task][key] for i in contributors]
@@ -182,6 +228,7 @@ def merge_adapters(
     *,
     method: str | ModuleMerge = "task_arithmetic",
     params: Mapping[str, Any] | None = None,
+    stats: Sequence[Mapping[str, Tensor]] | None = None,
 ) -> MergeResult:
     """Merge hospital adapters into one: LoRA modules by `method`, heads by per-task weighted average.
 
@@ -191,8 +238,14 @@ def merge_adapters(
     against those a registered method declares; missing ones take its defaults). A `seed` becomes
     one torch.Generator drawn module after module in state order, as PEFT draws from the global RNG.
     All modules are zero-padded to one rank so PEFT can load the result with a single r.
+    stats[i]: hospital i's statistics (`fl_app.merge_stats` keys) for a data-aware method (regmean,
+    fisher), which then also merges the heads of each task with them.
     """
     fn, name, kwargs, method_exact = _resolve_method(method, params)
+    registered = MERGE_METHODS.get(name)
+    needs = registered.stats if registered is not None and registered.fn is fn else None
+    if needs is not None:
+        stats = _check_stats(stats, len(states), registered)
     if len(states) == 0:
         raise ValueError("merge_adapters needs at least one hospital state, got none")
     for label, values in (("scales", scales), ("weights", weights), ("tasks", tasks)):
@@ -213,6 +266,8 @@ def merge_adapters(
     merged: dict[str, LoraFactors] = {}
     errors: dict[str, float] = {}
     for module in modules[0]:
+        if needs is not None:
+            call_kwargs["stats"] = [module_stats(hospital, module) for hospital in stats]
         try:
             merged[module], errors[module] = fn([m[module] for m in modules], weights, scale, rank, **call_kwargs)
         except ValueError as err:
@@ -221,7 +276,11 @@ def merge_adapters(
     merged = {module: LoraFactors(A=f.A, B=f.scale * f.B, scale=1.0) for module, f in merged.items()}
     merged_rank = max(f.rank for f in merged.values())
     merged = {module: pad_rank(f, merged_rank) for module, f in merged.items()}
-    state = lora_modules_to_state(merged, like=states[0]) | _merge_heads(heads, weights, tasks)
+    head_merge = None
+    if needs is not None and registered.head_fn is not None:
+        accepted = inspect.signature(registered.head_fn).parameters
+        head_merge = (registered.head_fn, stats, {k: v for k, v in kwargs.items() if k in accepted})
+    state = lora_modules_to_state(merged, like=states[0]) | _merge_heads(heads, weights, tasks, head_merge)
     relative_error = max(errors.values())
     return MergeResult(
         state=state,
@@ -233,6 +292,19 @@ def merge_adapters(
         method=name,
         params=kwargs,
     )
+
+
+def _check_stats(
+    stats: Sequence[Mapping[str, Tensor]] | None, count: int, method: MergeMethod
+) -> Sequence[Mapping[str, Tensor]]:
+    if stats is None or len(stats) != count or any(not hospital for hospital in stats):
+        missing = list(range(count)) if stats is None else [i for i, h in enumerate(stats) if not h]
+        raise ValueError(
+            f"merge method {method.name!r} reads the hospitals' {method.stats!r} statistics, and hospitals {missing} "
+            f"have none: run with strategy.stats=[{method.stats}] (or strategy.merge={method.name}) so each hospital "
+            "sends them with its adapter"
+        )
+    return stats
 
 
 def _resolve_method(
@@ -249,7 +321,10 @@ def _resolve_method(
 
 
 class HospitalAdapter(Protocol):
-    """What a merge needs of one hospital's adapter (a reply off the wire, one read from disk, a submission)."""
+    """What a merge needs of one hospital's adapter (a reply off the wire, one read from disk, a submission).
+
+    A data-aware method (regmean, fisher) also reads its `stats` (`fl_app.merge_stats` keys), where it has any.
+    """
 
     @property
     def state(self) -> Mapping[str, Tensor]: ...
@@ -280,4 +355,5 @@ def merge_hospital_adapters(
         rank,
         method=method,
         params=params,
+        stats=[getattr(h, "stats", None) or {} for h in hospitals],
     )

@@ -10,15 +10,19 @@ with PEFT's defaults, so an alias merges as PEFT does.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from strategies.merging.fedit import fedit
+from strategies.merging.fisher import fisher, fisher_heads
 from strategies.merging.knots import knots
 from strategies.merging.lowrank import ModuleMerge, task_arithmetic
+from strategies.merging.regmean import regmean, regmean_heads
 from strategies.merging.robust import coordinate_median, trimmed_mean
+from strategies.merging.sce import sce
 from strategies.merging.sparsify import PIPELINES, sparse_task_arithmetic
+from strategies.merging.stock import model_stock
 
 
 def signature_params(
@@ -56,6 +60,10 @@ class MergeMethod:
     defaults: Mapping[str, Any] = field(default_factory=dict)  # defaults the signature leaves to the caller
     unused: frozenset[str] = frozenset()  # keyword parameters of `fn` this method ignores
     same_rank: bool = False  # it needs every adapter at one rank (it averages the factors): others are left out
+    # data-aware methods: the hospitals' statistics they read (`fl_app.merge_stats` kind), and how they
+    # merge one task's heads with them (`fn(heads, stats, weights, **params)`); None: heads are averaged
+    stats: str | None = None
+    head_fn: Callable[..., dict[str, Any]] | None = None
     # settable parameters and their defaults: read from `fn`'s signature
     params: Mapping[str, Any] = field(init=False, default_factory=dict)
 
@@ -78,8 +86,11 @@ SIGN_PARAMS = frozenset({"majority_sign_method", "normalize"})
 def _sparse(name: str, description: str) -> MergeMethod:
     """A `sparse_task_arithmetic` pipeline: its density default, sign election and seed where it uses them."""
     pipeline = PIPELINES[name]
-    unused = (frozenset() if pipeline.consensus == "sign" else SIGN_PARAMS) | (
-        frozenset() if pipeline.sparsify == "random" else {"seed"}
+    unused = (
+        (frozenset() if pipeline.consensus == "sign" else SIGN_PARAMS)
+        | (frozenset() if pipeline.sparsify in ("random", "magprune") else {"seed"})
+        | (frozenset() if pipeline.sparsify == "breadcrumbs" else {"gamma"})
+        | (frozenset() if pipeline.sparsify == "magprune" else {"epsilon"})
     )
     return MergeMethod(
         name,
@@ -126,6 +137,61 @@ _METHODS = [
     _sparse(
         "magnitude_prune",
         "Trim each ΔW_i to its top `density` entries by magnitude, weighted sum; SVD re-factored.",
+    ),
+    MergeMethod(
+        name="regmean",
+        fn=regmean,
+        paper="https://arxiv.org/abs/2212.09849",
+        exact=True,
+        description="RegMean on ΔW: (Σ w_i ΔW_i G_i)(Σ w_i G_i)^-1 with each hospital's input Gram G_i (off-diagonal "
+        "scaled by alpha), exact in factored form (rank Σ r_i); heads of a task by RegMean on the penultimate "
+        "features. Needs strategy.stats=[gram].",
+        stats="gram",
+        head_fn=regmean_heads,
+    ),
+    MergeMethod(
+        name="fisher",
+        fn=fisher,
+        paper="https://arxiv.org/abs/2111.09832",
+        exact=False,
+        description="Fisher merging of the released parameters: A, B and heads each averaged elementwise with the "
+        "hospitals' diagonal Fishers as weights. INEXACT for ΔW (cross terms B_i A_j, as FedIT). One rank for all "
+        "hospitals. Needs strategy.stats=[fisher].",
+        stats="fisher",
+        head_fn=fisher_heads,
+        same_rank=True,
+    ),
+    _sparse(
+        "breadcrumbs",
+        "Model Breadcrumbs on ΔW: drop each ΔW_i's top `gamma` entries (outliers) and its smallest, keeping "
+        "`density`, weighted sum; SVD re-factored (dense ΔW, as mergekit on full weights).",
+    ),
+    _sparse(
+        "breadcrumbs_ties",
+        "Model Breadcrumbs' mask, then TIES sign election and disjoint mean, on ΔW; SVD re-factored.",
+    ),
+    _sparse(
+        "della",
+        "DELLA on ΔW: MAGPRUNE (keep probability density ± epsilon by magnitude rank within each row, seeded, "
+        "rescaled), TIES sign election, disjoint mean; SVD re-factored.",
+    ),
+    _sparse("della_linear", "DELLA's MAGPRUNE on ΔW, then a weighted sum (no sign election); SVD re-factored."),
+    MergeMethod(
+        name="model_stock",
+        fn=model_stock,
+        paper="https://arxiv.org/abs/2403.19522",
+        exact=True,
+        description="Model Stock: t · mean ΔW_i with t = N cos / (1 + (N-1) cos), cos the mean pairwise cosine of "
+        "the ΔW_i; from the factors (exact; factor-space inner products), mean by the merge weights.",
+    ),
+    MergeMethod(
+        name="sce",
+        fn=sce,
+        paper="https://arxiv.org/abs/2408.07990",
+        exact=True,
+        description="SCE (FuseChat): select the `select_topk` entries of largest variance across the ΔW_i, weigh "
+        "each hospital by its selected ΔW's mean square, erase minority signs, weighted mean; times Σ w "
+        "(hospital weights from the updates, not the merge weights); dense ΔW, SVD re-factored.",
     ),
     MergeMethod(
         name="median",

@@ -1,4 +1,4 @@
-"""TIES, DARE and magnitude pruning as one pipeline: sparsify -> weight -> elect sign -> disjoint merge -> scale.
+"""TIES, DARE, magnitude pruning, Model Breadcrumbs and DELLA as one pipeline: sparsify -> weight -> elect sign -> disjoint merge -> scale.
 
 Space: the explicit ΔW_i = s_i · B_i A_i of every adapter, because trimming and sign election act
 element-wise on it (PEFT's `*_svd` combinations do the same); the merged ΔW is re-factored to LoRA
@@ -24,11 +24,21 @@ from strategies.merging.lowrank import (
     refactor_dense,
 )
 
-Sparsify = Literal["none", "magnitude", "random"]
+Sparsify = Literal["none", "magnitude", "random", "breadcrumbs", "magprune"]
 Consensus = Literal["none", "sign"]
 MajoritySignMethod = Literal["total", "frequency"]
 Normalize = Literal["weights", "count"]
-PipelineName = Literal["linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+PipelineName = Literal[
+    "linear",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "magnitude_prune",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+]
 MAJORITY_SIGN_METHODS: tuple[str, ...] = get_args(MajoritySignMethod)
 NORMALIZE_CHOICES: tuple[str, ...] = get_args(Normalize)
 
@@ -45,6 +55,8 @@ class Pipeline:
 
 TIES_PAPER = "https://arxiv.org/abs/2306.01708"  # Yadav et al. 2023, TIES-Merging
 DARE_PAPER = "https://arxiv.org/abs/2311.03099"  # Yu et al. 2024, Language Models are Super Mario (DARE)
+BREADCRUMBS_PAPER = "https://arxiv.org/abs/2312.06795"  # Davari & Belilovsky 2024, Model Breadcrumbs
+DELLA_PAPER = "https://arxiv.org/abs/2406.11617"  # Deep et al. 2024, DELLA-Merging (MAGPRUNE)
 
 # densities: TIES keeps the top 20% (the paper's k = 20); DARE keeps half
 PIPELINES: dict[str, Pipeline] = {
@@ -53,16 +65,30 @@ PIPELINES: dict[str, Pipeline] = {
     "dare_linear": Pipeline("random", "none", DARE_PAPER, density=0.5),
     "dare_ties": Pipeline("random", "sign", DARE_PAPER, density=0.5),
     "magnitude_prune": Pipeline("magnitude", "none", TIES_PAPER, density=0.2),  # TIES' trim step alone (PEFT's name)
+    # mergekit's defaults: breadcrumbs keeps 90% after dropping the top 1% (gamma); DELLA keeps 70% on average
+    "breadcrumbs": Pipeline("breadcrumbs", "none", BREADCRUMBS_PAPER, density=0.9),
+    "breadcrumbs_ties": Pipeline("breadcrumbs", "sign", BREADCRUMBS_PAPER, density=0.9),
+    "della": Pipeline("magprune", "sign", DELLA_PAPER, density=0.7),
+    "della_linear": Pipeline("magprune", "none", DELLA_PAPER, density=0.7),
 }
 
 
-def check_pipeline(pipeline: str, density: float, majority_sign_method: str, normalize: str) -> Pipeline:
+def check_pipeline(
+    pipeline: str, density: float, majority_sign_method: str, normalize: str, gamma: float = 0.01, epsilon: float = 0.1
+) -> Pipeline:
     """The named pipeline, after checking its parameters once."""
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {sorted(PIPELINES)}")
     chosen = PIPELINES[pipeline]
     if chosen.sparsify != "none" and not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):
         raise ValueError(f"density is the fraction of entries kept and must be in (0, 1], got {density!r}")
+    if chosen.sparsify == "breadcrumbs" and not (0.0 <= gamma < 1.0):
+        raise ValueError(f"gamma is the fraction of largest entries dropped and must be in [0, 1), got {gamma!r}")
+    if chosen.sparsify == "magprune" and density < 1.0 and not (0.0 <= epsilon < density and density + epsilon <= 1.0):
+        raise ValueError(
+            f"epsilon spreads the keep probability over density ± epsilon, which must stay in (0, 1]: got "
+            f"density={density!r}, epsilon={epsilon!r}"
+        )
     if majority_sign_method not in MAJORITY_SIGN_METHODS:
         raise ValueError(
             f"unknown majority_sign_method {majority_sign_method!r}; choose one of {list(MAJORITY_SIGN_METHODS)}"
@@ -114,6 +140,37 @@ def random_prune(tensors: Tensor, density: float, generator: torch.Generator) ->
     return torch.where(keep, tensors, 0.0).div_(density)
 
 
+def magnitude_outliers(tensors: Tensor, density: float, gamma: float) -> Tensor:
+    """Model Breadcrumbs' mask: drop each adapter's top `gamma` fraction by magnitude (outliers) and its
+    smallest entries, keeping `density` of them (mergekit's `magnitude_outliers`: counts int(density · n)
+    and int(gamma · n); when they overlap, fewer outliers are dropped). Ties broken by a stable sort."""
+    flat = tensors.reshape(tensors.shape[0], -1)
+    n = flat.shape[1]
+    keep, top = int(density * n), int(gamma * n)
+    bottom = n - keep - top
+    if bottom < 0:
+        top, bottom = top + bottom, 0
+    order = flat.abs().argsort(dim=1, stable=True)  # ascending magnitude
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    kept = order[:, bottom : n - top]
+    mask.scatter_(1, kept, True)
+    return torch.where(mask, flat, 0.0).reshape(tensors.shape)
+
+
+def magprune(tensors: Tensor, density: float, epsilon: float, generator: torch.Generator) -> Tensor:
+    """DELLA's MAGPRUNE: within each row of each adapter's ΔW, keep an entry with probability
+    density - epsilon + 2 epsilon · rank / (n - 1) (rank 0: the smallest magnitude), rescaled by 1 / that
+    probability, so larger entries are dropped less and the expectation is unchanged."""
+    if density >= 1.0:
+        return tensors
+    n = tensors.shape[-1]
+    ranks = tensors.abs().argsort(dim=-1, stable=True).argsort(dim=-1).to(tensors.dtype)
+    spread = ranks / (n - 1) if n > 1 else torch.full_like(ranks, 0.5)
+    keep_probability = density - epsilon + 2 * epsilon * spread
+    keep = torch.rand(tensors.shape, generator=generator, dtype=tensors.dtype) < keep_probability
+    return torch.where(keep, tensors / keep_probability, 0.0)
+
+
 def majority_sign_agreement(tensors: Tensor, method: MajoritySignMethod = "total") -> Tensor:
     """TIES 'elect sign': where each adapter's entry has the elected sign (zeros never agree).
 
@@ -149,9 +206,11 @@ def combine(
     majority_sign_method: MajoritySignMethod = "total",
     normalize: Normalize = "weights",
     seed: int | torch.Generator = 0,
+    gamma: float = 0.01,
+    epsilon: float = 0.1,
 ) -> Tensor:
     """Merge a stack of per-adapter tensors (adapter on dim 0) with a named pipeline."""
-    chosen = check_pipeline(pipeline, density, majority_sign_method, normalize)
+    chosen = check_pipeline(pipeline, density, majority_sign_method, normalize, gamma, epsilon)
     if len(weights) != tensors.shape[0]:
         raise ValueError(f"got {len(weights)} weights for {tensors.shape[0]} tensors; pass one weight per adapter")
     # sparsify
@@ -159,6 +218,10 @@ def combine(
         tensors = magnitude_prune(tensors, density)
     elif chosen.sparsify == "random":
         tensors = random_prune(tensors, density, as_generator(seed))
+    elif chosen.sparsify == "breadcrumbs":
+        tensors = magnitude_outliers(tensors, density, gamma)
+    elif chosen.sparsify == "magprune":
+        tensors = magprune(tensors, density, epsilon, as_generator(seed))
     # weight
     w = torch.tensor(list(weights), dtype=tensors.dtype)
     if chosen.consensus == "none":
@@ -180,12 +243,17 @@ def sparse_task_arithmetic(
     majority_sign_method: MajoritySignMethod = "total",
     normalize: Normalize = "weights",
     seed: int | torch.Generator = 0,
+    gamma: float = 0.01,
+    epsilon: float = 0.1,
 ) -> tuple[LoraFactors, float]:
     """Generalised task arithmetic on the explicit ΔW_i: `pipeline` names TIES, DARE or magnitude pruning.
 
     TIES: Yadav et al. 2023, https://arxiv.org/abs/2306.01708 (trim to `density`, elect sign,
     disjoint mean). DARE: Yu et al. 2024, https://arxiv.org/abs/2311.03099 (drop with probability
-    1 - density, rescale by 1 / density; with TIES' sign election for dare_ties). ΔW = scale · merge,
+    1 - density, rescale by 1 / density; with TIES' sign election for dare_ties). Model Breadcrumbs:
+    https://arxiv.org/abs/2312.06795 (drop the top `gamma` and the smallest, keep `density`). DELLA:
+    https://arxiv.org/abs/2406.11617 (MAGPRUNE: keep probability density ± epsilon by magnitude rank
+    per row, rescaled; with TIES' sign election). All on the dense ΔW_i. ΔW = scale · merge,
     re-factored by SVD: rank None keeps min(d_out, d_in) (lossless: a sparsified ΔW is full rank, so
     set a rank, PEFT's default is max r_i); an int truncates, and the error returned is the
     truncation's relative Frobenius error against the merged ΔW. ΔW is formed in the adapters'
@@ -194,7 +262,7 @@ def sparse_task_arithmetic(
     check_adapters(adapters, weights)
     check_rank(rank)
     check_scale(scale)
-    check_pipeline(pipeline, density, majority_sign_method, normalize)
+    check_pipeline(pipeline, density, majority_sign_method, normalize, gamma, epsilon)
     dtype = adapters_dtype(adapters)
     work = torch.promote_types(dtype, torch.float32)
     # delta: ΔW_i = (B_i A_i) · s_i, in PEFT's order of operations
@@ -208,6 +276,8 @@ def sparse_task_arithmetic(
         majority_sign_method=majority_sign_method,
         normalize=normalize,
         seed=seed,
+        gamma=gamma,
+        epsilon=epsilon,
     )
     # scale
     merged = scale * merged

@@ -23,7 +23,10 @@ Order of the checks, each on the hospitals still accepted:
    2019, "Can you really backdoor federated learning?", norm bounding);
 5. the factors themselves, across every hospital still accepted (merges such as `fedit` and FedAvg
    average A and B, not ΔW, so a ΔW that passed can still carry a re-factored B·c, A/c or an extreme
-   lora-alpha): a module's ||sqrt(s)·A|| or ||sqrt(s)·B|| above `norm_factor` x the median is rejected.
+   lora-alpha): the singular values of sqrt(s)·A outside `norm_factor` x the median, either way, reject.
+
+For a data-aware merge (RegMean, Fisher) the statistics it reads are screened after step 3
+(`stats_screen.py`: shape, finite, symmetric PSD, bounded; no dominating Gram).
 
 After the merge, `merged_update_problems` refuses a merged ΔW far outside its inputs' range.
 """
@@ -48,6 +51,7 @@ from strategies.merging.consensus import (
     median_direction_cosines,
     party_of,
 )
+from strategies.merging.stats_screen import gram_share_problems, stats_problems
 
 MIN_MAJORITY = 3  # parties of one task needed before the others can outvote one of them
 NEGLIGIBLE = 1e-9  # a norm below this x its reference (pretrained weight, fresh head) counts as zero
@@ -62,6 +66,7 @@ class Submission:
     state: Mapping[str, Tensor]
     lora_r: int
     lora_alpha: float
+    stats: Mapping[str, Tensor] = field(default_factory=dict)  # fl_app.merge_stats, for data-aware merges
 
     @property
     def scale(self) -> float:
@@ -81,8 +86,22 @@ class ScreenSettings:
     duplicate_tolerance: float | None = 1e-3  # relative distance under which two adapters are one party
     max_merged_ratio: float = 10.0  # a merged module's ΔW norm at most this x what its inputs can sum to
 
+    # statistics of data-aware merges (stats_screen.py)
+    stats_tolerance: float = 1e-4
+    max_gram_scale: float = 1e4
+    max_fisher: float = 1e6
+    max_gram_share: float | None = 0.9
+
     def __post_init__(self) -> None:
-        for name in ("norm_factor", "max_update_ratio", "max_head_ratio", "max_merged_ratio"):
+        for name in (
+            "norm_factor",
+            "max_update_ratio",
+            "max_head_ratio",
+            "max_merged_ratio",
+            "stats_tolerance",
+            "max_gram_scale",
+            "max_fisher",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"strategy.screen.{name} must be a finite number > 0, got {value!r}")
@@ -100,6 +119,10 @@ class ScreenSettings:
             raise ValueError(
                 f"strategy.screen.duplicate_tolerance must be null or in [0, 1), got {self.duplicate_tolerance}"
             )
+        if self.max_gram_share is not None and not (
+            math.isfinite(self.max_gram_share) and 0 < self.max_gram_share <= 1
+        ):
+            raise ValueError(f"strategy.screen.max_gram_share must be null or in (0, 1], got {self.max_gram_share}")
         if self.min_cosine is not None and not -1 <= self.min_cosine < 1:
             raise ValueError(f"strategy.screen.min_cosine must be null or in [-1, 1), got {self.min_cosine}")
         if self.min_relative_cosine is not None and not 0 <= self.min_relative_cosine < 1:
@@ -410,9 +433,16 @@ def _factor_problems(
 
 
 def screen_adapters(
-    submissions: Sequence[Submission], layout: AdapterLayout, settings: ScreenSettings | None = None
+    submissions: Sequence[Submission],
+    layout: AdapterLayout,
+    settings: ScreenSettings | None = None,
+    stats: Sequence[str] = (),
 ) -> ScreenResult:
-    """The adapters fit to merge (clipped where step 4 says so), a Rejection per problem, and what was changed."""
+    """The adapters fit to merge (clipped where step 4 says so), a Rejection per problem, and what was changed.
+
+    stats: the statistics the merge reads (`MergeMethod.stats`); each hospital's are screened after
+    its adapter's values and bounds (`stats_screen`), then no Gram may dominate its solve.
+    """
     s = settings or ScreenSettings()
     found: dict[int, list[tuple[str, str]]] = {i: [] for i in range(len(submissions))}
     states: dict[int, dict[str, Tensor]] = {}
@@ -433,6 +463,12 @@ def screen_adapters(
             found[i] += _nonfinite(states[i])
         if not found[i]:
             found[i] += _bounds_problems(sub, states[i], layout, s)
+        if not found[i] and stats:
+            found[i] += stats_problems(states[i], sub.stats, stats, s)
+    if "gram" in stats:
+        shares = gram_share_problems({i: submissions[i] for i in found if not found[i]}, s)
+        for i, listed in shares.items():
+            found[i] += listed
     # 4. relative, within each task: parties first, then the checks that need a majority of them
     passed = [i for i in found if not found[i]]
     parties: list[list[int]] = []

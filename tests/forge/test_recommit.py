@@ -11,7 +11,7 @@ from fl_app.remerge.stored import StoredHospital
 from fl_app.server.results import version_entry
 from strategies.merging import MERGE_METHODS
 from strategies.merging.registry import task_arithmetic
-from tests.forge.conftest import assert_same_version, hospital_state, make_run, run_merge, save_state
+from tests.forge.conftest import assert_same_version, hospital_state, hospital_stats, make_run, run_merge, save_state
 
 LINEAR = {name for name, m in MERGE_METHODS.items() if m.fn is task_arithmetic}
 
@@ -25,9 +25,10 @@ def test_recommit_equals_the_merge_with_the_new_adapter(tmp_path, hospitals, met
     run = make_run(tmp_path, hospitals, [run_merge(hospitals, method)])
     new_state = hospital_state(7, "a", 2)
 
-    own, version = recommitted_versions(run, "merged", 1, new_state, 2, 4.0, n_train=80)
+    new_stats = hospital_stats(new_state, 7)  # a data-aware version needs the new adapter's statistics too
+    own, version = recommitted_versions(run, "merged", 1, new_state, 2, 4.0, n_train=80, stats=new_stats)
 
-    replacement = StoredHospital(1, "a", 80, new_state, 2, 4.0)
+    replacement = StoredHospital(1, "a", 80, new_state, 2, 4.0, new_stats)
     assert_same_version(version, run_merge(_with(hospitals, replacement), method))
     assert version.details["recommitted"] == [1] and version.details["sources"] == {"1": "hospital-1.2"}
     assert version.details["forge"]["path"] == ("factored" if method in LINEAR else "recomputed")

@@ -15,6 +15,7 @@ from fl_app.adapter_layout import AdapterLayout
 from strategies.merging import MERGE_METHODS, Submission, merge_adapters, split_lora_modules, task_arithmetic
 from strategies.merging.adapters import flat_lora_a, flat_lora_b
 from strategies.merging.validation import screen_adapters
+from tests.merging.factories import state_statistics
 
 TOL = 1e-5
 MODULES = ("conv_pw", "conv_k3")
@@ -86,9 +87,16 @@ def test_every_method_merges_conv_adapters_as_it_merges_their_matrices(method):
     # Prepare
     states = hospital_states()
     weights, scales = [0.5, 0.3, 0.2], [2.0] * 3
+    kind = MERGE_METHODS[method].stats  # data-aware: the same statistics, Fishers in each form's shapes
+    stats = [state_statistics(s, kind, i) for i, s in enumerate(states)] if kind else None
+    linears = [as_linear(s) for s in states]
+    linear_stats = stats and [
+        {k: t.reshape(lin[k[: -len(".fisher")]].shape) if k.endswith(".fisher") else t for k, t in st.items()}
+        for st, lin in zip(stats, linears)
+    ]
     # Execute
-    conv = merge_adapters(states, scales, weights, ["task"] * 3, method=method)
-    linear = merge_adapters([as_linear(s) for s in states], scales, weights, ["task"] * 3, method=method)
+    conv = merge_adapters(states, scales, weights, ["task"] * 3, method=method, stats=stats)
+    linear = merge_adapters(linears, scales, weights, ["task"] * 3, method=method, stats=linear_stats)
     # Assert: kernel shapes restored, same ΔW as the matrix merge, and PEFT computes that ΔW after loading
     for module in MODULES:
         key = f"base_model.model.{module}"
@@ -96,6 +104,9 @@ def test_every_method_merges_conv_adapters_as_it_merges_their_matrices(method):
         assert conv.state[key + ".lora_B.weight"].shape[2:] == (1, 1)
         conv_delta = split_lora_modules(conv.state, 1.0)[key].delta()
         linear_delta = split_lora_modules(linear.state, 1.0)[key].delta()
+        if linear_delta.abs().max() == 0:  # model_stock of near-orthogonal updates: t = 0, nothing merged
+            assert conv_delta.abs().max() == 0
+            continue
         assert rel(conv_delta, linear_delta) < TOL
         assert rel(peft_delta(conv.state, conv.rank, module), conv_delta) < TOL
 

@@ -91,6 +91,9 @@ def test_knots_of_zero_adapters_is_zero():
 
 
 def test_knots_rejects_unknown_inner():
-    choices = r"\['dare_linear', 'dare_ties', 'linear', 'magnitude_prune', 'ties'\]"
+    choices = (
+        r"\['breadcrumbs', 'breadcrumbs_ties', 'dare_linear', 'dare_ties', 'della', 'della_linear', 'linear', "
+        r"'magnitude_prune', 'ties'\]"
+    )
     with pytest.raises(ValueError, match=rf"unknown KnOTS inner merge 'mean'; choose one of {choices}"):
         knots([random_adapter(4, 4, 2, 1.0, 0)], [1.0], inner="mean")

@@ -19,6 +19,7 @@ from strategies.merging import (
     task_arithmetic,
 )
 from strategies.merging.sparsify import PIPELINES
+from tests.merging.factories import state_statistics
 
 PEFT_COMBINATION_TYPES = ["linear", "cat", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd"]
 METHODS = [
@@ -31,6 +32,14 @@ METHODS = [
     "knots",
     "median",
     "trimmed_mean",
+    "regmean",
+    "fisher",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "model_stock",
+    "sce",
 ]
 
 
@@ -54,9 +63,16 @@ def test_registry_keys_are_method_names_and_cite_papers():
     assert all(method.paper.startswith("https://arxiv.org/abs/") for method in MERGE_METHODS.values())
 
 
-def test_only_fedit_is_inexact():
-    assert [name for name, m in MERGE_METHODS.items() if not m.exact] == ["fedit", "linear"]
+def test_only_the_methods_that_average_factors_are_inexact():
+    assert sorted(name for name, m in MERGE_METHODS.items() if not m.exact) == ["fedit", "fisher", "linear"]
     assert "INEXACT" in fedit.__doc__ and "INEXACT" in MERGE_METHODS["fedit"].description
+    assert "INEXACT" in MERGE_METHODS["fisher"].description
+
+
+def test_data_aware_methods_declare_their_statistics_and_parameters():
+    assert {n: m.stats for n, m in MERGE_METHODS.items() if m.stats} == {"regmean": "gram", "fisher": "fisher"}
+    assert get_merge_method("regmean").params == {"alpha": 0.9, "ridge": 0.0}
+    assert get_merge_method("fisher").params == {"floor": 1e-8}
 
 
 @pytest.mark.parametrize(
@@ -117,7 +133,10 @@ def test_resolve_overrides_defaults_and_rejects_unknown_parameters():
 
 
 def test_unknown_method_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown merge method 'tie'; choose one of \['cat', 'dare_linear', "):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown merge method 'tie'; choose one of \['breadcrumbs', 'breadcrumbs_ties', 'cat', 'dare_linear', ",
+    ):
         get_merge_method("tie")
 
 
@@ -132,7 +151,7 @@ def test_merge_adapters_resolves_method_names():
     delta = merged.state["m.lora_B.weight"] @ merged.state["m.lora_A.weight"]
     torch.testing.assert_close(delta, torch.full((2, 3), 2.0))
     assert merged.method == "task_arithmetic" and merged.params == {"form": "svd"}
-    with pytest.raises(ValueError, match=r"unknown merge method 'dare'; choose one of \['cat', "):
+    with pytest.raises(ValueError, match=r"unknown merge method 'dare'; choose one of \['breadcrumbs', "):
         merge_adapters([state], [2.0], [1.0], ["t"], method="dare")
 
 
@@ -186,10 +205,18 @@ def test_every_method_gives_a_loadable_adapter(hospitals, name):
     # Prepare
     states, scales = hospitals
     rank = None if name == "cat" else 3
+    kind = MERGE_METHODS[name].stats
+    stats = [state_statistics(s, kind, i) for i, s in enumerate(states)] if kind else None
 
     # Execute
     merged = merge_adapters(
-        states, scales, [0.5, 0.3, 0.2], ["breastmnist", "pneumonia", "breastmnist"], rank=rank, method=name
+        states,
+        scales,
+        [0.5, 0.3, 0.2],
+        ["breastmnist", "pneumonia", "breastmnist"],
+        rank=rank,
+        method=name,
+        stats=stats,
     )
     model = peft_model(merged.rank, merged.lora_alpha, seed=9)
     loaded = set_peft_model_state_dict(model, merged.state)

@@ -186,7 +186,10 @@ def test_float32_adapters_give_float32_factors():
     [
         ({"pipeline": "ties", "density": 0.0}, r"density .* must be in \(0, 1\], got 0.0"),
         ({"pipeline": "ties", "density": 1.5}, r"must be in \(0, 1\], got 1.5"),
-        ({"pipeline": "tie", "density": 0.5}, r"unknown pipeline 'tie'; choose one of \['dare_linear'"),
+        (
+            {"pipeline": "tie", "density": 0.5},
+            r"unknown pipeline 'tie'; choose one of \['breadcrumbs', 'breadcrumbs_ties', 'dare_linear'",
+        ),
         (
             {"pipeline": "ties", "density": 0.5, "majority_sign_method": "mean"},
             r"choose one of \['total', 'frequency'\]",

@@ -90,3 +90,34 @@ def test_hospitals_of_different_capacity_train_their_own_rank(tiny_experiment):
     assert hospital_lora(experiment, 0, {"lora-r": 16, "lora-alpha": 3})["r"] == 16  # a site's node config wins
     assert reply["hospital"]["lora-r"] == 4
     assert all(a.shape[0] == 4 for k, a in reply["arrays"].to_torch_state_dict().items() if k.endswith("lora_A.weight"))
+
+
+def test_a_hospital_asked_for_merge_statistics_sends_them_beside_its_adapter(tiny_experiment):
+    from fl_app.merge_stats import STATS, StatsRequest
+    from fl_app.protocol import decode_train_content
+
+    experiment = json.loads(hospital_payload(tiny_experiment("data=multi_center", "data.flags=[breastmnist]")))
+    hospital = simulated_hospital(experiment, 0, 3)
+
+    reply = hospital.train(None, server_round=1, stats=StatsRequest(("fisher", "gram"), fisher_examples=8))
+    plain = hospital.train(None, server_round=1)
+
+    decoded = decode_train_content(reply, node_id=5)
+    modules = {k[: -len(".lora_A.weight")] for k in decoded.state if k.endswith(".lora_A.weight")}
+    head = next(k for k in decoded.state if k.endswith(".weight") and ".heads." in k)
+    grams = {k: t for k, t in decoded.stats.items() if k.endswith(".gram")}
+    assert set(grams) == {m + ".gram" for m in modules} | {head[: -len(".weight")] + ".gram"}
+    for module in modules:  # d_in x d_in, symmetric, positive semi-definite
+        gram = grams[module + ".gram"].double()
+        d_in = decoded.state[module + ".lora_A.weight"].shape[1]
+        assert gram.shape == (d_in, d_in)
+        assert torch.allclose(gram, gram.T, atol=1e-6)
+        assert torch.linalg.eigvalsh(gram).min() >= -1e-5 * gram.trace()
+    head_gram = grams[head[: -len(".weight")] + ".gram"]
+    assert head_gram.shape == (decoded.state[head].shape[1] + 1,) * 2 and head_gram[-1, -1] == 1.0  # bias column
+    fishers = {k: t for k, t in decoded.stats.items() if k.endswith(".fisher")}
+    assert set(fishers) == {k + ".fisher" for k in decoded.state}
+    assert all(fishers[k + ".fisher"].shape == decoded.state[k].shape for k in decoded.state)
+    assert all(bool((t >= 0).all()) for t in fishers.values()) and any(float(t.sum()) > 0 for t in fishers.values())
+    assert reply["metrics"]["merge-stats-bytes"] == sum(t.numel() * 4 for t in decoded.stats.values())
+    assert STATS not in plain and decoded.upload_bytes > decode_train_content(plain, node_id=5).upload_bytes

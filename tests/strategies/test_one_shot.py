@@ -217,3 +217,47 @@ def test_a_head_for_another_task_is_dropped_before_the_merge():
     assert [h.hospital_id for h in merge.hospitals] == [0, 1, 2]
     assert not any("retinamnist" in k for k in merge.merge_result.state)
     assert [(a.hospital_id, a.action) for a in merge.screen_actions] == [(2, "dropped")]
+
+
+def test_regmean_asks_hospitals_for_grams_and_leaves_out_one_whose_gram_is_malformed():
+    from fl_app.merge_stats import REQUEST, STATS, StatsRequest
+    from strategies.one_shot import stats_instructions
+    from tests.merging.factories import state_statistics
+
+    # Prepare: three replies carrying Grams; hospital 1's Gram of one module is not symmetric
+    merge, sink = strategy("strategy.merge=regmean", "strategy.stats=[fisher]", "strategy.fisher_examples=16")
+    replies = [reply(i, adapter(i)) for i in range(3)]
+    for i, r in enumerate(replies):
+        stats = state_statistics(adapter(i), "gram", i)
+        if i == 1:
+            stats[f"{MODULE}.gram"] = stats[f"{MODULE}.gram"] + torch.triu(torch.ones_like(stats[f"{MODULE}.gram"]), 1)
+        r.content[STATS] = state_to_arrayrecord(stats)
+
+    # Execute
+    request = StatsRequest.from_json(stats_instructions(merge.cfg.strategy)[REQUEST])
+    merge.aggregate_train(1, replies)
+
+    # Assert: the merge's statistics and strategy.stats are asked for; the screen named the bad Gram
+    assert request == StatsRequest(("fisher", "gram"), fisher_examples=16)
+    assert [h.hospital_id for h in merge.hospitals] == [0, 2]
+    (failure,) = sink.rounds[0][1]
+    assert (
+        failure["hospital_id"] == 1 and failure["tensor"] == f"{MODULE}.gram" and "not symmetric" in failure["problem"]
+    )
+    assert merge.merged.result.method == "regmean"
+    assert stats_instructions(strategy()[0].cfg.strategy) == {}  # a data-free merge asks for nothing
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["strategy.stats=[hessian]"], r"unknown statistics \['hessian'\]; choose from \['gram', 'fisher'\]"),
+        (["strategy.merge=regmean", "privacy=dp"], r"no DP release yet"),
+        (["strategy.merge=fisher", "simulation.lora_r=[2,4]"], r"averages A and B separately"),
+    ],
+)
+def test_bad_statistics_settings_are_refused_naming_the_setting(tiny_experiment, overrides, message):
+    from fl_app.validation import validate_experiment
+
+    with pytest.raises(ValueError, match=message):
+        validate_experiment(tiny_experiment(*overrides))
