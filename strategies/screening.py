@@ -163,7 +163,7 @@ def refuse_amplified(
         [submission(h) for h in hospitals],
         weights,
         float(strategy.get("scale", 1.0)),
-        settings.max_merged_ratio,
+        settings.max_merged_ratio * (get_merge_method(str(strategy["merge"])).reach if "merge" in strategy else 1.0),
     )
     if problems:
         module, problem = problems[0]
