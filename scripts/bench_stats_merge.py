@@ -71,7 +71,7 @@ def validation_auc(run, weights, alphas) -> dict[str, float]:
     }
 
 
-def bench(folder: Path, repeats: int, alphas: list[float]) -> dict:
+def bench(folder: Path, repeats: int, alphas: list[float], validation: bool = True) -> dict:
     run = load_stored_run(folder)
     strategy = run.experiment.strategy
     weights = hospital_weights(
@@ -95,10 +95,10 @@ def bench(folder: Path, repeats: int, alphas: list[float]) -> dict:
         "bytes": per_hospital,
         "merge_seconds": seconds,
         "merge_time_vs_task_arithmetic": {m: s / seconds["task_arithmetic"] for m, s in seconds.items()},
-        "regmean_validation_auc": validation_auc(run, weights, alphas),
+        "regmean_validation_auc": validation_auc(run, weights, alphas) if validation else None,
         "threads": torch.get_num_threads(),
     }
-    (folder / "stats_bench.json").write_text(json.dumps(report, indent=2))
+    (folder / ("stats_bench.json" if validation else "stats_timing.json")).write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -107,10 +107,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.3, 0.6, 0.9, 1.0])
+    parser.add_argument("--timing-only", action="store_true", help="bytes and merge times only (stats_timing.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for folder in args.runs:
-        print(json.dumps(bench(folder, args.repeats, args.alphas), indent=2))
+        print(json.dumps(bench(folder, args.repeats, args.alphas, not args.timing_only), indent=2))
 
 
 if __name__ == "__main__":

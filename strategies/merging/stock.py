@@ -18,7 +18,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
 
 from strategies.merging.lowrank import LoraFactors, OutputForm, check_adapters, task_arithmetic
 
@@ -46,19 +45,6 @@ def stock_ratio(cosine: float, n: int) -> float:
     """t = N cos θ / (1 + (N - 1) cos θ), cos θ clamped to [0, 1]."""
     cosine = min(max(cosine, 0.0), 1.0)
     return n * cosine / (1 + (n - 1) * cosine)
-
-
-def dense_model_stock(deltas: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
-    """The reference formula on explicit ΔW_i: t · Σ w_i ΔW_i / Σ |w_i| (tests)."""
-    flat = [d.flatten().to(torch.float64) for d in deltas]
-    pairs = list(itertools.combinations(range(len(flat)), 2))
-    cosine = (
-        sum(float(torch.nn.functional.cosine_similarity(flat[i], flat[j], dim=0)) for i, j in pairs) / len(pairs)
-        if pairs
-        else 1.0
-    )
-    total = sum(abs(w) for w in weights)
-    return stock_ratio(cosine, len(deltas)) * sum(w * d.to(torch.float64) for w, d in zip(weights, deltas)) / total
 
 
 def model_stock(

@@ -209,3 +209,33 @@ def test_flwr_run_with_run_config_knobs(tmp_path):
     assert results["strategy"] == "fedavg" and results["seed"] == 3
     assert [v["name"] for v in results["versions"]] == ["fedavg-round-1"]
     assert json.loads(json.dumps(results["config"]))["lora"]["r"] == 4
+
+
+def test_regmean_run_keeps_the_statistics_counts_their_bytes_and_remerges_fisher(tmp_path):
+    # Prepare: RegMean in the run, Fishers asked for as well (kept for re-merging)
+    from fl_app.merge_stats import stats_bytes
+    from fl_app.model.adapter import load_stats
+    from fl_app.remerge import load_stored_run
+    from fl_app.remerge.plan import plan_requests
+    from fl_app.remerge.run import merge_version
+
+    cfg = compose_experiment(
+        tiny_overrides(tmp_path, "strategy.merge=regmean", "strategy.stats=[fisher]", "strategy.fisher_examples=8")
+    )
+
+    # Execute
+    run_dir = run_simulation(cfg, tmp_path / "regmean", quiet=True)
+
+    # Assert: merged by RegMean, every hospital's statistics beside its adapter and in its upload
+    results = read_results(run_dir)
+    assert results["status"] == "completed" and results["versions"][-1]["method"] == "regmean"
+    run = load_stored_run(run_dir)
+    for hospital in run.hospitals:
+        stats = load_stats(run_dir / "adapters" / f"hospital-{hospital.id}")
+        kinds = {key.rsplit(".", 1)[1] for key in stats}
+        assert kinds == {"gram", "fisher"} and stats.keys() == hospital.stats.keys()
+        sent = results["train_metrics"]["1"][str(hospital.id)]["merge-stats-bytes"]
+        upload = results["communication"]["per_hospital"][str(hospital.id)]["upload_bytes"]
+        assert sent == stats_bytes(stats) and upload > sent
+    (request,) = plan_requests(["fisher"], [], run.experiment.strategy)
+    assert merge_version(run, request).details["method"] == "fisher"
