@@ -79,8 +79,13 @@ class PrivacySettings:
         return float(self.delta) if self.delta is not None else default_delta(n_train)
 
 
+DEFAULT_DELTA_MIN_COUNT = 60  # 3x the released count's noise σ (20): δ's default never exceeds 1 / 600
+
+
 def default_delta(n_train: int) -> float:
-    return 1.0 / (10.0 * max(int(n_train), 1))
+    """1 / (10 · n) of the released (noised) count, n taken as at least `DEFAULT_DELTA_MIN_COUNT`: a tiny
+    site's noised count can land far below its true n (σ 20), and δ must stay below 1 / (true n)."""
+    return 1.0 / (10.0 * max(int(n_train), DEFAULT_DELTA_MIN_COUNT))
 
 
 def _float_or_none(value: Any) -> float | None:

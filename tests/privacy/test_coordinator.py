@@ -14,6 +14,7 @@ from fl_app.data.demo_sites import write_demo_npz
 from fl_app.hospital_steps import hospital_for, simulated_hospital
 from fl_app.privacy.dp_sgd import released_parameters
 from fl_app.privacy.ledger import Ledger
+from fl_app.privacy.settings import default_delta
 
 CALIBRATION = {"ipc": 1, "iterations": 3, "lr": 0.01, "batch_real": 8, "init": "noise", "augment": False}
 
@@ -165,7 +166,7 @@ def test_a_dp_reply_carries_no_training_loss_timing_or_exact_count(tiny_experime
     assert not any("seconds" in key for key in metrics)
     n_released = reply["hospital"]["n-train"]
     assert metrics["num-examples"] == n_released == ledger.count  # the noised count, released once
-    assert metrics["dp-delta"] == pytest.approx(1 / (10 * n_released))  # δ follows the released count, not n
+    assert metrics["dp-delta"] == pytest.approx(default_delta(n_released))  # δ follows the released count, not n
     assert metrics["dp-epsilon"] <= 3 + 2 + 1e-9
 
 

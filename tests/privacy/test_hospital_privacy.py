@@ -10,6 +10,7 @@ from fl_app.calibration import decode_calibration
 from fl_app.config import hospital_payload
 from fl_app.hospital_steps import simulated_hospital
 from fl_app.privacy.ledger import Ledger
+from fl_app.privacy.settings import default_delta
 from fl_app.privacy.summary import privacy_summary
 
 CALIBRATION = {"ipc": 1, "iterations": 3, "lr": 0.01, "batch_real": 8, "init": "noise", "augment": False}
@@ -39,7 +40,7 @@ def test_one_shot_spends_its_whole_budget_in_one_release(tiny_experiment):
     metrics = dict(private_hospital(tiny_experiment, "privacy.epsilon=1").train(None, 1, None, Ledger())["metrics"])
 
     assert 0.9 < metrics["dp-epsilon"] <= 1.0 and metrics["dp-releases"] == 2  # the count and the training
-    assert metrics["dp-delta"] == pytest.approx(1 / (10 * metrics["num-examples"]))  # of the released count
+    assert metrics["dp-delta"] == pytest.approx(default_delta(metrics["num-examples"]))  # of the released count
 
 
 def test_a_calibration_set_is_never_made_without_dp_distillation(tiny_experiment):
