@@ -325,6 +325,7 @@ def _task_group_screen(
     group: list[int],
     subs: Sequence[Submission],
     states: dict[int, dict[str, Tensor]],
+    updates: Mapping[int, Tensor],
     layout: AdapterLayout,
     party: Mapping[int, int],
     s: ScreenSettings,
@@ -348,7 +349,7 @@ def _task_group_screen(
     # direction: the whole ΔW and the head, each scaled to unit norm (so no one's magnitude drags the
     # reference), against the coordinate-wise median of the parties' unit vectors
     for what, key, vector in (
-        ("ΔW", "<ΔW>", lambda i: _flat_update(states[i], modules, subs[i].scale)),
+        ("ΔW", "<ΔW>", lambda i: updates[i]),
         ("head", f"heads.{task}", lambda i: _flat_head(states[i], task)),
     ):
         found, tie = _direction_screen({i: vector(i) for i in kept}, party, s, what, key, task)
@@ -474,7 +475,11 @@ def screen_adapters(
     parties: list[list[int]] = []
     for task in dict.fromkeys(submissions[i].task for i in passed):
         group = [i for i in passed if submissions[i].task == task]
-        task_parties = _parties(group, submissions, states, layout, s)
+        # each hospital's dense ΔW, once per task: the duplicate check and the direction vote both read it
+        updates = (
+            {i: _flat_update(states[i], layout.modules, submissions[i].scale) for i in group} if len(group) > 1 else {}
+        )
+        task_parties = _parties(group, submissions, states, updates, s)
         parties += task_parties
         for members in task_parties:
             ids = [submissions[i].hospital_id for i in members]
@@ -498,7 +503,7 @@ def screen_adapters(
                 )
             )
             continue
-        problems, changed = _task_group_screen(group, submissions, states, layout, party, s)
+        problems, changed = _task_group_screen(group, submissions, states, updates, layout, party, s)
         for i, listed in problems.items():
             found[i] += listed
         actions += changed
@@ -519,17 +524,14 @@ def _parties(
     group: list[int],
     subs: Sequence[Submission],
     states: Mapping[int, Mapping[str, Tensor]],
-    layout: AdapterLayout,
+    updates: Mapping[int, Tensor],
     s: ScreenSettings,
 ) -> list[list[int]]:
-    """Near-identical adapters (ΔW and head together) among one task's hospitals."""
+    """Near-identical adapters (ΔW and head together) among one task's hospitals (`updates`: their dense ΔWs)."""
     if s.duplicate_tolerance is None or len(group) < 2:
         return []
     task = subs[group[0]].task
-    vectors = {
-        i: torch.cat([_flat_update(states[i], layout.modules, subs[i].scale), _flat_head(states[i], task)])
-        for i in group
-    }
+    vectors = {i: torch.cat([updates[i], _flat_head(states[i], task)]) for i in group}
     return duplicate_parties(vectors, s.duplicate_tolerance)
 
 
