@@ -106,14 +106,12 @@ class AdapterFedAvg(EvaluateAfterTraining, FedAvg):
             metrics = MetricRecord(
                 {"hospitals": len(hospitals), **({"ranks": sorted(ranks)} if len(ranks) > 1 else {})}
             )
+        averaged = arrayrecord_to_state(arrays)
         total = sum(h.n_train for h in hospitals)
         refuse_amplified(
-            _scaled(arrayrecord_to_state(arrays), rank, self.cfg),
-            hospitals,
-            [h.n_train / total for h in hospitals],
-            self.cfg.strategy,
+            _scaled(averaged, rank, self.cfg), hospitals, [h.n_train / total for h in hospitals], self.cfg.strategy
         )
-        self.round_states.append(arrayrecord_to_state(arrays))
+        self.round_states.append(averaged)
         self.round_ranks.append(rank)
         return arrays, metrics
 
